@@ -1,0 +1,50 @@
+"""Content descriptors: what a manifest or index says about a blob."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.oci.digest import Digest
+from builder.oci.platform import Platform
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """mediaType + digest + size (+ annotations, platform), as in image-spec descriptor.md."""
+
+    media_type: str
+    digest: Digest
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    platform: Platform | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        if self.platform is not None:
+            out["platform"] = self.platform.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Descriptor:
+        """Parse a descriptor; raises ValueError/KeyError/TypeError on malformed input."""
+        size = obj["size"]
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"bad descriptor size {size!r}")
+        plat = obj.get("platform")
+        annotations = obj.get("annotations") or {}
+        if not isinstance(annotations, dict):
+            raise ValueError("descriptor annotations must be an object")
+        return cls(
+            media_type=str(obj["mediaType"]),
+            digest=Digest.parse(str(obj["digest"])),
+            size=size,
+            annotations={str(k): str(v) for k, v in annotations.items()},
+            platform=Platform.from_json(plat) if isinstance(plat, dict) else None,
+        )
+
+    def with_annotations(self, annotations: Mapping[str, str]) -> Descriptor:
+        return Descriptor(self.media_type, self.digest, self.size, dict(annotations), self.platform)

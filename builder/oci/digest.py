@@ -1,0 +1,78 @@
+"""Digests as values, and the hashing writer every blob passes through."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import BinaryIO
+
+_HEX = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Digest:
+    """A content digest such as ``sha256:ab12...``; never pass digests around as bare strings."""
+
+    algorithm: str
+    hex: str
+
+    @classmethod
+    def parse(cls, text: str) -> Digest:
+        """Validate ``alg:hex``; raises ValueError (callers wrap it with context)."""
+        alg, sep, hexpart = text.partition(":")
+        pattern = _HEX.get(alg)
+        if not sep or pattern is None or not pattern.fullmatch(hexpart):
+            raise ValueError(f"not a valid digest: {text!r}")
+        return cls(alg, hexpart)
+
+    @classmethod
+    def of(cls, data: bytes) -> Digest:
+        """The sha256 digest of ``data``."""
+        return cls("sha256", hashlib.sha256(data).hexdigest())
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+    @property
+    def short(self) -> str:
+        """12 hex digits, as ``docker images`` shows ids."""
+        return self.hex[:12]
+
+
+class HashingWriter:
+    """A write-only file object that hashes and counts what passes through to ``sink``.
+
+    ``sink`` may be None to only hash (used to compute a diff_id without storing).
+    """
+
+    def __init__(self, sink: BinaryIO | HashingWriter | None = None) -> None:
+        self._sink = sink
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._hash.update(data)
+        n = len(data)
+        self.size += n
+        if self._sink is not None:
+            self._sink.write(data)
+        return n
+
+    def flush(self) -> None:
+        if self._sink is not None:
+            self._sink.flush()
+
+    def digest(self) -> Digest:
+        return Digest("sha256", self._hash.hexdigest())
+
+
+def sha256_file(path: str | bytes | object, chunk: int = 1 << 20) -> tuple[Digest, int]:
+    """Stream a file through sha256; returns (digest, size)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:  # type: ignore[call-overload]
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return Digest("sha256", h.hexdigest()), size

@@ -1,0 +1,162 @@
+"""The recipe as frozen values: what the parser produces and the build consumes.
+
+Every value that a later error could be about carries a :class:`Location`, so an error found
+at build time (a missing file, an unknown user) still names the recipe line it comes from.
+Strings here have had ``${ARGS}`` substituted already.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from builder.errors import Location
+from builder.oci.platform import Platform
+
+BaseKind = Literal["scratch", "oci", "oci-archive", "docker-archive", "registry", "stage"]
+
+
+@dataclass(frozen=True, slots=True)
+class BaseRef:
+    """What a stage starts ``from``.
+
+    ``value`` is a path (as written, relative to the context) for ``oci``/``oci-archive``/
+    ``docker-archive``, a reference for ``registry``, a stage name for ``stage``, "" for scratch.
+    ``tag`` is the ``:TAG`` of ``oci:``/``oci-archive:`` bases, else None.
+    """
+
+    kind: BaseKind
+    value: str
+    tag: str | None
+    where: Location
+
+
+@dataclass(frozen=True, slots=True)
+class RootfsStep:
+    """Unpack a (compressed) tarball as one layer under ``to``."""
+
+    source: str
+    to: str
+    where: Location
+
+
+@dataclass(frozen=True, slots=True)
+class CopyStep:
+    """Files from the context (or from stage ``from_stage``) into ``to``, like Docker's COPY."""
+
+    sources: tuple[str, ...]
+    to: str
+    owner: str | None
+    mode: int | None
+    exclude: tuple[str, ...]
+    from_stage: str | None
+    where: Location
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStep:
+    """A file with inline content."""
+
+    path: str
+    content: str
+    mode: int | None
+    owner: str | None
+    where: Location
+
+
+@dataclass(frozen=True, slots=True)
+class MkdirStep:
+    """A directory (and its missing parents)."""
+
+    path: str
+    mode: int | None
+    owner: str | None
+    where: Location
+
+
+@dataclass(frozen=True, slots=True)
+class SymlinkStep:
+    """A symbolic link at ``path`` pointing to ``target`` (stored as written)."""
+
+    path: str
+    target: str
+    owner: str | None
+    where: Location
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveStep:
+    """Whiteouts for the listed paths."""
+
+    paths: tuple[str, ...]
+    where: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A ``cache:`` or ``secret:`` mount of a run step."""
+
+    kind: Literal["cache", "secret"]
+    value: str
+    where: Location
+
+
+@dataclass(frozen=True, slots=True)
+class RunStep:
+    """A shell script run inside the image's filesystem (not substituted: args reach it as env)."""
+
+    script: str
+    shell: tuple[str, ...] | None
+    env: Mapping[str, str]
+    user: str | None
+    workdir: str | None
+    network: Literal["host", "none"]
+    mounts: tuple[Mount, ...]
+    where: Location
+
+
+Step = RootfsStep | CopyStep | WriteStep | MkdirStep | SymlinkStep | RemoveStep | RunStep
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSpec:
+    """The recipe's ``config:``; None/empty means "keep the base image's"."""
+
+    env: tuple[tuple[str, str], ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+    workdir: str | None = None
+    user: str | None = None
+    ports: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    stop_signal: str | None = None
+    where: Location | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """A named build stage with its own base and steps."""
+
+    name: str
+    base: BaseRef
+    steps: tuple[Step, ...]
+    where: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """A parsed, checked recipe."""
+
+    path: Path
+    version: int
+    base: BaseRef
+    platforms: tuple[Platform, ...]
+    tag: str | None
+    args: Mapping[str, str]
+    stages: Mapping[str, Stage]
+    steps: tuple[Step, ...]
+    config: ConfigSpec
+    annotations: Mapping[str, str] = field(default_factory=dict)
