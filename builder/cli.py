@@ -1,0 +1,235 @@
+"""The ``pybuild`` command: a thin shell over the library; the only module that prints or exits.
+
+Exit codes: 0 success; 1 a build or transfer failed (any PybuildError); 2 bad usage.
+Every failure prints one first line ``pybuild: error: ...``; no traceback for user errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from builder import __version__
+from builder.build import BuildResult, build
+from builder.errors import InputError, OutputError, PybuildError
+from builder.image import Image, ImageIndex
+from builder.inspect import describe, render_text
+from builder.layer.compress import Compression
+from builder.oci.platform import Platform
+from builder.options import BuildOptions, epoch_from_env
+from builder.progress import NullReporter, PlainReporter, Reporter, TtyReporter
+from builder.sinks.archive import write_docker_archive, write_oci_archive
+from builder.sinks.layout import read_layout, write_layout
+from builder.workdir import work_directory
+
+SUBCOMMANDS = ("build", "inspect", "unpack", "push", "pull")
+
+
+class _DefaultBuild(click.Group):
+    """``pybuild RECIPE ...`` means ``pybuild build RECIPE ...``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in SUBCOMMANDS and args[0] not in ("--help", "-h", "--version"):
+            args = ["build", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultBuild, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pybuild")
+def cli() -> None:
+    """Build OCI images from YAML recipes, with no daemon and no Dockerfile.
+
+    pybuild RECIPE -o OUT is the same as pybuild build RECIPE -o OUT.
+    """
+
+
+def _reporter(quiet: bool, progress: str) -> Reporter:
+    if quiet:
+        return NullReporter()
+    if progress == "tty" or (progress == "auto" and sys.stderr.isatty()):
+        return TtyReporter()
+    return PlainReporter()
+
+
+def _parse_kv(values: tuple[str, ...], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
+    try:
+        return tuple(Platform.parse(v) for v in values)
+    except ValueError as exc:
+        raise click.UsageError(f"--platform: {exc}") from exc
+
+
+@cli.command("build")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Where the image goes.")
+@click.option("--format", "fmt", type=click.Choice(["oci", "oci-archive", "docker-archive"]), default="oci",
+              show_default=True, help="Layout directory, or one tar file.")
+@click.option("-t", "--tag", help="Name the image is recorded under (default: the recipe's tag, else latest).")
+@click.option("--platform", "platforms", multiple=True, help="os/arch[/variant]; repeatable.")
+@click.option("--build-arg", "build_args", multiple=True, help="KEY=VALUE; overrides the recipe's args.")
+@click.option("--context", type=click.Path(path_type=Path, file_okay=False), help="Where sources are read.")
+@click.option("--compression", type=click.Choice([c.value for c in Compression]), default="gzip", show_default=True)
+@click.option("--compression-level", type=int, help="gzip 1-9 (default 6), zstd 1-22 (default 3).")
+@click.option("--source-date-epoch", type=click.IntRange(min=0), help="Build timestamp (default $SOURCE_DATE_EPOCH, else 0).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Layer cache directory (not used yet).")
+@click.option("--no-cache", is_flag=True, help="Do not use the layer cache (there is none yet).")
+@click.option("--push", "push_ref", help="Also push the result to a registry.")
+@click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP.")
+@click.option("--secret", multiple=True, help="id=ID,src=PATH for run steps.")
+@click.option("--digest-file", type=click.Path(path_type=Path), help="Write the image digest here.")
+@click.option("--metadata-file", type=click.Path(path_type=Path), help="Write a JSON summary here.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--progress", type=click.Choice(["auto", "plain", "tty"]), default="auto", show_default=True)
+def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tuple[str, ...],
+              build_args: tuple[str, ...], context: Path | None, compression: str, compression_level: int | None,
+              source_date_epoch: int | None, cache_dir: Path | None, no_cache: bool, push_ref: str | None,
+              insecure_registry: tuple[str, ...], secret: tuple[str, ...], digest_file: Path | None,
+              metadata_file: Path | None, quiet: bool, progress: str) -> None:
+    """Build RECIPE into OUT."""
+    kind = Compression(compression)
+    if compression_level is not None and compression_level not in kind.levels:
+        raise click.UsageError(f"--compression-level for {kind}: {kind.levels.start}-{kind.levels.stop - 1}")
+    if push_ref is not None:
+        raise InputError("--push: pushing to registries is not supported by this version of pybuild yet")
+    if not recipe.is_file():
+        raise InputError(f"no such recipe file: {str(recipe)!r}")
+    if context is not None and not context.is_dir():
+        raise InputError(f"--context: no such directory: {str(context)!r}")
+    reporter = _reporter(quiet, progress)
+    with work_directory(out) as workdir:
+        options = BuildOptions(
+            context=context, epoch=epoch_from_env(source_date_epoch), compression=kind, level=compression_level,
+            platforms=_platforms(platforms), build_args=_parse_kv(build_args, "--build-arg"), tag=tag,
+            workdir=workdir,
+        )
+        result = build(recipe, options, reporter)
+        _write_output(result, out, fmt, options.epoch)
+    digest = str(result.result.digest)
+    if digest_file is not None:
+        _write_text(digest_file, digest + "\n")
+    if metadata_file is not None:
+        meta = describe(result.result, result.tag)
+        meta["cache"] = {"hits": result.layers_cached, "misses": result.layers_built}
+        _write_text(metadata_file, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if not quiet:
+        click.echo(f"pybuild: wrote {out} ({fmt}) {result.tag} {digest}", err=True)
+    click.echo(digest)
+
+
+def _write_output(result: BuildResult, out: Path, fmt: str, epoch: int) -> None:
+    if fmt == "oci":
+        write_layout(out, result.result, result.tag)
+    elif fmt == "oci-archive":
+        write_oci_archive(out, result.result, result.tag, epoch)
+    else:
+        write_docker_archive(out, result.result, result.tag, epoch)
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror}") from exc
+
+
+def split_ref(ref: str) -> tuple[Path, str | None]:
+    """``OUT[:TAG]``: a path that exists as written wins; else the part after the last ':' is the tag."""
+    if Path(ref).exists() or ":" not in ref:
+        return Path(ref), None
+    path, _, tag = ref.rpartition(":")
+    if "/" in tag:
+        return Path(ref), None
+    return Path(path), tag or None
+
+
+@cli.command("inspect")
+@click.argument("ref", metavar="OUT[:TAG]")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for tools.")
+def inspect_cmd(ref: str, as_json: bool) -> None:
+    """Show every id of an image in a layout, each explained."""
+    path, tag = split_ref(ref)
+    if not path.is_dir():
+        raise InputError(f"no such OCI layout directory: {str(path)!r}")
+    image: Image | ImageIndex = read_layout(path, tag)
+    name = tag or _only_tag(path) or "latest"
+    desc = describe(image, name)
+    if as_json:
+        click.echo(json.dumps(desc, indent=2, sort_keys=False))
+    else:
+        for line in render_text(desc):
+            click.echo(line)
+
+
+def _only_tag(path: Path) -> str | None:
+    try:
+        index: dict[str, Any] = json.loads((path / "index.json").read_text())
+        names = [m.get("annotations", {}).get("org.opencontainers.image.ref.name") for m in index["manifests"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return names[0] if len(names) == 1 else None
+
+
+def _not_yet(what: str) -> None:
+    raise InputError(f"{what} is not supported by this version of pybuild yet")
+
+
+@cli.command("unpack")
+@click.argument("ref", metavar="OUT[:TAG]")
+@click.argument("bundle", type=click.Path(path_type=Path))
+def unpack_cmd(ref: str, bundle: Path) -> None:
+    """Unpack an image into an OCI runtime bundle (rootfs/ + config.json)."""
+    _not_yet("unpack")
+
+
+@cli.command("push")
+@click.argument("ref", metavar="OUT[:TAG]")
+@click.argument("dest", metavar="REF")
+def push_cmd(ref: str, dest: str) -> None:
+    """Push an image from a layout to a registry."""
+    _not_yet("push")
+
+
+@cli.command("pull")
+@click.argument("ref", metavar="REF")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
+def pull_cmd(ref: str, out: Path) -> None:
+    """Pull an image from a registry into a layout."""
+    _not_yet("pull")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pybuild`` console script."""
+    try:
+        cli.main(args=argv, prog_name="pybuild", standalone_mode=False)
+    except PybuildError as exc:
+        click.echo(f"pybuild: error: {exc}", err=True)
+        if exc.detail:
+            click.echo(exc.detail, err=True)
+        return 1
+    except click.UsageError as exc:
+        click.echo(f"pybuild: error: {exc.format_message()}", err=True)
+        if exc.ctx is not None:
+            click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
+        return 2
+    except click.ClickException as exc:
+        click.echo(f"pybuild: error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("pybuild: error: interrupted", err=True)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""Filesystem views: the merged metadata tree of lower layers, owners, context patterns."""

@@ -1,0 +1,75 @@
+"""``.dockerignore``-style exclude patterns for ``copy``.
+
+``*`` and ``?`` stay within one path segment, ``**`` spans any number of directories (zero
+included, so ``**/*.pyc`` also matches a top-level ``x.pyc``), ``[...]`` is a class, and a
+leading ``!`` re-includes. The last matching pattern wins, as in Docker.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+def _translate(pattern: str) -> re.Pattern[str]:
+    out = []
+    i = 0
+    p = pattern.strip("/")
+    while i < len(p):
+        c = p[i]
+        if p.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif p.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            end = p.find("]", i + 1)
+            if end < 0:
+                out.append(re.escape(c))
+                i += 1
+            else:
+                body = p[i + 1 : end].replace("\\", "\\\\")
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = end + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    # a pattern naming a directory also excludes everything below it
+    return re.compile("".join(out) + "(?:/.*)?")
+
+
+@dataclass(frozen=True)
+class Excluder:
+    """Decides whether a path relative to the copy source is excluded."""
+
+    rules: tuple[tuple[bool, re.Pattern[str]], ...]
+
+    @classmethod
+    def from_patterns(cls, patterns: tuple[str, ...]) -> Excluder:
+        rules = []
+        for pat in patterns:
+            negate = pat.startswith("!")
+            body = pat[1:] if negate else pat
+            if body.strip("/"):
+                rules.append((negate, _translate(body)))
+        return cls(tuple(rules))
+
+    @property
+    def has_negations(self) -> bool:
+        return any(neg for neg, _ in self.rules)
+
+    def excluded(self, rel: str) -> bool:
+        result = False
+        for negate, rx in self.rules:
+            if rx.fullmatch(rel):
+                result = not negate
+        return result

@@ -1,0 +1,93 @@
+"""Read a base image's layers into a metadata tree (for the file steps built on top of it)."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from builder.errors import IntegrityError, InputError
+from builder.fs.tree import WATCHED, FsTree
+from builder.image import LayerBlob
+from builder.layer.compress import open_decompressed
+from builder.layer.entry import WH_OPAQUE, WH_PREFIX, Change, Entry, Kind, Opaque, Whiteout, canon
+
+_KINDS = {tarfile.DIRTYPE: Kind.DIR, tarfile.SYMTYPE: Kind.SYMLINK, tarfile.LNKTYPE: Kind.HARDLINK,
+          tarfile.CHRTYPE: Kind.CHAR, tarfile.BLKTYPE: Kind.BLOCK, tarfile.FIFOTYPE: Kind.FIFO}
+
+
+class _HashingReader:
+    """Hashes everything read through it, so a layer is verified by the same pass that parses it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self.hash.update(data)
+        self.size += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def peek(self, n: int) -> bytes:
+        data: bytes = self._raw.peek(n)  # type: ignore[attr-defined]
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def _layer_changes(blob: LayerBlob) -> tuple[list[Change], dict[str, bytes]]:
+    changes: list[Change] = []
+    watched: dict[str, bytes] = {}
+    with open(blob.path, "rb") as raw:
+        reader = _HashingReader(raw)
+        stream = open_decompressed(reader)  # type: ignore[arg-type]
+        try:
+            with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tf:
+                for ti in tf:
+                    try:
+                        path = canon(ti.name)
+                    except ValueError:
+                        raise InputError(f"base layer {blob.digest.short}: entry {ti.name!r} escapes the "
+                                         "root") from None
+                    head, _, base = path.rpartition("/")
+                    if base == WH_OPAQUE:
+                        changes.append(Opaque(head))
+                    elif base.startswith(WH_PREFIX):
+                        changes.append(Whiteout(f"{head}/{base[4:]}" if head else base[4:]))
+                    elif path:
+                        kind = _KINDS.get(ti.type, Kind.FILE)
+                        link = canon(ti.linkname) if kind is Kind.HARDLINK else ti.linkname
+                        changes.append(Entry(path, kind, ti.mode & 0o7777, ti.uid, ti.gid, ti.size, int(ti.mtime),
+                                             link, ti.devmajor, ti.devminor))
+                        if path in WATCHED and ti.isreg():
+                            member = tf.extractfile(ti)
+                            watched[path] = member.read() if member else b""
+            while reader.read(1 << 20):
+                pass  # hash any trailing bytes after the tar end marker
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            raise InputError(f"base layer {blob.digest.short}: unreadable ({exc})") from exc
+    if reader.hash.hexdigest() != blob.digest.hex:
+        raise IntegrityError(f"base layer blob {blob.digest} does not match its digest "
+                             f"(content hashes to sha256:{reader.hash.hexdigest()})")
+    return changes, watched
+
+
+def tree_from_layers(layers: Sequence[LayerBlob]) -> FsTree:
+    """The merged metadata of ``layers`` applied bottom to top, whiteouts honoured."""
+    tree = FsTree()
+    for blob in layers:
+        changes, watched = _layer_changes(blob)
+        tree.apply(changes)
+        for path, content in watched.items():
+            tree.capture(path, content)
+    return tree

@@ -1,0 +1,1 @@
+"""Layers: change sets, their canonical tar stream, compression and blobs."""

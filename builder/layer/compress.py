@@ -1,0 +1,144 @@
+"""Layer compression: gzip (default), zstd and none, each with one fixed, deterministic code path.
+
+The same tar must always give the same compressed bytes, or the layer digest would change
+from build to build (FIELD-NOTES 6 #9). So: gzip through ``gzip.GzipFile`` with ``mtime=0``
+and no file name in the header; zstd always streaming with a worker pool (the zstd output
+is identical for any worker count >= 1, and a streamed frame never records a content size);
+fixed default levels. Changing any of this changes digests: bump ``LAYER_FORMAT_VERSION``.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import BinaryIO, Protocol
+
+import zstandard
+
+from builder.oci.mediatypes import MediaType
+
+LAYER_FORMAT_VERSION = 1
+"""Bumped whenever tar header policy or compressor settings change the bytes of a layer."""
+
+
+class Compression(StrEnum):
+    """How layer blobs are compressed."""
+
+    GZIP = "gzip"
+    ZSTD = "zstd"
+    NONE = "none"
+
+    @property
+    def media_type(self) -> MediaType:
+        return {
+            Compression.GZIP: MediaType.OCI_LAYER_GZIP,
+            Compression.ZSTD: MediaType.OCI_LAYER_ZSTD,
+            Compression.NONE: MediaType.OCI_LAYER,
+        }[self]
+
+    @property
+    def default_level(self) -> int:
+        return {Compression.GZIP: 6, Compression.ZSTD: 3, Compression.NONE: 0}[self]
+
+    @property
+    def levels(self) -> range:
+        return {Compression.GZIP: range(1, 10), Compression.ZSTD: range(1, 23), Compression.NONE: range(0, 1)}[self]
+
+
+class Writable(Protocol):
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+
+class CompressWriter(Protocol):
+    """A writer that compresses into a sink; ``close`` flushes the trailer but not the sink."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class _Passthrough:
+    sink: Writable
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        return self.sink.write(data)
+
+    def close(self) -> None:
+        pass
+
+
+class _ZstdWriter:
+    def __init__(self, sink: Writable, level: int) -> None:
+        cctx = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+        self._writer = cctx.stream_writer(sink, closefd=False, write_return_read=True)
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        n: int = self._writer.write(data)
+        return n
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def compressor(kind: Compression, sink: Writable, level: int | None = None) -> CompressWriter:
+    """A compressing writer of ``kind`` at ``level`` (the kind's default when None) into ``sink``."""
+    lvl = kind.default_level if level is None else level
+    if kind is Compression.GZIP:
+        return gzip.GzipFile(filename="", mode="wb", compresslevel=lvl, fileobj=sink, mtime=0)  # type: ignore[arg-type]
+    if kind is Compression.ZSTD:
+        return _ZstdWriter(sink, lvl)
+    return _Passthrough(sink)
+
+
+MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"BZh", "bzip2"),
+)
+
+
+def sniff(head: bytes) -> str:
+    """Name the compression of a stream from its first bytes: gzip, zstd, xz, bzip2 or none."""
+    for magic, name in MAGIC:
+        if head.startswith(magic):
+            return name
+    return "none"
+
+
+def open_decompressed(raw: BinaryIO) -> BinaryIO:
+    """Wrap a (possibly compressed) binary stream so reads return the uncompressed bytes.
+
+    Detection is by content, never by file name: a ``.tar.gz`` that is really xz still works.
+    ``raw`` must support ``peek`` or be seekable for the sniff.
+    """
+    import bz2
+    import lzma
+
+    head = _peek(raw, 6)
+    kind = sniff(head)
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if kind == "zstd":
+        reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return reader
+    if kind == "xz":
+        return lzma.LZMAFile(raw)  # type: ignore[return-value]
+    if kind == "bzip2":
+        return bz2.BZ2File(raw)  # type: ignore[return-value]
+    return raw
+
+
+def _peek(raw: BinaryIO, n: int) -> bytes:
+    if raw.seekable():
+        pos = raw.tell()
+        head = raw.read(n)
+        raw.seek(pos)
+        return head
+    peek = getattr(raw, "peek", None)
+    if peek is None:
+        raise ValueError("stream is neither seekable nor peekable")
+    data: bytes = peek(n)
+    return data[:n]

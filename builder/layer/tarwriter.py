@@ -1,0 +1,140 @@
+"""Change sets -> a deterministic PAX tar stream.
+
+Header policy (FIELD-NOTES 5.7), frozen under ``LAYER_FORMAT_VERSION``: PAX format with PAX
+records only where needed (long or non-ASCII names, xattrs); integer mtimes clamped to the
+build epoch; empty uname/gname; no atime/ctime; directories end in ``/``; whiteouts are empty
+regular files. Headers are built from :class:`Entry` values, never from ``gettarinfo`` (which
+would pull user names from the host).
+
+The writer also enforces what a layer must never contain: duplicate paths, files named
+``.wh.*``, hardlinks whose target is not earlier in the same layer or is a directory.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Callable, Iterable
+from typing import BinaryIO
+
+from builder.errors import InputError
+from builder.layer.entry import WH_OPAQUE, WH_PREFIX, Change, Entry, Kind, Opaque, Whiteout, is_whiteout_name
+
+_TYPES = {
+    Kind.FILE: tarfile.REGTYPE,
+    Kind.DIR: tarfile.DIRTYPE,
+    Kind.SYMLINK: tarfile.SYMTYPE,
+    Kind.HARDLINK: tarfile.LNKTYPE,
+    Kind.CHAR: tarfile.CHRTYPE,
+    Kind.BLOCK: tarfile.BLKTYPE,
+    Kind.FIFO: tarfile.FIFOTYPE,
+}
+COPY_BUFSIZE = 1 << 20
+
+
+def _header(name: str, epoch: int) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.uname = ti.gname = ""
+    ti.mtime = epoch
+    ti.mode = 0o644
+    return ti
+
+
+def _split(path: str) -> tuple[str, str]:
+    head, _, base = path.rpartition("/")
+    return (head + "/" if head else ""), base
+
+
+class LayerTarWriter:
+    """Writes changes, in the order given, as one layer tar into ``out``.
+
+    ``out`` needs ``write`` and ``tell``. Callers give changes in canonical order
+    (:func:`builder.layer.order.canonical`) or, for tarball passthrough, archive order with
+    parents first; the writer checks the rules either way.
+    """
+
+    def __init__(self, out: BinaryIO, epoch: int, on_progress: Callable[[int], None] | None = None) -> None:
+        self._tar = tarfile.TarFile(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=COPY_BUFSIZE)
+        self._epoch = epoch
+        self._seen: dict[str, bool] = {}  # path -> is a directory
+        self._whiteouts: set[str] = set()
+        self._progress = on_progress
+        self.count = 0
+
+    def add(self, change: Change) -> None:
+        if isinstance(change, Opaque):
+            self._add_marker(change.path + "/" + WH_OPAQUE if change.path else WH_OPAQUE)
+        elif isinstance(change, Whiteout):
+            head, base = _split(change.path)
+            if change.path in self._seen:
+                raise InputError(f"'/{change.path}' is both deleted and added in one layer")
+            self._whiteouts.add(change.path)
+            self._add_marker(head + WH_PREFIX + base)
+        else:
+            self._add_entry(change)
+
+    def _add_marker(self, name: str) -> None:
+        if name in self._seen:
+            raise InputError(f"two entries for one path in a layer: '/{name}'")
+        self._seen[name] = False
+        self._tar.addfile(_header(name, self._epoch))
+        self.count += 1
+
+    def _add_entry(self, e: Entry) -> None:
+        if not e.path:
+            return  # the root itself is never an entry of a layer
+        _, base = _split(e.path)
+        if is_whiteout_name(base):
+            raise InputError(f"a file named '{base}' cannot be stored in an image (.wh. names mark deletions): "
+                             f"'/{e.path}'")
+        if e.path in self._whiteouts:
+            raise InputError(f"'/{e.path}' is both deleted and added in one layer")
+        if e.path in self._seen:
+            raise InputError(f"two entries for one path in a layer: '/{e.path}'")
+        ti = _header(e.path, min(int(e.mtime), self._epoch))
+        ti.type = _TYPES[e.kind]
+        ti.mode = e.mode & 0o7777
+        ti.uid, ti.gid = e.uid, e.gid
+        if e.kind is Kind.HARDLINK:
+            if self._seen.get(e.link) is not False:
+                what = "is a directory" if self._seen.get(e.link) else "is not earlier in the same layer"
+                raise InputError(f"hardlink '/{e.path}' -> '/{e.link}': the target {what}")
+            ti.linkname = e.link
+        elif e.kind is Kind.SYMLINK:
+            ti.linkname = e.link
+        elif e.kind in (Kind.CHAR, Kind.BLOCK):
+            ti.devmajor, ti.devminor = e.devmajor, e.devminor
+        if e.xattrs:
+            ti.pax_headers = {
+                f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in sorted(e.xattrs)
+            }
+        self._seen[e.path] = e.kind is Kind.DIR
+        self.count += 1
+        if e.kind is Kind.FILE and e.size:
+            if e.content is None:
+                raise InputError(f"no content for '/{e.path}'")
+            ti.size = e.size
+            with e.content() as src:
+                try:
+                    self._tar.addfile(ti, src)
+                except OSError as exc:
+                    if "unexpected end of data" in str(exc):
+                        raise InputError(f"'/{e.path}' changed size while it was read") from exc
+                    raise
+            if self._progress:
+                self._progress(e.size)
+        else:
+            self._tar.addfile(ti)
+
+    def close(self) -> None:
+        """Write the end-of-archive marker (two zero blocks, padded to a record)."""
+        self._tar.close()
+
+
+def write_tar(changes: Iterable[Change], out: BinaryIO, epoch: int,
+              on_progress: Callable[[int], None] | None = None) -> int:
+    """Write ``changes`` as one layer tar into ``out``; returns the number of entries."""
+    writer = LayerTarWriter(out, epoch, on_progress)
+    for change in changes:
+        writer.add(change)
+    writer.close()
+    return writer.count

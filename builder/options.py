@@ -1,0 +1,43 @@
+"""Build options, frozen once the CLI (or a library caller) has made them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder.errors import RecipeError
+from builder.layer.compress import Compression
+from builder.oci.platform import Platform
+
+
+def epoch_from_env(value: int | None) -> int:
+    """``--source-date-epoch``, else ``$SOURCE_DATE_EPOCH``, else 0 (reproducible by default).
+
+    A malformed ``SOURCE_DATE_EPOCH`` is an error, as reproducible-builds.org asks.
+    """
+    if value is not None:
+        return value
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env is None or env == "":
+        return 0
+    if not env.isdigit():
+        raise RecipeError(f"SOURCE_DATE_EPOCH must be a non-negative integer, got {env!r}")
+    return int(env)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything about a build that is not in the recipe."""
+
+    context: Path | None = None
+    """Where copy/rootfs sources and local bases are read; None = the recipe's directory."""
+    epoch: int = 0
+    compression: Compression = Compression.GZIP
+    level: int | None = None
+    platforms: tuple[Platform, ...] = ()
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    tag: str | None = None
+    workdir: Path | None = None
+    """Scratch space for layer blobs; put it on OUT's filesystem so blobs are renamed, not copied."""

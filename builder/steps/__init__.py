@@ -1,0 +1,67 @@
+"""Step handlers: each turns one recipe step into the ordered changes of its layer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from builder.errors import StepError
+from builder.layer.entry import Change
+from builder.recipe.model import (
+    CopyStep,
+    MkdirStep,
+    RemoveStep,
+    RootfsStep,
+    RunStep,
+    Step,
+    SymlinkStep,
+    WriteStep,
+)
+from builder.steps.base import StepContext
+from builder.steps.copy import copy_changes
+from builder.steps.files import mkdir_changes, remove_changes, symlink_changes, write_changes
+from builder.steps.rootfs import rootfs_changes
+
+__all__ = ["StepContext", "changes_for", "describe"]
+
+
+def changes_for(step: Step, ctx: StepContext) -> Iterator[Change]:
+    """The ordered changes ``step`` makes on top of ``ctx.tree``."""
+    if isinstance(step, RootfsStep):
+        return rootfs_changes(step, ctx)
+    if isinstance(step, CopyStep):
+        return iter(copy_changes(step, ctx))
+    if isinstance(step, WriteStep):
+        return iter(write_changes(step, ctx))
+    if isinstance(step, MkdirStep):
+        return iter(mkdir_changes(step, ctx))
+    if isinstance(step, SymlinkStep):
+        return iter(symlink_changes(step, ctx))
+    if isinstance(step, RemoveStep):
+        return iter(remove_changes(step, ctx))
+    if isinstance(step, RunStep):
+        raise StepError("run steps are not supported by this version of pybuild yet")
+    raise AssertionError(f"unknown step {step!r}")
+
+
+def describe(step: Step) -> str:
+    """The history ``created_by`` of a step: what it did, as written (after ${ARGS})."""
+    if isinstance(step, RootfsStep):
+        return f"pybuild rootfs {step.source} {step.to}"
+    if isinstance(step, CopyStep):
+        extra = "".join(
+            f" --{k}={v}"
+            for k, v in (("from", step.from_stage), ("chown", step.owner),
+                         ("chmod", None if step.mode is None else f"{step.mode:04o}"))
+            if v is not None
+        )
+        excl = "".join(f" --exclude={p}" for p in step.exclude)
+        return f"pybuild copy{extra}{excl} {' '.join(step.sources)} {step.to}"
+    if isinstance(step, WriteStep):
+        return f"pybuild write {step.path} ({len(step.content.encode())} bytes)"
+    if isinstance(step, MkdirStep):
+        return f"pybuild mkdir {step.path}"
+    if isinstance(step, SymlinkStep):
+        return f"pybuild symlink {step.path} -> {step.target}"
+    if isinstance(step, RemoveStep):
+        return f"pybuild remove {' '.join(step.paths)}"
+    return f"pybuild run {step.script}"

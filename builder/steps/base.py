@@ -1,0 +1,54 @@
+"""What every step handler gets, and the shared finishing of a file step's change set."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import InputError
+from builder.fs.tree import FsTree
+from builder.fs.users import resolve_owner
+from builder.layer.entry import Change, Entry, Kind, canon, parents
+from builder.layer.order import canonical
+
+
+@dataclass
+class StepContext:
+    """The inputs of one step: the context directory, the lower filesystem and the epoch."""
+
+    context: Path
+    tree: FsTree
+    epoch: int
+
+    def owner(self, spec: str | None) -> tuple[int, int]:
+        """Resolve an ``owner`` through the image's own passwd/group files."""
+        return resolve_owner(spec, self.tree.watched.get("etc/passwd"), self.tree.watched.get("etc/group"))
+
+    def image_path(self, path: str) -> str:
+        """Canonical image path with symlinks in its parent directories resolved (not the last part)."""
+        try:
+            return self.tree.resolve(canon(path), follow_last=False)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+
+    def parent_entry(self, path: str) -> Entry:
+        """A missing parent is created 0:0 0755; an existing one is re-emitted unchanged."""
+        existing = self.tree.get(path)
+        if existing is not None:
+            if existing.kind is not Kind.DIR:
+                raise InputError(f"'/{path}' exists in the image and is not a directory")
+            return existing
+        return Entry(path, Kind.DIR, 0o755, mtime=self.epoch)
+
+
+def finish(changes: Iterable[Change], ctx: StepContext) -> list[Change]:
+    """Add the parent directories every change needs, then order canonically."""
+    out = {(type(c).__name__ == "Opaque", c.path): c for c in changes}
+    have = {path for _, path in out}
+    for _, path in list(out):
+        for parent in parents(path):
+            if parent not in have:
+                have.add(parent)
+                out[(False, parent)] = ctx.parent_entry(parent)
+    return canonical(out.values())

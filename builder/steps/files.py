@@ -1,0 +1,64 @@
+"""The small file steps: write, mkdir, symlink, remove."""
+
+from __future__ import annotations
+
+import io
+
+from builder.errors import InputError
+from builder.layer.entry import Change, Entry, Kind, Whiteout
+from builder.recipe.model import MkdirStep, RemoveStep, SymlinkStep, WriteStep
+from builder.steps.base import StepContext, finish
+
+
+def _target(ctx: StepContext, path: str) -> str:
+    resolved = ctx.image_path(path)
+    if not resolved:
+        raise InputError("cannot replace the image root '/'")
+    return resolved
+
+
+def write_changes(step: WriteStep, ctx: StepContext) -> list[Change]:
+    path = _target(ctx, step.path)
+    if ctx.tree.is_dir(path):
+        raise InputError(f"'{step.path}' is a directory in the image")
+    data = step.content.encode()
+    uid, gid = ctx.owner(step.owner)
+    mode = 0o644 if step.mode is None else step.mode
+    entry = Entry(path, Kind.FILE, mode, uid, gid, len(data), ctx.epoch, content=lambda: io.BytesIO(data))
+    return finish([entry], ctx)
+
+
+def mkdir_changes(step: MkdirStep, ctx: StepContext) -> list[Change]:
+    path = ctx.image_path(step.path)
+    if not path:
+        raise InputError("'/' always exists")
+    uid, gid = ctx.owner(step.owner)
+    mode = 0o755 if step.mode is None else step.mode
+    return finish([Entry(path, Kind.DIR, mode, uid, gid, mtime=ctx.epoch)], ctx)
+
+
+def symlink_changes(step: SymlinkStep, ctx: StepContext) -> list[Change]:
+    path = _target(ctx, step.path)
+    if ctx.tree.is_dir(path):
+        raise InputError(f"'{step.path}' is a directory in the image")
+    uid, gid = ctx.owner(step.owner)
+    return finish([Entry(path, Kind.SYMLINK, 0o777, uid, gid, mtime=ctx.epoch, link=step.target)], ctx)
+
+
+def remove_changes(step: RemoveStep, ctx: StepContext) -> list[Change]:
+    """Whiteouts for the listed paths that exist; only the topmost of nested ones.
+
+    A path that does not exist is not an error (``rm -f`` semantics): recipes often remove
+    caches that only some base images have. A step that removes nothing adds no layer.
+    """
+    targets = sorted({_target(ctx, p) for p in step.paths})
+    kept: list[str] = []
+    for path in targets:
+        if ctx.tree.get(path) is None:
+            continue
+        if any(path.startswith(k + "/") for k in kept):
+            continue
+        kept.append(path)
+    if not kept:
+        return []
+    return finish([Whiteout(p) for p in kept], ctx)

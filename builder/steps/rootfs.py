@@ -1,0 +1,200 @@
+"""``rootfs``: a (compressed) tarball streamed into one layer, never extracted to disk.
+
+The tarball is untrusted. Two streaming passes, no temp files:
+
+1. headers only: canonical names (a leading ``/`` is dropped, as GNU tar does; a name with a
+   ``..`` component is refused, since in a layer it could only mean an escape), duplicate
+   entries (the last one wins, as when tar extracts), directory metadata, and the rules a layer
+   must keep (no ``.wh.*`` names, hardlinks pointing to an earlier non-directory entry);
+2. content: entries in archive order, each preceded by any parent directory not yet written
+   (with the archive's own metadata for it when the archive has one, so order in the archive
+   never matters).
+
+Device nodes, fifos, setuid bits, owners and xattrs are kept as data in the layer.
+``security.selinux`` and overlayfs' ``trusted.overlay.*``/``user.overlay.*`` xattrs are
+host artefacts and are dropped.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from builder.errors import InputError
+from builder.fs.tree import WATCHED
+from builder.layer.compress import open_decompressed
+from builder.layer.entry import Change, Entry, Kind, canon, is_whiteout_name, parents
+from builder.recipe.model import RootfsStep
+from builder.steps.base import StepContext
+
+_KINDS = {
+    tarfile.REGTYPE: Kind.FILE,
+    tarfile.AREGTYPE: Kind.FILE,
+    tarfile.CONTTYPE: Kind.FILE,
+    tarfile.DIRTYPE: Kind.DIR,
+    tarfile.SYMTYPE: Kind.SYMLINK,
+    tarfile.LNKTYPE: Kind.HARDLINK,
+    tarfile.CHRTYPE: Kind.CHAR,
+    tarfile.BLKTYPE: Kind.BLOCK,
+    tarfile.FIFOTYPE: Kind.FIFO,
+}
+_DROP_XATTR_PREFIXES = ("security.selinux", "trusted.overlay.", "user.overlay.")
+
+
+@dataclass
+class _Scan:
+    """What pass 1 learnt: the index of the kept occurrence of each path, and dir metadata."""
+
+    last: dict[str, int]
+    dirs: dict[str, Entry]
+    kinds: dict[str, Kind]
+
+
+def _open(path: Path) -> tarfile.TarFile:
+    raw = open(path, "rb")  # noqa: SIM115 - closed with the TarFile below
+    try:
+        stream = open_decompressed(raw)
+        return tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape")
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        raw.close()
+        raise InputError(f"{path.name}: not a readable tar archive ({exc})") from exc
+
+
+def _members(path: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    tf = _open(path)
+    try:
+        for ti in tf:
+            yield tf, ti
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise InputError(f"{path.name}: corrupt or truncated archive ({exc})") from exc
+    finally:
+        tf.close()
+        tf.fileobj.close() if tf.fileobj is not None else None  # type: ignore[func-returns-value]
+
+
+def _name(ti: tarfile.TarInfo, label: str) -> str:
+    try:
+        return canon(ti.name)
+    except ValueError:
+        raise InputError(f"{label}: entry {ti.name!r} has a '..' component that climbs out of the "
+                         f"root; refusing the archive") from None
+
+
+def _xattrs(ti: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
+    out = []
+    for key, value in ti.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            name = key[len("SCHILY.xattr."):]
+            if not name.startswith(_DROP_XATTR_PREFIXES):
+                out.append((name, value.encode("utf-8", "surrogateescape")))
+    return tuple(sorted(out))
+
+
+def _entry(ti: tarfile.TarInfo, path: str, link: str, epoch: int) -> Entry:
+    kind = _KINDS.get(ti.type, Kind.FILE if ti.isreg() else None)  # GNU sparse etc. read as files
+    if kind is None:
+        raise InputError(f"entry {ti.name!r} has an unsupported type {ti.type!r}")
+    return Entry(path, kind, ti.mode & 0o7777, ti.uid, ti.gid, ti.size if kind is Kind.FILE else 0,
+                 min(int(ti.mtime), epoch), link, ti.devmajor, ti.devminor, _xattrs(ti))
+
+
+def _scan(path: Path, prefix: str, label: str, epoch: int) -> _Scan:
+    last: dict[str, int] = {}
+    dirs: dict[str, Entry] = {}
+    kinds: dict[str, Kind] = {}
+    for i, (_, ti) in enumerate(_members(path)):
+        name = _name(ti, label)
+        if not name:
+            continue
+        base = name.rpartition("/")[2]
+        if is_whiteout_name(base):
+            raise InputError(f"{label}: entry {ti.name!r}: a file named {base!r} cannot be stored in an image "
+                             "(.wh. names mark deletions)")
+        full = f"{prefix}/{name}" if prefix else name
+        entry = _entry(ti, full, "", epoch)
+        last[full] = i
+        kinds[full] = entry.kind
+        if entry.kind is Kind.DIR:
+            dirs[full] = entry
+        else:
+            dirs.pop(full, None)
+    return _Scan(last, dirs, kinds)
+
+
+def rootfs_changes(step: RootfsStep, ctx: StepContext) -> Iterator[Change]:
+    """Stream the tarball's entries as changes, parents first (see module docstring)."""
+    src = ctx.context / step.source
+    label = step.source
+    if not src.is_file():
+        raise InputError(f"no such file: {step.source!r}")
+    real, root = src.resolve(), ctx.context.resolve()
+    if root not in real.parents:
+        raise InputError(f"{step.source!r} leads outside the build context")
+    prefix = ctx.image_path(step.to)
+    scan = _scan(real, prefix, label, ctx.epoch)
+    return _stream(real, prefix, scan, label, ctx)
+
+
+def _stream(path: Path, prefix: str, scan: _Scan, label: str, ctx: StepContext) -> Iterator[Change]:
+    written: dict[str, Kind] = {}
+
+    def ensure_parents(p: str) -> Iterator[Entry]:
+        for parent in parents(p):
+            if parent in written:
+                if written[parent] is not Kind.DIR:
+                    raise InputError(f"{label}: '/{p}' is below '/{parent}', which is not a directory")
+                continue
+            if scan.kinds.get(parent, Kind.DIR) is not Kind.DIR:
+                raise InputError(f"{label}: '/{p}' is below '/{parent}', which is not a directory")
+            entry = scan.dirs.get(parent) or ctx.parent_entry(parent)
+            written[parent] = Kind.DIR
+            yield entry
+
+    if prefix:
+        yield from ensure_parents(prefix + "/x")
+    for i, (tf, ti) in enumerate(_members(path)):
+        name = _name(ti, label)
+        if not name:
+            continue
+        full = f"{prefix}/{name}" if prefix else name
+        if scan.last.get(full) != i or full in written:
+            continue  # an earlier duplicate, or a directory already written as a parent
+        link = ""
+        if ti.islnk():
+            try:
+                target = canon(ti.linkname)
+            except ValueError:
+                raise InputError(f"{label}: hardlink {ti.name!r} -> {ti.linkname!r} points outside the "
+                                 "archive") from None
+            link = f"{prefix}/{target}" if prefix else target
+            if written.get(link) in (None, Kind.DIR):
+                raise InputError(f"{label}: hardlink {ti.name!r} -> {ti.linkname!r}: the target is "
+                                 f"{'a directory' if written.get(link) else 'not an earlier entry'}")
+        elif ti.issym():
+            link = ti.linkname
+        yield from ensure_parents(full)
+        entry = _entry(ti, full, link, ctx.epoch)
+        written[full] = entry.kind
+        if entry.kind is Kind.FILE:
+            entry = _with_content(entry, tf, ti)
+        yield entry
+
+
+def _with_content(entry: Entry, tf: tarfile.TarFile, ti: tarfile.TarInfo) -> Entry:
+    """Content read straight from the archive stream; small watched files are kept in memory."""
+    if entry.path in WATCHED:
+        member = tf.extractfile(ti)
+        data = member.read() if member is not None else b""
+        opener = lambda: io.BytesIO(data)  # noqa: E731
+    else:
+        def opener() -> BinaryIO:
+            member = tf.extractfile(ti)
+            if member is None:
+                raise InputError(f"cannot read {ti.name!r}")
+            return member  # type: ignore[return-value]
+    return Entry(entry.path, entry.kind, entry.mode, entry.uid, entry.gid, entry.size, entry.mtime,
+                 entry.link, entry.devmajor, entry.devminor, entry.xattrs, opener)

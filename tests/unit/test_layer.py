@@ -1,0 +1,174 @@
+"""Tar writer, canonical order, whiteouts, hardlinks and the one-pass blob pipeline."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import random
+import tarfile
+
+import pytest
+import zstandard
+
+from builder.errors import InputError
+from builder.layer.blob import write_layer_blob
+from builder.layer.compress import Compression, sniff
+from builder.layer.entry import Entry, Kind, Opaque, Whiteout, canon
+from builder.layer.order import canonical
+from builder.layer.tarwriter import write_tar
+
+
+def _file(path: str, data: bytes, **kw) -> Entry:
+    return Entry(path, Kind.FILE, kw.pop("mode", 0o644), size=len(data), content=lambda: io.BytesIO(data), **kw)
+
+
+def _tar_bytes(changes, epoch=0) -> bytes:
+    buf = io.BytesIO()
+    write_tar(changes, buf, epoch)
+    return buf.getvalue()
+
+
+def _names(data: bytes) -> list[str]:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return [m.name for m in tf]
+
+
+SAMPLE = [
+    Entry("usr", Kind.DIR, 0o755),
+    Entry("usr/bin", Kind.DIR, 0o755),
+    _file("usr/bin/tool", b"#!/bin/sh\n", mode=0o4755, uid=0, gid=0, mtime=2_000_000_000),
+    Entry("usr/bin/alias", Kind.HARDLINK, 0o755, link="usr/bin/tool"),
+    Entry("usr/lib", Kind.SYMLINK, 0o777, link="/lib64"),
+    Whiteout("usr/share"),
+    Whiteout("usr/bin/gone"),
+    Opaque("usr/bin"),
+    Entry("dev", Kind.DIR, 0o755),
+    Entry("dev/null", Kind.CHAR, 0o666, devmajor=1, devminor=3),
+    Entry("dev/sda", Kind.BLOCK, 0o660, gid=6, devmajor=8, devminor=0),
+    Entry("run", Kind.DIR, 0o755),
+    Entry("run/fifo", Kind.FIFO, 0o600),
+    _file("sbin-ping", b"\x7fELF", mode=0o755, xattrs=(("security.capability", b"\x01\x00\x00\x02\x00\x20\x00"),)),
+]
+
+
+def test_canonical_order_parents_opaque_whiteouts_then_children():
+    names = _names(_tar_bytes(canonical(SAMPLE)))
+    assert names == [
+        "dev", "dev/null", "dev/sda", "run", "run/fifo", "sbin-ping",
+        "usr", "usr/.wh.share", "usr/bin", "usr/bin/.wh..wh..opq", "usr/bin/.wh.gone",
+        "usr/bin/alias", "usr/bin/tool", "usr/lib",
+    ]
+
+
+def test_hardlink_group_rerooted_so_target_comes_first():
+    ordered = canonical(SAMPLE)
+    alias = next(c for c in ordered if c.path == "usr/bin/alias")
+    tool = next(c for c in ordered if c.path == "usr/bin/tool")
+    assert alias.kind is Kind.FILE and alias.size == len(b"#!/bin/sh\n")
+    assert tool.kind is Kind.HARDLINK and tool.link == "usr/bin/alias"
+    with tarfile.open(fileobj=io.BytesIO(_tar_bytes(ordered))) as tf:
+        members = {m.name: m for m in tf}
+        assert members["usr/bin/tool"].islnk() and members["usr/bin/tool"].linkname == "usr/bin/alias"
+        assert tf.extractfile(members["usr/bin/alias"]).read() == b"#!/bin/sh\n"
+
+
+def test_header_policy_is_deterministic():
+    data = _tar_bytes(canonical(SAMPLE), epoch=1_700_000_000)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        for m in tf:
+            assert m.uname == "" and m.gname == ""
+            assert isinstance(m.mtime, int) and m.mtime <= 1_700_000_000
+            assert "atime" not in m.pax_headers and "ctime" not in m.pax_headers
+            assert "mtime" not in m.pax_headers
+        m = {x.name: x for x in tf.getmembers()}
+        assert m["usr/bin/alias"].mode == 0o4755  # setuid kept
+        assert m["dev/null"].ischr() and (m["dev/null"].devmajor, m["dev/null"].devminor) == (1, 3)
+        assert m["dev/sda"].isblk() and m["run/fifo"].isfifo()
+        assert m["sbin-ping"].pax_headers["SCHILY.xattr.security.capability"].encode(
+            "utf-8", "surrogateescape") == b"\x01\x00\x00\x02\x00\x20\x00"
+    assert data.startswith(b"dev/")  # directories are written with a trailing slash
+    assert len(data) % 10240 == 0
+
+
+def test_tar_is_identical_under_shuffled_input():
+    ref = _tar_bytes(canonical(SAMPLE))
+    rng = random.Random(7)
+    for _ in range(20):
+        shuffled = SAMPLE[:]
+        rng.shuffle(shuffled)
+        assert _tar_bytes(canonical(shuffled)) == ref
+
+
+@pytest.mark.parametrize("changes, message", [
+    ([_file("a/.wh.x", b"")], "cannot be stored in an image"),
+    ([Entry("a", Kind.DIR), Entry("a/l", Kind.HARDLINK, link="a/missing")], "not earlier in the same layer"),
+    ([Entry("a", Kind.DIR), Entry("l", Kind.HARDLINK, link="a")], "is a directory"),
+    ([_file("x", b"1"), _file("x", b"2")], "two entries for one path"),
+    ([Whiteout("x"), _file("x", b"2")], "both deleted and added"),
+])
+def test_writer_refuses_what_a_layer_cannot_hold(changes, message):
+    with pytest.raises(InputError, match=message):
+        _tar_bytes(changes)
+
+
+def test_canonical_refuses_duplicates():
+    with pytest.raises(InputError, match="two entries"):
+        canonical([_file("x", b"1"), _file("x", b"2")])
+
+
+def test_file_that_shrinks_while_read_is_an_input_error():
+    entry = Entry("x", Kind.FILE, size=100, content=lambda: io.BytesIO(b"short"))
+    with pytest.raises(InputError, match="changed size"):
+        _tar_bytes([entry])
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/usr//bin/", "usr/bin"), ("./etc/passwd", "etc/passwd"), ("/", ""), ("a/b/../c", "a/c"), ("", ""),
+])
+def test_canon(path, expected):
+    assert canon(path) == expected
+
+
+@pytest.mark.parametrize("path", ["../x", "a/../../x", "/.."])
+def test_canon_refuses_escape(path):
+    with pytest.raises(ValueError):
+        canon(path)
+
+
+@pytest.mark.parametrize("kind", list(Compression))
+def test_blob_pipeline_ids_match_the_bytes(tmp_path, kind):
+    big = bytes(random.Random(1).getrandbits(8) for _ in range(300_000)) * 8  # > several chunks
+    changes = canonical([_file("big", big), Entry("d", Kind.DIR, 0o755)])
+    blob = write_layer_blob(lambda out: write_tar(changes, out, 0), kind, None, tmp_path)
+    raw = blob.path.read_bytes()
+    assert blob.path.name == blob.digest.hex == hashlib.sha256(raw).hexdigest()
+    assert blob.descriptor.size == len(raw)
+    assert blob.descriptor.media_type == kind.media_type
+    assert sniff(raw[:6]) == {"gzip": "gzip", "zstd": "zstd", "none": "none"}[kind.value]
+    plain = {
+        Compression.GZIP: lambda: gzip.decompress(raw),
+        Compression.ZSTD: lambda: zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)).read(),
+        Compression.NONE: lambda: raw,
+    }[kind]()
+    assert blob.diff_id.hex == hashlib.sha256(plain).hexdigest()
+    assert blob.uncompressed_size == len(plain)
+    again = write_layer_blob(lambda out: write_tar(changes, out, 0), kind, None, tmp_path / "2")
+    assert again.digest == blob.digest  # compression is deterministic
+
+
+def test_gzip_header_has_no_name_or_time(tmp_path):
+    blob = write_layer_blob(lambda out: write_tar([Entry("d", Kind.DIR)], out, 0), Compression.GZIP, None, tmp_path)
+    head = blob.path.read_bytes()[:10]
+    assert head[3] == 0  # FLG: no FNAME
+    assert head[4:8] == b"\0\0\0\0"  # MTIME = 0
+
+
+def test_failed_producer_leaves_no_file(tmp_path):
+    def produce(out):
+        out.write(b"x" * (3 << 20))
+        raise InputError("boom")
+
+    with pytest.raises(InputError, match="boom"):
+        write_layer_blob(produce, Compression.GZIP, None, tmp_path)
+    assert list(tmp_path.iterdir()) == []
