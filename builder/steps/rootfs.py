@@ -18,7 +18,11 @@ host artefacts and are dropped.
 from __future__ import annotations
 
 import io
+import lzma
 import tarfile
+import zlib
+
+import zstandard
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,26 +58,17 @@ class _Scan:
     kinds: dict[str, Kind]
 
 
-def _open(path: Path) -> tarfile.TarFile:
-    raw = open(path, "rb")  # noqa: SIM115 - closed with the TarFile below
-    try:
-        stream = open_decompressed(raw)
-        return tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape")
-    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-        raw.close()
-        raise InputError(f"{path.name}: not a readable tar archive ({exc})") from exc
-
-
 def _members(path: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
-    tf = _open(path)
-    try:
-        for ti in tf:
-            yield tf, ti
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise InputError(f"{path.name}: corrupt or truncated archive ({exc})") from exc
-    finally:
-        tf.close()
-        tf.fileobj.close() if tf.fileobj is not None else None  # type: ignore[func-returns-value]
+    """Stream the archive's members; any read error becomes an InputError naming the archive."""
+    with open(path, "rb") as raw:
+        try:
+            with open_decompressed(raw) as stream, \
+                    tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tf:
+                for ti in tf:
+                    yield tf, ti
+        except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError,
+                zstandard.ZstdError) as exc:
+            raise InputError(f"{path.name}: not a readable tar archive, or corrupt or truncated ({exc})") from exc
 
 
 def _name(ti: tarfile.TarInfo, label: str) -> str:
