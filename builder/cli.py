@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from builder import __version__
-from builder.build import BuildResult, build
+from builder.build import build
 from builder.errors import InputError, OutputError, PybuildError
 from builder.image import Image, ImageIndex
 from builder.inspect import describe, render_text
@@ -22,8 +22,7 @@ from builder.layer.compress import Compression
 from builder.oci.platform import Platform
 from builder.options import BuildOptions, epoch_from_env
 from builder.progress import NullReporter, PlainReporter, Reporter, TtyReporter
-from builder.sinks.archive import write_docker_archive, write_oci_archive
-from builder.sinks.layout import read_layout, write_layout
+from builder.sinks import FORMATS, read_layout, write_output
 from builder.workdir import work_directory
 
 SUBCOMMANDS = ("build", "inspect", "unpack", "push", "pull")
@@ -75,7 +74,7 @@ def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
 @cli.command("build")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Where the image goes.")
-@click.option("--format", "fmt", type=click.Choice(["oci", "oci-archive", "docker-archive"]), default="oci",
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="oci",
               show_default=True, help="Layout directory, or one tar file.")
 @click.option("-t", "--tag", help="Name the image is recorded under (default: the recipe's tag, else latest).")
 @click.option("--platform", "platforms", multiple=True, help="os/arch[/variant]; repeatable.")
@@ -116,7 +115,7 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
             workdir=workdir,
         )
         result = build(recipe, options, reporter)
-        _write_output(result, out, fmt, options.epoch)
+        write_output(fmt, out, result.result, result.tag, options.epoch)
     digest = str(result.result.digest)
     if digest_file is not None:
         _write_text(digest_file, digest + "\n")
@@ -129,15 +128,6 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
     click.echo(digest)
 
 
-def _write_output(result: BuildResult, out: Path, fmt: str, epoch: int) -> None:
-    if fmt == "oci":
-        write_layout(out, result.result, result.tag)
-    elif fmt == "oci-archive":
-        write_oci_archive(out, result.result, result.tag, epoch)
-    else:
-        write_docker_archive(out, result.result, result.tag, epoch)
-
-
 def _write_text(path: Path, text: str) -> None:
     try:
         tmp = path.with_name(path.name + ".tmp")
@@ -148,12 +138,17 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def split_ref(ref: str) -> tuple[Path, str | None]:
-    """``OUT[:TAG]``: a path that exists as written wins; else the part after the last ':' is the tag."""
+    """``OUT[:TAG]``: the shortest prefix that is an existing directory is OUT, the rest the tag.
+
+    That is how skopeo splits ``oci:PATH:TAG``, and it keeps tags with colons
+    (``out:acc/app:1``) whole. With no such prefix, the text after the first ':' is the tag.
+    """
     if Path(ref).exists() or ":" not in ref:
         return Path(ref), None
-    path, _, tag = ref.rpartition(":")
-    if "/" in tag:
-        return Path(ref), None
+    for i, ch in enumerate(ref):
+        if ch == ":" and i and Path(ref[:i]).is_dir():
+            return Path(ref[:i]), ref[i + 1:] or None
+    path, _, tag = ref.partition(":")
     return Path(path), tag or None
 
 

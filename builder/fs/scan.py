@@ -7,7 +7,7 @@ import tarfile
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from builder.errors import IntegrityError, InputError
+from builder.errors import InputError, IntegrityError
 from builder.fs.tree import WATCHED, FsTree
 from builder.image import LayerBlob
 from builder.layer.compress import open_decompressed

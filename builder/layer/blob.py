@@ -28,7 +28,7 @@ QUEUE_DEPTH = 8
 _END = b""
 
 
-class _Aborted(Exception):
+class _AbortedError(Exception):
     """The producer gave up; the worker discards what it has."""
 
 
@@ -90,25 +90,28 @@ def write_layer_blob(
     failed = threading.Event()
     error: list[BaseException] = []
     fd, tmp_name = tempfile.mkstemp(prefix=".layer-", dir=workdir)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o644 & ~umask)  # mkstemp makes 0600; blobs are linked into layouts others read
     tmp = Path(tmp_name)
     result: dict[str, HashingWriter] = {}
 
     def worker() -> None:
         try:
             with os.fdopen(fd, "wb") as f:
-                compressed = HashingWriter(f)  # type: ignore[arg-type]
+                compressed = HashingWriter(f)
                 comp = compressor(compression, compressed, level)
-                uncompressed = HashingWriter(comp)  # type: ignore[arg-type]
+                uncompressed = HashingWriter(comp)
                 while True:
                     item = q.get()
                     if isinstance(item, BaseException):
-                        raise _Aborted from item
+                        raise _AbortedError from item
                     if item is _END or not item:
                         break
                     uncompressed.write(item)
                 comp.close()
             result["u"], result["c"] = uncompressed, compressed
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the producer thread, re-raised there
             error.append(exc)
             failed.set()
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import gzip
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
+from builder.oci.digest import Writable
 from builder.oci.mediatypes import MediaType
 
 LAYER_FORMAT_VERSION = 1
@@ -43,11 +44,7 @@ class Compression(StrEnum):
 
     @property
     def levels(self) -> range:
-        return {Compression.GZIP: range(1, 10), Compression.ZSTD: range(1, 23), Compression.NONE: range(0, 1)}[self]
-
-
-class Writable(Protocol):
-    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
+        return {Compression.GZIP: range(1, 10), Compression.ZSTD: range(1, 23), Compression.NONE: range(1)}[self]
 
 
 class CompressWriter(Protocol):
@@ -63,7 +60,8 @@ class _Passthrough:
     sink: Writable
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        return self.sink.write(data)
+        self.sink.write(data)
+        return len(data)
 
     def close(self) -> None:
         pass
@@ -72,21 +70,21 @@ class _Passthrough:
 class _ZstdWriter:
     def __init__(self, sink: Writable, level: int) -> None:
         cctx = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
-        self._writer = cctx.stream_writer(sink, closefd=False, write_return_read=True)
+        self._writer = cctx.stream_writer(cast(BinaryIO, sink), closefd=False, write_return_read=True)
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         n: int = self._writer.write(data)
         return n
 
     def close(self) -> None:
-        self._writer.close()
+        self._writer.close()  # type: ignore[no-untyped-call]
 
 
 def compressor(kind: Compression, sink: Writable, level: int | None = None) -> CompressWriter:
     """A compressing writer of ``kind`` at ``level`` (the kind's default when None) into ``sink``."""
     lvl = kind.default_level if level is None else level
     if kind is Compression.GZIP:
-        return gzip.GzipFile(filename="", mode="wb", compresslevel=lvl, fileobj=sink, mtime=0)  # type: ignore[arg-type]
+        return gzip.GzipFile(filename="", mode="wb", compresslevel=lvl, fileobj=cast(BinaryIO, sink), mtime=0)
     if kind is Compression.ZSTD:
         return _ZstdWriter(sink, lvl)
     return _Passthrough(sink)

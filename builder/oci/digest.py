@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 _HEX = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
 
@@ -40,13 +41,19 @@ class Digest:
         return self.hex[:12]
 
 
+class Writable(Protocol):
+    """Anything with ``write(bytes)``: files, compressors, other HashingWriters."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> object: ...
+
+
 class HashingWriter:
     """A write-only file object that hashes and counts what passes through to ``sink``.
 
     ``sink`` may be None to only hash (used to compute a diff_id without storing).
     """
 
-    def __init__(self, sink: BinaryIO | HashingWriter | None = None) -> None:
+    def __init__(self, sink: Writable | None = None) -> None:
         self._sink = sink
         self._hash = hashlib.sha256()
         self.size = 0
@@ -60,18 +67,19 @@ class HashingWriter:
         return n
 
     def flush(self) -> None:
-        if self._sink is not None:
-            self._sink.flush()
+        flush = getattr(self._sink, "flush", None)
+        if flush is not None:
+            flush()
 
     def digest(self) -> Digest:
         return Digest("sha256", self._hash.hexdigest())
 
 
-def sha256_file(path: str | bytes | object, chunk: int = 1 << 20) -> tuple[Digest, int]:
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> tuple[Digest, int]:
     """Stream a file through sha256; returns (digest, size)."""
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:  # type: ignore[call-overload]
+    with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
             size += len(block)

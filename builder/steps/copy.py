@@ -138,7 +138,7 @@ def copy_changes(step: CopyStep, ctx: StepContext) -> list[Change]:
             target = _join(dest, src.name) if to_dir else dest
             if not target:
                 raise InputError("cannot replace the image root '/' with a file")
-            e = walker.entry(str(src), target, st)
-            if e is not None:
-                changes[target] = e
+            single = walker.entry(str(src), target, st)
+            if single is not None:
+                changes[target] = single
     return finish(changes.values(), ctx)

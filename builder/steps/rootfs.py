@@ -21,17 +21,18 @@ import io
 import lzma
 import tarfile
 import zlib
-
-import zstandard
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
+
+import zstandard
 
 from builder.errors import InputError
 from builder.fs.tree import WATCHED
 from builder.layer.compress import open_decompressed
-from builder.layer.entry import Change, Entry, Kind, canon, is_whiteout_name, parents
+from builder.layer.entry import Change, Entry, Kind, Opener, canon, is_whiteout_name, parents
 from builder.recipe.model import RootfsStep
 from builder.steps.base import StepContext
 
@@ -181,15 +182,15 @@ def _stream(path: Path, prefix: str, scan: _Scan, label: str, ctx: StepContext) 
 
 def _with_content(entry: Entry, tf: tarfile.TarFile, ti: tarfile.TarInfo) -> Entry:
     """Content read straight from the archive stream; small watched files are kept in memory."""
-    if entry.path in WATCHED:
+
+    def from_stream() -> BinaryIO:
         member = tf.extractfile(ti)
-        data = member.read() if member is not None else b""
-        opener = lambda: io.BytesIO(data)  # noqa: E731
-    else:
-        def opener() -> BinaryIO:
-            member = tf.extractfile(ti)
-            if member is None:
-                raise InputError(f"cannot read {ti.name!r}")
-            return member  # type: ignore[return-value]
+        if member is None:
+            raise InputError(f"cannot read {ti.name!r}")
+        return cast(BinaryIO, member)
+
+    opener: Opener = from_stream
+    if entry.path in WATCHED:
+        opener = partial(io.BytesIO, from_stream().read())
     return Entry(entry.path, entry.kind, entry.mode, entry.uid, entry.gid, entry.size, entry.mtime,
                  entry.link, entry.devmajor, entry.devminor, entry.xattrs, opener)

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from builder.errors import InputError
-from builder.errors import Location
+from builder.errors import InputError, Location
 from builder.fs.tree import FsTree
 from builder.layer.entry import Entry, Kind
 from builder.recipe.model import RootfsStep
@@ -161,7 +160,7 @@ def test_truncated_archive_is_an_input_error(tmp_path):
 def test_not_a_tarball(tmp_path):
     (tmp_path / "rootfs.tar").write_bytes(b"hello, this is not a tar archive" * 40)
     ctx = StepContext(context=tmp_path, tree=FsTree(), epoch=0)
-    with pytest.raises(InputError, match="rootfs.tar"):
+    with pytest.raises(InputError, match=r"rootfs\.tar"):
         list(changes_for(RootfsStep("rootfs.tar", "/", WHERE), ctx))
 
 

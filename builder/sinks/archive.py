@@ -1,0 +1,160 @@
+"""The OCI layout as one tar file: ``oci-archive``, and ``docker-archive`` (the same plus Docker's index).
+
+A docker-archive here is what ``docker save`` writes since Docker 25 (moby/moby#44598): a
+valid OCI layout with ``manifest.json`` and ``repositories`` beside it, so ``docker load``,
+``podman load``, ``ctr images import`` and OCI tools all read the same file.
+
+Both are deterministic: names sorted, every time ``epoch``, owner 0:0 with no names, modes
+0644/0755, PAX headers only where a name or size needs them. Blobs are streamed from their
+files, never loaded whole, and the archive is written to a temporary file beside OUT and
+renamed over it, so OUT is either the old file or the complete new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+from builder.errors import InputError, IntegrityError, OutputError
+from builder.image import Image, ImageIndex
+from builder.oci.canonical import canonical_json
+from builder.oci.manifest import REF_NAME, image_index
+from builder.oci.platform import Platform
+from builder.sinks.layout import OCI_LAYOUT, Blob, check_ref_name, image_blobs, is_attestation
+from builder.sinks.lock import tmp_path
+
+_DIR = None  # marks a directory entry among the archive's members
+
+
+class _HashingReader:
+    """Reads through ``raw`` while hashing, so an unverified blob is checked as it is archived."""
+
+    def __init__(self, raw: IO[bytes], algorithm: str) -> None:
+        self._raw = raw
+        self.hasher = hashlib.new(algorithm)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self.hasher.update(data)
+        return data
+
+
+def write_oci_archive(out: Path, image: Image | ImageIndex, tag: str, epoch: int) -> None:
+    """Write ``image`` tagged ``tag`` as an OCI layout in one tar file at ``out``."""
+    check_ref_name(tag, out)
+    _write(out, _layout_members(image, tag), epoch)
+
+
+def write_docker_archive(
+    out: Path, image: Image | ImageIndex, tag: str, epoch: int, platform: Platform | None = None
+) -> None:
+    """Write the OCI archive plus ``manifest.json`` and ``repositories`` for ``docker load``.
+
+    ``manifest.json`` can describe one image per name only, so for an index it lists the
+    image for ``platform``, or when that is None the first (non-attestation) image of the
+    index: the recipe's first platform. That keeps the file the same on every machine; the
+    CLI may pass the host platform instead. ``index.json`` still names the whole index.
+    """
+    check_ref_name(tag, out)
+    chosen = _pick(image, platform, out)
+    repo_tag = docker_repo_tag(tag)
+    repo, _, short = repo_tag.rpartition(":")
+    members = _layout_members(image, tag)
+    manifest = [
+        {
+            "Config": f"blobs/{chosen.image_id.algorithm}/{chosen.image_id.hex}",
+            "RepoTags": [repo_tag],
+            "Layers": [f"blobs/{layer.digest.algorithm}/{layer.digest.hex}" for layer in chosen.layers],
+        }
+    ]
+    members["manifest.json"] = canonical_json(manifest)
+    members["repositories"] = canonical_json({repo: {short: chosen.image_id.hex}})
+    _write(out, members, epoch)
+
+
+def docker_repo_tag(tag: str) -> str:
+    """The ``RepoTags`` entry for ``tag``: as given, with ``:latest`` added when it has no tag part."""
+    return tag if ":" in tag.rsplit("/", 1)[-1] else f"{tag}:latest"
+
+
+def _pick(image: Image | ImageIndex, platform: Platform | None, out: Path) -> Image:
+    if isinstance(image, Image):
+        return image
+    runnable = [img for img in image.images if not is_attestation(img.descriptor())]
+    for img in runnable:
+        if platform is None or img.platform == platform:
+            return img
+    available = ", ".join(str(img.platform) for img in runnable) or "none"
+    raise OutputError(f"{out}: no image for platform {platform} in the index (available: {available})")
+
+
+def _layout_members(image: Image | ImageIndex, tag: str) -> dict[str, bytes | Blob | None]:
+    """Archive member name -> content (bytes, a blob, or ``_DIR``) of the OCI layout."""
+    members: dict[str, bytes | Blob | None] = {
+        "oci-layout": OCI_LAYOUT,
+        "index.json": canonical_json(image_index([image.descriptor({REF_NAME: tag})])),
+        "blobs/": _DIR,
+    }
+    for blob in image_blobs(image):
+        members[f"blobs/{blob.digest.algorithm}/"] = _DIR
+        members[f"blobs/{blob.digest.algorithm}/{blob.digest.hex}"] = blob
+    return members
+
+
+def _info(name: str, epoch: int, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name.rstrip("/"))  # tarfile adds the trailing '/' of a directory itself
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = 0o755 if directory else 0o644
+    info.size = size
+    info.mtime = epoch
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _write(out: Path, members: Mapping[str, bytes | Blob | None], epoch: int) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_dir():
+            raise OutputError(f"{out}: is a directory; an archive output must be a file")
+        tmp = tmp_path(out.parent, f".{out.name}.pybuild-tmp-")
+        try:
+            with open(tmp, "xb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for name in sorted(members):
+                    _add(tar, name, members[name], epoch)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from exc
+
+
+def _add(tar: tarfile.TarFile, name: str, content: bytes | Blob | None, epoch: int) -> None:
+    if content is None:
+        tar.addfile(_info(name, epoch, directory=True))
+    elif isinstance(content, bytes):
+        tar.addfile(_info(name, epoch, len(content)), io.BytesIO(content))
+    elif content.data is not None:
+        tar.addfile(_info(name, epoch, len(content.data)), io.BytesIO(content.data))
+    elif content.path is not None:
+        _add_file(tar, name, content, content.path, epoch)
+
+
+def _add_file(tar: tarfile.TarFile, name: str, blob: Blob, path: Path, epoch: int) -> None:
+    """Stream one blob file into the archive, checking its size and (unless verified) its digest."""
+    try:
+        with open(path, "rb") as f:
+            size = path.stat().st_size
+            if blob.size is not None and size != blob.size:
+                raise IntegrityError(f"{path}: {size} bytes, descriptor says {blob.size}")
+            reader = _HashingReader(f, blob.digest.algorithm)
+            tar.addfile(_info(name, epoch, size), reader)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: blob source missing") from exc
+    if not blob.verified and reader.hasher.hexdigest() != blob.digest.hex:
+        actual = f"{blob.digest.algorithm}:{reader.hasher.hexdigest()}"
+        raise IntegrityError(f"{path}: content is {actual}, expected {blob.digest}")

@@ -1,0 +1,398 @@
+"""OCI image layouts on disk: written atomically and concurrently, read with every blob checked.
+
+Writing follows SPEC section 6. A blob is written to a temporary file outside
+``blobs/<alg>/`` and renamed into place, so ``blobs/sha256/`` only ever holds files named
+after their content; ``index.json`` is replaced last, so a reader (or a build killed half
+way) sees either the old layout or the new one. A new OUT is built whole in a sibling
+directory and renamed into place; an existing OUT is updated under an ``flock`` on the
+directory, so two builds writing different tags into one OUT both land.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.errors import InputError, IntegrityError, OutputError
+from builder.image import Image, ImageIndex, LayerBlob
+from builder.oci.canonical import canonical_json
+from builder.oci.config import diff_ids, platform_of
+from builder.oci.descriptor import Descriptor
+from builder.oci.digest import Digest
+from builder.oci.manifest import REF_NAME, image_index
+from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
+from builder.oci.platform import Platform
+from builder.sinks.lock import TMP_PREFIX, copy_checked, locked_dir, rename_noreplace, tmp_path, write_atomic
+
+OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
+MAX_JSON = 64 << 20  # manifests, indexes and configs larger than this are refused, not loaded
+_REF_TYPE = "vnd.docker.reference.type"
+_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
+_REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")  # image-spec annotations.md
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One blob to store: its digest, its size if known, and where its bytes come from."""
+
+    digest: Digest
+    size: int | None
+    data: bytes | None = None
+    path: Path | None = None
+    verified: bool = False
+
+
+def image_blobs(image: Image | ImageIndex) -> list[Blob]:
+    """Every blob of ``image``, each once, children before the documents that name them."""
+    found: dict[Digest, Blob] = {}
+    images = image.images if isinstance(image, ImageIndex) else (image,)
+    for img in images:
+        for digest, path in sorted(img.extra_blobs.items()):
+            found.setdefault(digest, Blob(digest, None, path=path))
+        for layer in img.layers:
+            found.setdefault(layer.digest, Blob(layer.digest, layer.descriptor.size, None, layer.path, layer.verified))
+        found.setdefault(img.image_id, Blob(img.image_id, len(img.raw_config), img.raw_config))
+        found.setdefault(img.digest, Blob(img.digest, len(img.raw_manifest), img.raw_manifest))
+    if isinstance(image, ImageIndex):
+        found.setdefault(image.digest, Blob(image.digest, len(image.raw_index), image.raw_index))
+    return list(found.values())
+
+
+def blob_path(root: Path, digest: Digest) -> Path:
+    return root / "blobs" / digest.algorithm / digest.hex
+
+
+def _present(root: Path, blob: Blob) -> bool:
+    """True if ``root`` already holds the blob (its name is its digest; the size guards against a torn file)."""
+    try:
+        st = blob_path(root, blob.digest).stat()
+    except OSError:
+        return False
+    return blob.size is None or st.st_size == blob.size
+
+
+def _store(stage: Path, blob: Blob) -> None:
+    """Write one blob to ``stage/blobs/<alg>/<hex>`` through a temp file in ``stage``.
+
+    Verified blobs are hard-linked where possible (the sources are content-addressed and never
+    rewritten); unverified ones are copied while hashed, and never renamed into place if wrong.
+    """
+    dest = blob_path(stage, blob.digest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(stage)
+    try:
+        if blob.data is not None:  # manifest, config, index: their digests were computed from these bytes
+            tmp.write_bytes(blob.data)
+        elif blob.path is None:
+            raise OutputError(f"{dest}: blob has no content")
+        elif not blob.verified:
+            copy_checked(blob.path, tmp, blob.digest, blob.size)
+        else:
+            try:
+                tmp.hardlink_to(blob.path)
+            except OSError:  # another filesystem, or links not allowed: copy
+                shutil.copyfile(blob.path, tmp)
+            if blob.size is not None and tmp.stat().st_size != blob.size:
+                raise IntegrityError(f"{blob.path}: {tmp.stat().st_size} bytes, descriptor says {blob.size}")
+        tmp.replace(dest)
+    except FileNotFoundError as exc:
+        raise InputError(f"{exc.filename}: blob source missing") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_layout(out: Path, image: Image | ImageIndex, tag: str) -> None:
+    """Record ``image`` under ``tag`` in the OCI layout ``out``, creating it or updating it in place."""
+    check_ref_name(tag, out)
+    blobs = image_blobs(image)
+    desc = image.descriptor({REF_NAME: tag})
+    if not (out.exists() or out.is_symlink()) and _create(out, blobs, desc):
+        return
+    _update(out, blobs, desc, tag)
+
+
+def check_ref_name(tag: str, out: Path) -> None:
+    """Refuse a tag that tools reading ``org.opencontainers.image.ref.name`` would reject."""
+    if not _REF_NAME.fullmatch(tag):
+        raise OutputError(f"{out}: {tag!r} is not a valid image reference name (like app, app:1.0, acc/app:1)")
+
+
+def _create(out: Path, blobs: Sequence[Blob], desc: Descriptor) -> bool:
+    """Build the layout in a sibling directory and rename it to ``out``; False if ``out`` appeared meanwhile."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_path(out.parent, f".{out.name}.pybuild-tmp-")
+        tmp.mkdir()
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create: {exc.strerror}") from exc
+    try:
+        (tmp / "oci-layout").write_bytes(OCI_LAYOUT)
+        for blob in blobs:
+            if not _present(tmp, blob):
+                _store(tmp, blob)
+        (tmp / "index.json").write_bytes(canonical_json(image_index([desc])))
+        try:
+            rename_noreplace(tmp, out)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                return False  # another build created OUT first: add to it instead
+            raise OutputError(f"{out}: cannot create: {exc.strerror}") from exc
+        return True
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _update(out: Path, blobs: Sequence[Blob], desc: Descriptor, tag: str) -> None:
+    """Add the blobs and the tag to an existing layout, holding its lock throughout.
+
+    New blobs are first staged in ``OUT/.tmp-*/`` and only moved into ``blobs/`` once all of
+    them are complete and checked, so a failing blob leaves OUT exactly as it was.
+    """
+    if not out.is_dir():
+        raise OutputError(f"{out}: exists and is not a directory")
+    with locked_dir(out):
+        try:
+            empty = not any(out.iterdir())
+            if not empty and not ((out / "oci-layout").is_file() and (out / "index.json").is_file()):
+                raise OutputError(f"{out}: exists and is not an OCI image layout (no oci-layout or index.json)")
+            _remove_stale_tmp(out)
+            stage = tmp_path(out)
+            stage.mkdir()
+            try:
+                for blob in blobs:
+                    if not _present(out, blob):
+                        _store(stage, blob)
+                if empty:
+                    write_atomic(out / "oci-layout", OCI_LAYOUT)
+                index = image_index([]) if empty else _load_index(out / "index.json", OutputError)
+                index["manifests"] = _with_ref(index["manifests"], desc, tag)
+                _move_blobs(stage, out)
+                write_atomic(out / "index.json", canonical_json(index))
+            finally:
+                shutil.rmtree(stage, ignore_errors=True)
+                with contextlib.suppress(OSError):  # best effort: garbage never breaks a layout
+                    collect_garbage(out)  # after success the old tag's blobs; after a failure, ours
+        except OSError as exc:
+            raise OutputError(f"{out}: cannot update: {exc.strerror or exc}") from exc
+
+
+def _move_blobs(stage: Path, out: Path) -> None:
+    staged = stage / "blobs"
+    for algdir in staged.iterdir() if staged.is_dir() else ():
+        (out / "blobs" / algdir.name).mkdir(parents=True, exist_ok=True)
+        for blob in algdir.iterdir():
+            blob.replace(out / "blobs" / algdir.name / blob.name)
+
+
+def _with_ref(entries: list[Any], desc: Descriptor, tag: str) -> list[Any]:
+    """``entries`` with the one tagged ``tag`` replaced in place (duplicates dropped) or ``desc`` appended."""
+    result: list[Any] = []
+    placed = False
+    for entry in entries:
+        if isinstance(entry, dict) and (entry.get("annotations") or {}).get(REF_NAME) == tag:
+            if not placed:
+                result.append(desc.to_json())
+                placed = True
+        else:
+            result.append(entry)
+    return result if placed else [*result, desc.to_json()]
+
+
+def _load_index(path: Path, error: type[InputError | OutputError]) -> dict[str, Any]:
+    try:
+        index = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise error(f"{path}: cannot read the layout index: {exc}") from exc
+    if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+        raise error(f"{path}: not an image index (no manifests list)")
+    return index
+
+
+def _remove_stale_tmp(root: Path) -> None:
+    """Temporary files of builds that died; safe under the lock, which every writer holds."""
+    for entry in root.iterdir():
+        if entry.name.startswith(TMP_PREFIX):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def collect_garbage(root: Path) -> None:
+    """Delete every blob not reachable from ``index.json``; do nothing if reachability is unknowable."""
+    keep = _reachable(root)
+    if keep is None or not (root / "blobs").is_dir():
+        return
+    for algdir in sorted((root / "blobs").iterdir()):
+        if algdir.is_dir() and not algdir.is_symlink():
+            for entry in algdir.iterdir():
+                if (algdir.name, entry.name) not in keep and not entry.is_dir():
+                    entry.unlink(missing_ok=True)
+
+
+def _reachable(root: Path) -> set[tuple[str, str]] | None:
+    """(alg, hex) of every blob reachable from index.json: manifests, indexes, configs, layers.
+
+    Blobs of unknown media types are kept but not looked into. None when a manifest or index on
+    the way cannot be read: better to keep garbage than to delete what a broken document names.
+    """
+    try:
+        stack: list[Any] = list(json.loads((root / "index.json").read_bytes())["manifests"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    keep: set[tuple[str, str]] = set()
+    while stack:
+        entry = stack.pop()
+        try:
+            digest = Digest.parse(str(entry.get("digest")))
+        except (ValueError, AttributeError):  # not a descriptor
+            continue
+        if (digest.algorithm, digest.hex) in keep:
+            continue
+        keep.add((digest.algorithm, digest.hex))
+        if entry.get("mediaType") in MANIFEST_TYPES | INDEX_TYPES:
+            try:
+                doc = json.loads(blob_path(root, digest).read_bytes())
+                stack += [doc.get("config"), doc.get("subject"), *(doc.get("layers") or [])]
+                stack += [*(doc.get("manifests") or []), *(doc.get("blobs") or [])]
+            except (OSError, ValueError, AttributeError, TypeError):
+                return None
+    return keep
+
+
+# ---- reading -------------------------------------------------------------------------------
+
+
+def read_layout(path: Path, tag: str | None = None, platform: Platform | None = None) -> Image | ImageIndex:
+    """The image tagged ``tag`` in layout ``path``; with ``platform``, one image out of an index.
+
+    ``tag`` None picks the only entry, else the one tagged ``latest``. Manifest, index and
+    config bytes are checked against their digests here; layers come back unverified and are
+    checked when copied.
+    """
+    if not path.exists():
+        raise InputError(f"{path}: no such OCI image layout")
+    if not ((path / "oci-layout").is_file() and (path / "index.json").is_file()):
+        raise InputError(f"{path}: not an OCI image layout (no oci-layout or index.json)")
+    index = _load_index(path / "index.json", InputError)
+    desc = find_ref(_descriptors(index["manifests"], path / "index.json"), tag, path)
+    return _load(path, desc, platform, 0)
+
+
+def find_ref(entries: Sequence[Descriptor], tag: str | None, where: Path) -> Descriptor:
+    """The descriptor of ``tag`` (a ref name, or a digest) among a layout's index entries."""
+    if tag is None:
+        if len(entries) == 1:
+            return entries[0]
+        tag = "latest"
+    for desc in entries:
+        if desc.annotations.get(REF_NAME) == tag or str(desc.digest) == tag:
+            return desc
+    tags = ", ".join(repr(d.annotations[REF_NAME]) for d in entries if REF_NAME in d.annotations) or "none"
+    raise InputError(f"{where}: no image tagged {tag!r} (tags present: {tags})")
+
+
+def _descriptors(entries: Any, where: Path) -> list[Descriptor]:
+    try:
+        return [Descriptor.from_json(e) for e in entries]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{where}: malformed descriptor: {exc}") from exc
+
+
+def is_attestation(desc: Descriptor) -> bool:
+    """BuildKit's attestation manifests: listed in an index, but not a runnable platform."""
+    unknown = desc.platform is not None and (desc.platform.os, desc.platform.architecture) == ("unknown", "unknown")
+    return unknown or desc.annotations.get(_REF_TYPE) == "attestation-manifest"
+
+
+def select_platform(children: Sequence[Descriptor], want: Platform, where: Path) -> Descriptor:
+    """The index entry for ``want``: an exact match, else one whose variant is unspecified on either side."""
+    candidates = [c for c in children if c.platform is not None and not is_attestation(c)]
+    for child in candidates:
+        if child.platform == want:
+            return child
+    for child in candidates:
+        p = child.platform
+        if p and (p.os, p.architecture) == (want.os, want.architecture) and not (p.variant and want.variant):
+            return child
+    available = ", ".join(str(c.platform) for c in candidates) or "none"
+    raise InputError(f"{where}: no image for platform {want} (available: {available})")
+
+
+def read_json_blob(root: Path, desc: Descriptor) -> tuple[bytes, dict[str, Any]]:
+    """A manifest, index or config: its bytes, checked against the descriptor's size and digest, and its object."""
+    path = blob_path(root, desc.digest)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path}: blob missing from the layout") from exc
+    if size != desc.size:
+        raise IntegrityError(f"{path}: {size} bytes, descriptor says {desc.size}")
+    if size > MAX_JSON:
+        raise InputError(f"{path}: {size} bytes is too large for a manifest, index or config")
+    data = path.read_bytes()
+    actual = hashlib.new(desc.digest.algorithm, data).hexdigest()
+    if actual != desc.digest.hex:
+        raise IntegrityError(f"{path}: content is {desc.digest.algorithm}:{actual}, expected {desc.digest}")
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise InputError(f"{path}: invalid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return data, doc
+
+
+def _load(root: Path, desc: Descriptor, platform: Platform | None, depth: int) -> Image | ImageIndex:
+    where = blob_path(root, desc.digest)
+    if desc.media_type in MANIFEST_TYPES:
+        return load_image(root, desc)
+    if desc.media_type not in INDEX_TYPES or depth > 3:
+        raise InputError(f"{where}: unsupported media type {desc.media_type!r}")
+    raw, index = read_json_blob(root, desc)
+    children = _descriptors(index.get("manifests") or [], where)
+    if platform is not None:
+        return _load(root, select_platform(children, platform, where), platform, depth + 1)
+    images = []
+    for child in children:
+        if child.media_type not in MANIFEST_TYPES:
+            raise InputError(f"{where}: nested {child.media_type!r} entries are not supported without a platform")
+        images.append(load_image(root, child))
+    return ImageIndex(raw, tuple(images), desc.media_type)
+
+
+def load_image(root: Path, desc: Descriptor) -> Image:
+    """One image manifest, its config and (unverified) layer blobs from layout ``root``."""
+    where = blob_path(root, desc.digest)
+    raw_manifest, manifest = read_json_blob(root, desc)
+    try:
+        cdesc = Descriptor.from_json(manifest["config"])
+        layers = [Descriptor.from_json(d) for d in manifest.get("layers") or []]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{where}: malformed manifest: {exc}") from exc
+    raw_config, config = read_json_blob(root, cdesc)
+    try:
+        ids = diff_ids(config)
+    except ValueError:
+        ids = []
+    if len(ids) != len(layers):
+        if not is_attestation(desc):  # an attestation's config is a placeholder: its layers are documents
+            raise InputError(f"{where}: config has {len(ids)} diff_ids but the manifest has {len(layers)} layers")
+        ids = [d.digest for d in layers]
+    blobs = []
+    for ldesc, diff_id in zip(layers, ids, strict=True):
+        path = blob_path(root, ldesc.digest)
+        if not path.is_file():
+            raise InputError(f"{path}: layer blob missing from the layout")
+        blobs.append(LayerBlob(ldesc, diff_id, path, None, False))
+    return Image(raw_manifest, raw_config, desc.media_type, tuple(blobs), desc.platform or platform_of(config))
