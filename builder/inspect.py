@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from builder.image import Image, ImageIndex
-from builder.sinks.layout import is_attestation
+from builder.oci.descriptor import is_attestation
 
 
 def describe(image: Image | ImageIndex, name: str) -> dict[str, Any]:

@@ -48,3 +48,9 @@ class Descriptor:
 
     def with_annotations(self, annotations: Mapping[str, str]) -> Descriptor:
         return Descriptor(self.media_type, self.digest, self.size, dict(annotations), self.platform)
+
+
+def is_attestation(desc: Descriptor) -> bool:
+    """BuildKit's attestation manifests: listed in an index, but not a runnable platform."""
+    unknown = desc.platform is not None and (desc.platform.os, desc.platform.architecture) == ("unknown", "unknown")
+    return unknown or desc.annotations.get("vnd.docker.reference.type") == "attestation-manifest"

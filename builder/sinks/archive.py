@@ -22,9 +22,10 @@ from typing import IO
 from builder.errors import InputError, IntegrityError, OutputError
 from builder.image import Image, ImageIndex
 from builder.oci.canonical import canonical_json
+from builder.oci.descriptor import is_attestation
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.platform import Platform
-from builder.sinks.layout import OCI_LAYOUT, Blob, check_ref_name, image_blobs, is_attestation
+from builder.sinks.layout import OCI_LAYOUT, Blob, check_ref_name, image_blobs
 from builder.sinks.lock import tmp_path
 
 _DIR = None  # marks a directory entry among the archive's members

@@ -25,7 +25,7 @@ from builder.errors import InputError, IntegrityError, OutputError
 from builder.image import Image, ImageIndex, LayerBlob
 from builder.oci.canonical import canonical_json
 from builder.oci.config import diff_ids, platform_of
-from builder.oci.descriptor import Descriptor
+from builder.oci.descriptor import Descriptor, is_attestation
 from builder.oci.digest import Digest
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
@@ -34,7 +34,6 @@ from builder.sinks.lock import TMP_PREFIX, copy_checked, locked_dir, rename_nore
 
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
 MAX_JSON = 64 << 20  # manifests, indexes and configs larger than this are refused, not loaded
-_REF_TYPE = "vnd.docker.reference.type"
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")  # image-spec annotations.md
 
@@ -307,12 +306,6 @@ def _descriptors(entries: Any, where: Path) -> list[Descriptor]:
         return [Descriptor.from_json(e) for e in entries]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{where}: malformed descriptor: {exc}") from exc
-
-
-def is_attestation(desc: Descriptor) -> bool:
-    """BuildKit's attestation manifests: listed in an index, but not a runnable platform."""
-    unknown = desc.platform is not None and (desc.platform.os, desc.platform.architecture) == ("unknown", "unknown")
-    return unknown or desc.annotations.get(_REF_TYPE) == "attestation-manifest"
 
 
 def select_platform(children: Sequence[Descriptor], want: Platform, where: Path) -> Descriptor:

@@ -1,0 +1,57 @@
+"""The architecture's dependency rules, checked by reading imports (see CONTRIBUTING.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[2] / "builder"
+
+# package (or module) -> builder packages it may import (besides itself and builder.errors)
+ALLOWED = {
+    "oci": set(),
+    "layer": {"oci", "image"},
+    "image": {"oci"},
+    "fs": {"layer", "oci", "image"},
+    "recipe": {"oci"},
+    "steps": {"recipe", "layer", "fs", "oci"},
+    "sinks": {"image", "oci"},
+    "base": {"image", "oci", "sinks", "layer"},
+    "inspect": {"image", "oci"},
+    "progress": {"image"},
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def area(path: Path) -> str:
+    rel = path.relative_to(PKG)
+    return rel.parts[0].removesuffix(".py")
+
+
+MODULES = sorted(PKG.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PKG)))
+def test_imports_follow_the_data_flow(path):
+    me = area(path)
+    for mod in imports_of(path):
+        if mod == "click":
+            assert path.name == "cli.py", f"only cli.py may import click ({path})"
+        if mod == "subprocess":
+            raise AssertionError(f"{path} runs subprocesses; only the sandbox may")
+        if not mod.startswith("builder.") or me not in ALLOWED:
+            continue
+        target = mod.split(".")[1]
+        assert target in ALLOWED[me] | {me, "errors"}, f"{path.relative_to(PKG)} imports {mod}"
