@@ -260,7 +260,11 @@ class _Parser:
                     rest, tag = head, tail
                     if not tag:
                         raise RecipeError(f"empty tag after ':' in {text!r}", where)
-                return BaseRef(kind, self.context_path(rest, where), tag, where)
+                if not rest or "\0" in rest:
+                    raise RecipeError(f"{kind}: needs a path, got {text!r}", where)
+                # a base image is not a context source: any path (absolute, or relative to the
+                # context, even outside it) may name it, as with skopeo and buildah
+                return BaseRef(kind, rest, tag, where)
         if len(text) <= 512 and _REFERENCE.fullmatch(text):
             return BaseRef("registry", text, None, where)
         raise RecipeError(

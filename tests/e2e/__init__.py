@@ -1,0 +1,1 @@
+"""End-to-end tests: the real CLI, checked with real tools (skopeo, umoci, runc, containerd, podman)."""
