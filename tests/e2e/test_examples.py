@@ -19,9 +19,11 @@ EXAMPLES = REPO / "examples"
 
 
 def example_copy(name: str, tmp_path: Path) -> Path:
-    """A copy of examples/NAME without what a previous local build left there."""
-    dest = tmp_path / name
-    shutil.copytree(EXAMPLES / name, dest, symlinks=True, ignore=shutil.ignore_patterns("out", "rootfs.tar*"))
+    """A copy of examples/NAME (and recipes/, which its scripts use) without earlier build output."""
+    ignore = shutil.ignore_patterns("out", "rootfs.tar*")
+    dest = tmp_path / "examples" / name
+    shutil.copytree(EXAMPLES / name, dest, symlinks=True, ignore=ignore)
+    shutil.copytree(REPO / "recipes", tmp_path / "recipes", symlinks=True, ignore=ignore)
     return dest
 
 
