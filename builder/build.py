@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 from builder.base import load_base
 from builder.errors import InputError, located
+from builder.fs.apply import apply_blob
 from builder.fs.scan import tree_from_layers
 from builder.fs.tree import WATCHED, FsTree
 from builder.image import Image, ImageIndex, LayerBlob
@@ -27,11 +28,11 @@ from builder.oci.digest import Digest
 from builder.oci.manifest import image_index, image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
-from builder.options import BuildOptions
+from builder.options import BuildOptions, default_cache_dir
 from builder.progress import NullReporter, Reporter
 from builder.recipe import load_recipe
-from builder.recipe.model import BaseRef, ConfigSpec, Recipe
-from builder.steps import StepContext, changes_for, describe
+from builder.recipe.model import BaseRef, ConfigSpec, Recipe, RunStep
+from builder.steps import RunContext, StepContext, changes_for, describe
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,36 @@ def _load_base(ref: BaseRef, context: Path, platform: Platform, workdir: Path) -
         return load_base(ref.kind, path, ref.tag, platform, workdir)
 
 
+class _Workspace:
+    """The working root filesystem of a stage, made only when a run step needs one.
+
+    Holds every layer applied so far; a run step's own changes are already on disk after it runs,
+    so only the layers added by other steps (and the base) need applying before the next run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.applied = 0
+
+    def sync(self, layers: list[LayerBlob]) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        for blob in layers[self.applied:]:
+            apply_blob(self.path, blob)
+        self.applied = len(layers)
+        return self.path
+
+
+def _run_context(workspace: _Workspace, layers: list[LayerBlob], config: dict[str, Any],
+                 recipe: Recipe, options: BuildOptions, reporter: Reporter) -> RunContext:
+    runtime = cfgmod.merge_runtime(config.get("config") or {}, _runtime_spec(recipe.config))
+    env = dict(item.partition("=")[::2] for item in runtime.get("Env") or [])
+    env.update(recipe.args)
+    return RunContext(
+        rootfs=workspace.sync(layers), env=env, workdir=(config.get("config") or {}).get("WorkingDir") or "/",
+        secrets=options.secrets, cache_dir=options.cache_dir or default_cache_dir(), on_output=reporter.step_output,
+    )
+
+
 class _Layerer:
     """Turns one step's change stream into a blob while recording what it did to the tree."""
 
@@ -128,6 +159,7 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
     config: dict[str, Any] = dict(base.config) if base else cfgmod.empty_config(platform)
     tree: FsTree | None = None
     layerer = _Layerer(options, workdir / "layers", reporter)
+    workspace = _Workspace(workdir / "rootfs")
     built = 0
     for i, step in enumerate(recipe.steps, 1):
         title = describe(step)
@@ -136,11 +168,16 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
             if tree is None:
                 tree = tree_from_layers(layers) if layers else FsTree()
             ctx = StepContext(context=context, tree=tree, epoch=epoch)
-            blob = layerer.layer(changes_for(step, ctx), tree)
+            run_ctx = None
+            if isinstance(step, RunStep):
+                run_ctx = _run_context(workspace, layers, config, recipe, options, reporter)
+            blob = layerer.layer(changes_for(step, ctx, run_ctx), tree)
         reporter.step_done(blob)
         if blob is not None:
             layers.append(blob)
             built += 1
+            if isinstance(step, RunStep):
+                workspace.applied = len(layers)  # its changes are on disk already
         config = cfgmod.append_layer(config, blob.diff_id if blob else None, created, title)
     runtime = cfgmod.merge_runtime(config.get("config") or {}, _runtime_spec(recipe.config))
     config = cfgmod.with_runtime(config, runtime, created)

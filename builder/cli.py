@@ -23,6 +23,7 @@ from builder.oci.platform import Platform
 from builder.options import BuildOptions, epoch_from_env
 from builder.progress import NullReporter, PlainReporter, Reporter, TtyReporter
 from builder.sinks import FORMATS, read_layout, write_output
+from builder.sinks.bundle import write_bundle
 from builder.workdir import work_directory
 
 SUBCOMMANDS = ("build", "inspect", "unpack", "push", "pull")
@@ -64,6 +65,21 @@ def _parse_kv(values: tuple[str, ...], flag: str) -> dict[str, str]:
     return out
 
 
+def _secrets(values: tuple[str, ...]) -> dict[str, Path]:
+    """``--secret id=ID,src=PATH`` (``source=`` also accepted, as BuildKit does)."""
+    out: dict[str, Path] = {}
+    for item in values:
+        fields = dict(part.partition("=")[::2] for part in item.split(","))
+        sid, src = fields.get("id"), fields.get("src") or fields.get("source")
+        if not sid or not src or set(fields) - {"id", "src", "source", "type"}:
+            raise click.UsageError(f"--secret expects id=ID,src=PATH, got {item!r}")
+        path = Path(src)
+        if not path.is_file():
+            raise InputError(f"--secret {sid}: no such file: {src!r}")
+        out[sid] = path.resolve()
+    return out
+
+
 def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
     try:
         return tuple(Platform.parse(v) for v in values)
@@ -83,7 +99,7 @@ def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
 @click.option("--compression", type=click.Choice([c.value for c in Compression]), default="gzip", show_default=True)
 @click.option("--compression-level", type=int, help="gzip 1-9 (default 6), zstd 1-22 (default 3).")
 @click.option("--source-date-epoch", type=click.IntRange(min=0), help="Build timestamp (default $SOURCE_DATE_EPOCH, else 0).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="Layer cache directory (not used yet).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache directory (run-step cache mounts).")
 @click.option("--no-cache", is_flag=True, help="Do not use the layer cache (there is none yet).")
 @click.option("--push", "push_ref", help="Also push the result to a registry.")
 @click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP.")
@@ -112,7 +128,7 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
         options = BuildOptions(
             context=context, epoch=epoch_from_env(source_date_epoch), compression=kind, level=compression_level,
             platforms=_platforms(platforms), build_args=_parse_kv(build_args, "--build-arg"), tag=tag,
-            workdir=workdir,
+            workdir=workdir, secrets=_secrets(secret), cache_dir=cache_dir,
         )
         result = build(recipe, options, reporter)
         write_output(fmt, out, result.result, result.tag, options.epoch)
@@ -187,8 +203,12 @@ def _not_yet(what: str) -> None:
 @click.argument("ref", metavar="OUT[:TAG]")
 @click.argument("bundle", type=click.Path(path_type=Path))
 def unpack_cmd(ref: str, bundle: Path) -> None:
-    """Unpack an image into an OCI runtime bundle (rootfs/ + config.json)."""
-    _not_yet("unpack")
+    """Unpack an image into an OCI runtime bundle (rootfs/ + config.json) that runc runs as it is."""
+    path, tag = split_ref(ref)
+    if not path.is_dir():
+        raise InputError(f"no such OCI layout directory: {str(path)!r}")
+    write_bundle(read_layout(path, tag), bundle)
+    click.echo(f"pybuild: unpacked {ref} into {bundle}", err=True)
 
 
 @cli.command("push")

@@ -41,3 +41,13 @@ class BuildOptions:
     tag: str | None = None
     workdir: Path | None = None
     """Scratch space for layer blobs; put it on OUT's filesystem so blobs are renamed, not copied."""
+    secrets: Mapping[str, Path] = field(default_factory=dict)
+    """``--secret id=ID,src=PATH``: files bound read-only at /run/secrets/ID in run steps."""
+    cache_dir: Path | None = None
+    """Where ``cache:`` mounts of run steps (and later the layer cache) live."""
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/pybuild``, else ``~/.cache/pybuild``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pybuild"

@@ -31,6 +31,8 @@ class Reporter(Protocol):
 
     def step_done(self, layer: LayerBlob | None, cached: bool = False) -> None: ...
 
+    def step_output(self, line: str) -> None: ...
+
     def message(self, text: str) -> None: ...
 
 
@@ -44,6 +46,9 @@ class NullReporter:
         pass
 
     def step_done(self, layer: LayerBlob | None, cached: bool = False) -> None:
+        pass
+
+    def step_output(self, line: str) -> None:
         pass
 
     def message(self, text: str) -> None:
@@ -61,7 +66,12 @@ class PlainReporter:
     def step_started(self, index: int, total: int, title: str) -> None:
         self._t0 = time.monotonic()
         self._bytes = 0
+        self._index = index
         print(f"[{index}/{total}] {title}", file=self.stream, flush=True)
+
+    def step_output(self, line: str) -> None:
+        """A run step's output, as it comes, prefixed by the step number."""
+        print(f"  {getattr(self, '_index', 0)}| {line}", file=self.stream, flush=True)
 
     def step_progress(self, nbytes: int) -> None:
         self._bytes += nbytes

@@ -20,12 +20,13 @@ from builder.steps.base import StepContext
 from builder.steps.copy import copy_changes
 from builder.steps.files import mkdir_changes, remove_changes, symlink_changes, write_changes
 from builder.steps.rootfs import rootfs_changes
+from builder.steps.run import RunContext, run_changes
 
-__all__ = ["StepContext", "changes_for", "describe"]
+__all__ = ["RunContext", "StepContext", "changes_for", "describe"]
 
 
-def changes_for(step: Step, ctx: StepContext) -> Iterator[Change]:
-    """The ordered changes ``step`` makes on top of ``ctx.tree``."""
+def changes_for(step: Step, ctx: StepContext, run: RunContext | None = None) -> Iterator[Change]:
+    """The ordered changes ``step`` makes on top of ``ctx.tree`` (``run`` is needed for run steps)."""
     if isinstance(step, RootfsStep):
         return rootfs_changes(step, ctx)
     if isinstance(step, CopyStep):
@@ -39,7 +40,9 @@ def changes_for(step: Step, ctx: StepContext) -> Iterator[Change]:
     if isinstance(step, RemoveStep):
         return iter(remove_changes(step, ctx))
     if isinstance(step, RunStep):
-        raise StepError("run steps are not supported by this version of pybuild yet")
+        if run is None:
+            raise StepError("run steps need a working root filesystem")
+        return iter(run_changes(step, ctx, run))
     raise AssertionError(f"unknown step {step!r}")
 
 

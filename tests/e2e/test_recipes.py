@@ -92,3 +92,23 @@ def test_debian_recipe_builds_and_runs(debian_rootfs: Path, pybuild, tmp_path: P
     version, path, uid = ran.stdout.splitlines()
     assert version.startswith("12."), describe(ran)
     assert (path, uid) == (DEBIAN_PATH, "0"), describe(ran)
+
+
+@pytest.mark.slow
+def test_debian_apt_get_install_in_a_run_step(debian_rootfs: Path, pybuild, tmp_path: Path, oci_check,
+                                              runc: Runc) -> None:
+    """A real package manager inside a run step: the layer holds the package, not apt's lists or /proc."""
+    recipe = tmp_path / "apt.yaml"
+    recipe.write_text(
+        "version: 1\ntag: apt\nsteps:\n  - rootfs: rootfs.tar.xz\n"
+        "  - run: |\n      apt-get update -q && apt-get install -y -q --no-install-recommends hello\n"
+        "      rm -rf /var/lib/apt/lists/*\n"
+        "    env: {DEBIAN_FRONTEND: noninteractive}\n"
+        "config:\n  cmd: [/usr/bin/hello]\n"
+    )
+    out = tmp_path / "out"
+    built = pybuild(recipe, "-o", out, "--context", debian_rootfs, "--progress", "plain", timeout=1800)
+    assert built.returncode == 0, describe(built)
+    assert oci_check(out, strict=True, ref="apt").returncode == 0
+    ran = runc.run(out, "apt")
+    assert ran.stdout.strip() == "Hello, world!", describe(ran)

@@ -1,0 +1,300 @@
+"""Run a command inside a root filesystem directory, isolated, with no daemon.
+
+Why util-linux ``unshare`` plus a small Python child, rather than bubblewrap or a runc bundle:
+``unshare`` is in every Debian/Ubuntu/Fedora base system (util-linux is essential), it creates
+the namespaces (mount, PID, UTS, IPC, and network for ``network: none``; a user namespace with
+uid 0 inside when pybuild is not root) and, with ``--fork``, makes our child PID 1 of the new PID
+namespace, so every process the script leaves behind dies with it. The child (this module run as
+``python -m builder.sandbox``) then does what needs code rather than flags: mounts ``/proc``, a
+minimal ``/dev`` (null, zero, full, random, urandom, tty bound from the host; a private devpts;
+``/dev/shm``), the host's ``resolv.conf``/``hosts`` read-only for ``network: host``, secrets and
+caches; brings loopback up in a fresh network namespace; ``pivot_root``s into the rootfs; drops to
+the step's user; and ``exec``s the shell. bubblewrap is not installed by default and runc needs a
+bundle and cgroups; both would be a second moving part for the same kernel calls.
+
+Mount points are prepared by the parent (``prepare_mounts``) with every path resolved inside the
+root filesystem (an image's ``/proc -> /etc`` symlink cannot make us mount over a host path), and
+the ones it had to create are removed afterwards, so the root filesystem is left as the command
+left it. All mounts live in the child's private mount namespace and vanish when it exits.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import platform
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.errors import StepError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_MAX_LINKS = 40
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path bound into the sandbox at ``target`` (an absolute path inside the image)."""
+
+    source: str
+    target: str
+    readonly: bool
+    is_dir: bool
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything the child needs; crosses the process boundary as JSON."""
+
+    rootfs: str
+    argv: list[str]
+    env: dict[str, str]
+    uid: int
+    gid: int
+    groups: list[int]
+    workdir: str
+    network: str
+    binds: list[Bind] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
+    """Canonical paths (relative to the rootfs) that get an empty tmpfs, e.g. run/secrets."""
+
+
+def secure_join(root: Path, path: str, follow_last: bool = True) -> Path:
+    """``root``/``path`` with symlinks resolved as inside a chroot: never a path outside ``root``."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        candidate = root.joinpath(*done, name)
+        if candidate.is_symlink() and (parts or follow_last):
+            hops += 1
+            if hops > _MAX_LINKS:
+                raise StepError(f"too many levels of symbolic links in '/{path}'")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            continue
+        done.append(name)
+    return root.joinpath(*done)
+
+
+class MountPoints:
+    """Creates the mount points a run needs inside the rootfs, and removes the ones it created."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.created: list[Path] = []
+
+    def ensure(self, target: str, is_dir: bool) -> str:
+        """Make ``target`` exist (dir or empty file); returns it resolved, relative to the root."""
+        resolved = secure_join(self.root, target)
+        rel = resolved.relative_to(self.root)
+        missing = []
+        probe = resolved
+        while probe != self.root and not probe.exists() and not probe.is_symlink():
+            missing.append(probe)
+            probe = probe.parent
+        for path in reversed(missing):
+            last = path == resolved
+            if path.is_symlink() or (path.exists() and not path.is_dir() and not last):
+                raise StepError(f"cannot mount at '/{target}': '/{path.relative_to(self.root)}' is in the way")
+            if last and not is_dir:
+                path.touch(mode=0o644)
+            else:
+                path.mkdir(mode=0o755)
+            self.created.append(path)
+        if resolved.is_symlink() or (is_dir and not resolved.is_dir()) or (not is_dir and resolved.is_dir()):
+            raise StepError(f"cannot mount at '/{target}': it is not a {'directory' if is_dir else 'file'}")
+        return str(rel)
+
+    def remove_created(self) -> None:
+        """Undo ``ensure`` (deepest first); leaves anything that is no longer empty."""
+        for path in reversed(self.created):
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    path.rmdir()
+                else:
+                    path.unlink()
+        self.created.clear()
+
+
+def _unshare_argv(network: str, rootless: bool) -> list[str]:
+    unshare = shutil.which("unshare") or next(
+        (p for p in ("/usr/bin/unshare", "/bin/unshare") if os.path.exists(p)), None)
+    if unshare is None:
+        raise StepError("run steps need util-linux 'unshare', which is not installed")
+    argv = [unshare, "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child"]
+    if network == "none":
+        argv.append("--net")
+    if rootless:
+        argv += ["--user", "--map-root-user"]
+    return argv
+
+
+def run(spec: RunSpec, on_output: Callable[[str], None], tail: int = 20) -> tuple[int, list[str]]:
+    """Run ``spec`` isolated; stream its merged output line by line to ``on_output``.
+
+    Returns (exit status, the last ``tail`` lines). A status above 128 is a signal (128 + N).
+    """
+    rootless = os.geteuid() != 0
+    argv = [*_unshare_argv(spec.network, rootless), sys.executable, "-m", "builder.sandbox"]
+    payload = json.dumps(asdict(spec))
+    env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "PYTHONPATH": os.pathsep.join(sys.path)}
+    last: collections.deque[str] = collections.deque(maxlen=tail)
+    try:
+        proc = subprocess.Popen([*argv, payload], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=False)
+    except OSError as exc:
+        raise StepError(f"cannot start the sandbox: {exc.strerror}") from exc
+    assert proc.stdout is not None
+    with proc.stdout:
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            last.append(line)
+            on_output(line)
+    status = proc.wait()
+    if status < 0:
+        status = 128 - status
+    return status, list(last)
+
+
+# ----------------------------------------------------------------------------------------------
+# the child: runs inside the new namespaces, as ``python -m builder.sandbox SPEC_JSON``
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217, "armv7l": 218}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _enc(text: str | None) -> bytes | None:
+    return text.encode() if text is not None else None
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    if _libc.mount(_enc(source), _enc(target), _enc(fstype), ctypes.c_ulong(flags), _enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype or 'bind'} on {target}: {os.strerror(err)}")
+
+
+def _bind(source: str, target: str, readonly: bool) -> None:
+    _mount(source, target, None, MS_BIND | MS_REC)
+    if readonly:
+        _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _loopback_up() -> None:
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, siocgifflags, ifreq))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
+def _setup_dev(root: str) -> None:
+    dev = f"{root}/dev"
+    _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
+    for name in DEVICES:
+        path = f"{dev}/{name}"
+        with open(path, "w"):
+            pass
+        with contextlib.suppress(OSError):
+            _bind(f"/dev/{name}", path, False)
+    os.mkdir(f"{dev}/pts")
+    with contextlib.suppress(OSError):
+        _mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+    os.symlink("pts/ptmx", f"{dev}/ptmx")
+    os.mkdir(f"{dev}/shm")
+    _mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{dev}/{name}")
+
+
+def _enter_root(root: str) -> None:
+    _mount(root, root, None, MS_BIND | MS_REC)
+    os.chdir(root)
+    number = _PIVOT_ROOT.get(platform.machine())
+    if number is not None and _libc.syscall(number, b".", b".") == 0:
+        if _libc.umount2(b".", MNT_DETACH) != 0:
+            raise OSError(ctypes.get_errno(), "umount old root")
+    else:
+        os.chroot(".")
+    os.chdir("/")
+
+
+def child(spec: RunSpec) -> None:
+    """Inside the namespaces: mounts, root switch, user switch, exec. Never returns."""
+    root = spec.rootfs
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    with contextlib.suppress(OSError):
+        _mount("sysfs", f"{root}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _setup_dev(root)
+    for rel in spec.tmpfs:
+        _mount("tmpfs", f"{root}/{rel}", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=65536k")
+    for bind in spec.binds:
+        target = f"{root}/{bind.target}"
+        if not bind.is_dir and not os.path.exists(target):
+            with open(target, "w"):
+                pass  # a file mount point inside a tmpfs made just now
+        _bind(bind.source, target, bind.readonly)
+    if spec.network == "none":
+        _loopback_up()
+    with contextlib.suppress(OSError):
+        socket.sethostname("pybuild")
+    _enter_root(root)
+    try:
+        os.chdir(spec.workdir)
+    except OSError as exc:
+        raise SystemExit(f"pybuild-sandbox: cannot enter workdir {spec.workdir}: {exc.strerror}") from exc
+    try:
+        os.setgroups(spec.groups)
+    except PermissionError:
+        if spec.groups:  # a user namespace with one mapping denies setgroups; only fatal if we needed it
+            raise
+    os.setgid(spec.gid)
+    os.setuid(spec.uid)
+    sys.stdout.flush()
+    try:
+        os.execve(spec.argv[0], spec.argv, spec.env)
+    except OSError as exc:
+        hint = " (a binary for another architecture?)" if exc.errno == errno.ENOEXEC else ""
+        sys.stderr.write(f"pybuild-sandbox: cannot execute {spec.argv[0]}: {exc.strerror}{hint}\n")
+        sys.stderr.flush()
+        os._exit(127)
+
+
+def _spec_from_json(text: str) -> RunSpec:
+    data: dict[str, Any] = json.loads(text)
+    data["binds"] = [Bind(**b) for b in data.get("binds", [])]
+    return RunSpec(**data)
+
+
+if __name__ == "__main__":
+    try:
+        child(_spec_from_json(sys.argv[1]))
+    except OSError as exc:
+        sys.stderr.write(f"pybuild-sandbox: {exc}\n")
+        sys.exit(126)

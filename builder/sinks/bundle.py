@@ -1,0 +1,221 @@
+"""``pybuild unpack``: an image as an OCI runtime bundle (``rootfs/`` + ``config.json``) that runc runs as is.
+
+The config follows image-spec ``conversion.md``: Entrypoint + Cmd, Env, WorkingDir and User
+become ``process``; os, architecture, author, created, stop signal, exposed ports and the labels
+become ``annotations`` (labels win on conflicts). Everything the image does not say is what
+``runc spec`` writes (capabilities, mounts, namespaces, masked paths), except that the root is
+writable and there is no terminal, so ``runc run`` works without a console socket. Volumes get no
+mounts: conversion.md allows that, and the data then simply lives in the rootfs.
+
+A bundle is built in a temporary directory beside BUNDLE and renamed into place at the end, so
+a failure (a corrupt layer, an unknown user) leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from builder.errors import InputError, OutputError
+from builder.fs.apply import read_in_root, unpack_layers
+from builder.image import Image, ImageIndex
+from builder.oci.platform import Platform
+
+OCI_VERSION = "1.0.2"
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOSTNAME = "pybuild"
+_MAX_ID = 2**32 - 1
+_MAX_ACCOUNTS = 16 << 20  # /etc/passwd or /etc/group larger than this is not an account file
+
+# Exactly what `runc spec` (runc 1.1) writes: the defaults a user of runc expects.
+_CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+_MOUNTS: list[dict[str, Any]] = [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+     "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+     "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+     "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+     "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+]
+_MASKED = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+           "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
+_READONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+_NAMESPACES = ["pid", "network", "ipc", "uts", "mount"]
+# conversion.md's implicit annotations: image config key -> annotation suffix
+_ANNOTATED = {"os": "os", "architecture": "architecture", "variant": "variant", "os.version": "os.version",
+              "author": "author", "created": "created"}
+_PREFIX = "org.opencontainers.image."
+
+
+def write_bundle(image: Image | ImageIndex, bundle: Path, platform: Platform | None = None) -> None:
+    """Unpack ``image`` (from an index: the one for ``platform``, default the host's) into ``bundle``.
+
+    ``bundle`` must not exist or be an empty directory; it is replaced by the finished bundle
+    in one rename. The bundle directory is 0700 (mkdtemp's): the rootfs holds the image's setuid
+    files and device nodes, which other local users must not reach.
+    """
+    chosen = image if isinstance(image, Image) else pick_platform(image, platform or Platform.host())
+    _check_target(bundle)
+    try:
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.pybuild-unpack-", dir=bundle.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot create a bundle beside {str(bundle)!r}: {exc.strerror}") from exc
+    try:
+        rootfs = tmp / "rootfs"
+        rootfs.mkdir(mode=0o755)
+        rootfs.chmod(0o755)  # an image without a root entry still gets a usable root
+        unpack_layers(rootfs, chosen.layers)
+        config = runtime_config(chosen.config, rootfs)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        tmp.rename(bundle)  # atomic; replaces an empty directory, refuses anything else
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"cannot write bundle {str(bundle)!r}: {exc.strerror or exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def pick_platform(index: ImageIndex, want: Platform) -> Image:
+    """The image of ``index`` for ``want``: exact match, else same os/arch with a variant unsaid on one side."""
+    for image in index.images:
+        if image.platform == want:
+            return image
+    for image in index.images:
+        p = image.platform
+        if (p.os, p.architecture) == (want.os, want.architecture) and not (p.variant and want.variant):
+            return image
+    available = ", ".join(str(i.platform) for i in index.images) or "none"
+    raise InputError(f"no image for platform {want} in the index (available: {available})")
+
+
+def _check_target(bundle: Path) -> None:
+    if bundle.is_symlink() or (bundle.exists() and not bundle.is_dir()):
+        raise OutputError(f"bundle {str(bundle)!r} exists and is not a directory")
+    try:
+        if bundle.is_dir() and any(bundle.iterdir()):
+            raise OutputError(f"bundle directory {str(bundle)!r} is not empty")
+    except OSError as exc:
+        raise OutputError(f"cannot read {str(bundle)!r}: {exc.strerror}") from exc
+
+
+def runtime_config(config: dict[str, Any], rootfs: Path) -> dict[str, Any]:
+    """The runtime-spec ``config.json`` for an image config, users resolved in ``rootfs``."""
+    inner = config.get("config") or {}
+    if not isinstance(inner, dict):
+        raise InputError("image config: 'config' is not an object")
+    args = [*_strings(inner, "Entrypoint"), *_strings(inner, "Cmd")]
+    if not args:
+        raise InputError("the image has neither Entrypoint nor Cmd: nothing to run")
+    env = _strings(inner, "Env")
+    if not any(e.startswith("PATH=") for e in env):
+        env.append(DEFAULT_PATH)  # runc execs args[0] through PATH; conversion.md allows additions
+    cwd = inner.get("WorkingDir") or "/"
+    if not isinstance(cwd, str):
+        raise InputError("image config: WorkingDir is not a string")
+    user_spec = inner.get("User") or ""
+    if not isinstance(user_spec, str):
+        raise InputError("image config: User is not a string")
+    passwd, group = (read_in_root(rootfs, f"etc/{name}", _MAX_ACCOUNTS) for name in ("passwd", "group"))
+    user = resolve_user(user_spec, passwd, group)
+    caps = {kind: list(_CAPS) for kind in ("bounding", "effective", "permitted")}
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": {
+            "terminal": False, "user": user, "args": args, "env": env,
+            "cwd": cwd if cwd.startswith("/") else f"/{cwd}", "capabilities": caps,
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}], "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": False},
+        "hostname": HOSTNAME,
+        "mounts": [dict(m) for m in _MOUNTS],
+        "linux": {
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "namespaces": [{"type": t} for t in _NAMESPACES],
+            "maskedPaths": list(_MASKED),
+            "readonlyPaths": list(_READONLY),
+        },
+        "annotations": runtime_annotations(config),
+    }
+
+
+def _strings(obj: dict[str, Any], key: str) -> list[str]:
+    value = obj.get(key) or []
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise InputError(f"image config: {key} is not a list of strings")
+    return list(value)
+
+
+def runtime_annotations(config: dict[str, Any]) -> dict[str, str]:
+    """conversion.md's annotations: implicit ones from the config, then the labels (which win)."""
+    out: dict[str, str] = {}
+    for key, name in _ANNOTATED.items():
+        if isinstance(config.get(key), str) and config[key]:
+            out[_PREFIX + name] = config[key]
+    features = config.get("os.features")
+    if isinstance(features, list) and features:
+        out[_PREFIX + "os.features"] = ",".join(map(str, features))
+    inner = config.get("config") or {}
+    if isinstance(inner.get("StopSignal"), str) and inner["StopSignal"]:
+        out[_PREFIX + "stopSignal"] = inner["StopSignal"]
+    if isinstance(inner.get("ExposedPorts"), dict) and inner["ExposedPorts"]:
+        out[_PREFIX + "exposedPorts"] = ",".join(sorted(inner["ExposedPorts"]))
+    labels = inner.get("Labels") or {}
+    if isinstance(labels, dict):
+        out.update({k: v for k, v in labels.items() if isinstance(v, str)})
+    return out
+
+
+def _table(content: bytes | None, fields: int) -> list[list[str]]:
+    """Lines of a passwd/group file as fields; comments and lines with non-numeric ids skipped."""
+    rows = []
+    for line in (content or b"").decode("utf-8", "replace").splitlines():
+        row = line.split(":")
+        if len(row) >= fields and row[0] and not line.startswith(("#", "+", "-")) and row[2].isdigit():
+            rows.append(row)
+    return rows
+
+
+def resolve_user(spec: str, passwd: bytes | None, group: bytes | None) -> dict[str, Any]:
+    """``process.user`` for Config.User: ``name``, ``uid``, ``uid:gid``, ``name:group`` (conversion.md).
+
+    A user without a group gets its primary group from the image's /etc/passwd (0 for a uid
+    that is not there), and, for a name, the groups of /etc/group that list it as
+    ``additionalGids``. A name that the image does not know is an error, as conversion.md says.
+    """
+    name, sep, grp = spec.partition(":")
+    users = _table(passwd, 4)
+    if not name or name.isdigit():
+        uid = int(name or 0)
+        row = next((r for r in users if r[2] == str(uid)), None)
+    else:
+        row = next((r for r in users if r[0] == name), None)
+        if row is None:
+            raise InputError(f"image config: user {name!r} is not in the image's /etc/passwd")
+        uid = int(row[2])
+    gid = int(row[3]) if row is not None and row[3].isdigit() else 0
+    groups = _table(group, 3)
+    if grp.isdigit():
+        gid = int(grp)
+    elif grp:
+        found = next((r for r in groups if r[0] == grp), None)
+        if found is None:
+            raise InputError(f"image config: group {grp!r} is not in the image's /etc/group")
+        gid = int(found[2])
+    if max(uid, gid) > _MAX_ID:
+        raise InputError(f"image config: user {spec!r}: id out of range")
+    user: dict[str, Any] = {"uid": uid, "gid": gid}
+    if name and not name.isdigit() and not sep:
+        extra = sorted({int(r[2]) for r in groups if len(r) > 3 and name in r[3].split(",")} - {gid})
+        if extra:
+            user["additionalGids"] = extra
+    return user

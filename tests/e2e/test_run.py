@@ -1,0 +1,198 @@
+"""``run:`` steps through the real CLI: what a command does becomes exactly its layer.
+
+Every image built here is checked with oci-check --strict and run under runc, which must show
+every effect of the run steps.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from .runtimes import describe
+
+pytestmark = [pytest.mark.tools]
+
+
+def layer_members(out: Path, tag: str, index: int) -> dict[str, tarfile.TarInfo]:
+    blobs = out / "blobs" / "sha256"
+    idx = json.loads((out / "index.json").read_text())
+    [desc] = [m for m in idx["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == tag]
+    manifest = json.loads((blobs / desc["digest"].split(":")[1]).read_bytes())
+    with tarfile.open(fileobj=gzip.open(blobs / manifest["layers"][index]["digest"].split(":")[1])) as tf:
+        return {m.name: m for m in tf}
+
+
+def layer_count(out: Path) -> int:
+    blobs = out / "blobs" / "sha256"
+    idx = json.loads((out / "index.json").read_text())
+    manifest = json.loads((blobs / idx["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    return len(manifest["layers"])
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, busybox_rootfs_tar: Path) -> Path:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    shutil.copy(busybox_rootfs_tar, ctx / "rootfs.tar.gz")
+    return ctx
+
+
+EFFECTS = """\
+version: 1
+tag: run
+args: {WHO: pybuild}
+steps:
+  - rootfs: rootfs.tar.gz
+  - write: /etc/seed
+    content: "seed\\n"
+  - mkdir: /victim
+  - write: /victim/inner
+    content: "inner\\n"
+  - mkdir: /data/keep
+  - write: /data/keep/old
+    content: "old\\n"
+  - run: |
+      set -e
+      echo "adding as $WHO"
+      mkdir -p /srv/app && echo hello > /srv/app/new
+      echo changed > /etc/seed
+      chmod 0600 /etc/seed
+      chown 1000:1000 /srv/app/new
+      ln /srv/app/new /srv/app/hardlink
+      rm -rf /victim
+      touch /victim
+      rm -rf /data/keep && mkdir -p /data/keep && echo fresh > /data/keep/fresh
+    env: {EXTRA: "1"}
+  - run: |
+      rm /victim && mkdir /victim && echo back > /victim/again
+config:
+  cmd: ["/bin/sh", "-c", "cat /srv/app/new /etc/seed /victim/again /data/keep/fresh; ls /data/keep; stat -c '%a %u:%g %h' /etc/seed /srv/app/new; ls /victim"]
+"""
+
+
+def test_run_effects_become_layers_and_run_in_runc(pybuild, ctx: Path, tmp_path: Path, oci_check, runc) -> None:
+    (ctx / "pybuild.yaml").write_text(EFFECTS)
+    out = tmp_path / "out"
+    built = pybuild(ctx / "pybuild.yaml", "-o", out, "--progress", "plain")
+    assert built.returncode == 0, describe(built)
+    assert "| adding as pybuild" in built.stderr  # output streamed, prefixed by the step
+    assert oci_check(out).returncode == 0
+    run_layer = layer_members(out, "run", 6)
+    names = set(run_layer)
+    # only what changed: the new files, the modified seed, the replaced /victim, the opaque /data/keep
+    assert {"srv/app/new", "srv/app/hardlink", "etc/seed", "victim", "data/keep/.wh..wh..opq",
+            "data/keep/fresh"} <= names
+    assert not any(n.startswith(("proc", "dev/", "sys")) for n in names)
+    assert "etc/passwd" not in names and "bin/busybox" not in names
+    assert run_layer["etc/seed"].mode == 0o600
+    assert (run_layer["srv/app/new"].uid, run_layer["srv/app/new"].gid) == (1000, 1000)
+    assert run_layer["srv/app/hardlink"].islnk() or run_layer["srv/app/new"].islnk()
+    assert all(m.mtime == 0 for m in run_layer.values())
+    ran = runc.run(out, "run")
+    lines = ran.stdout.splitlines()
+    assert lines[:4] == ["hello", "changed", "back", "fresh"], describe(ran)
+    assert lines[4] == "fresh"  # /data/keep/old is hidden by the opaque whiteout
+    assert lines[5] == "600 0:0 1" and lines[6] == "644 1000:1000 2"
+    assert lines[7] == "again"
+
+
+def test_deterministic_run_gives_identical_layers(pybuild, ctx: Path, tmp_path: Path) -> None:
+    (ctx / "pybuild.yaml").write_text(
+        "version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n  - run: mkdir -p /opt/x && echo 1 > /opt/x/f && rm /bin/cat\n"
+    )
+    digests = []
+    for name in ("a", "b"):
+        built = pybuild(ctx / "pybuild.yaml", "-o", tmp_path / name, "-q")
+        assert built.returncode == 0, describe(built)
+        digests.append(built.stdout.strip())
+    assert digests[0] == digests[1]
+    layer = layer_members(tmp_path / "a", "latest", 1)
+    assert sorted(layer) == ["bin", "bin/.wh.cat", "opt", "opt/x", "opt/x/f"]
+
+
+def test_failing_command_stops_the_build_with_its_status(pybuild, ctx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (ctx / "ok.yaml").write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n")
+    assert pybuild(ctx / "ok.yaml", "-o", out, "-q").returncode == 0
+    before = sorted(p.name for p in (out / "blobs" / "sha256").iterdir())
+    (ctx / "bad.yaml").write_text(
+        "version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n  - write: /x\n    content: x\n"
+        "  - run: |\n      echo about to fail\n      exit 7\n"
+    )
+    failed = pybuild(ctx / "bad.yaml", "-o", out, "-q")
+    assert failed.returncode == 1
+    lines = failed.stderr.splitlines()
+    first = next(line for line in lines if line.startswith("pybuild: error:"))
+    assert first.endswith("bad.yaml:6: steps[2].run: command exited with status 7"), failed.stderr
+    assert "about to fail" in failed.stderr
+    assert sorted(p.name for p in (out / "blobs" / "sha256").iterdir()) == before
+
+
+def test_run_without_a_shell_says_so(pybuild, tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text("version: 1\nsteps:\n  - write: /a\n    content: a\n  - run: echo hi\n")
+    failed = pybuild(tmp_path / "r.yaml", "-o", tmp_path / "out")
+    assert failed.returncode == 1
+    assert "steps[1].run: the image has no /bin/sh" in failed.stderr
+
+
+def test_user_workdir_env_network_none(pybuild, ctx: Path, tmp_path: Path) -> None:
+    (ctx / "pybuild.yaml").write_text(
+        "version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n"
+        "  - run: |\n      id -u > /tmp/who; pwd > /tmp/where; echo $GREETING > /tmp/env\n"
+        "      cat /sys/class/net/*/operstate | wc -l > /tmp/nics\n"
+        "    user: nobody\n    workdir: /tmp\n    network: none\n    env: {GREETING: hi}\n"
+    )
+    out = tmp_path / "out"
+    built = pybuild(ctx / "pybuild.yaml", "-o", out, "-q")
+    assert built.returncode == 0, describe(built)
+    layer = layer_members(out, "latest", 1)
+    assert layer["tmp/who"].uid == 65534
+
+
+def test_secret_and_cache_mounts_never_reach_the_layer(pybuild, ctx: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("s3cr3t-value\n")
+    (ctx / "pybuild.yaml").write_text(
+        "version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n"
+        "  - run: |\n      wc -c < /run/secrets/token > /used\n      date > /var/cache/thing/stamp\n"
+        "      ls /var/cache/thing | wc -l > /cached-count\n"
+        "    mounts:\n      - secret: token\n      - cache: /var/cache/thing\n"
+    )
+    cache = tmp_path / "cache"
+    for name in ("a", "b"):
+        built = pybuild(ctx / "pybuild.yaml", "-o", tmp_path / name, "-q", "--secret", f"id=token,src={secret}",
+                        "--cache-dir", cache)
+        assert built.returncode == 0, describe(built)
+    layer = layer_members(tmp_path / "b", "latest", 1)
+    assert "used" in layer and not any(n.startswith(("run/", "var/")) for n in layer)
+    for blob in (tmp_path / "b" / "blobs" / "sha256").iterdir():
+        data = blob.read_bytes()
+        assert b"s3cr3t" not in data and b"s3cr3t" not in (gzip.decompress(data) if data[:2] == b"\x1f\x8b" else b"")
+    assert any(cache.rglob("stamp"))  # the cache lives on between builds
+
+
+def test_unpack_bundle_runs_in_runc_without_editing(pybuild, ctx: Path, tmp_path: Path, runc) -> None:
+    (ctx / "pybuild.yaml").write_text(
+        "version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n  - run: echo from-run > /hello\n"
+        "config:\n  cmd: [/bin/cat, /hello]\n"
+    )
+    out = tmp_path / "out"
+    assert pybuild(ctx / "pybuild.yaml", "-o", out, "-q").returncode == 0
+    bundle = tmp_path / "bundle"
+    unpacked = pybuild("unpack", f"{out}:latest", bundle)
+    assert unpacked.returncode == 0, describe(unpacked)
+    assert json.loads((bundle / "config.json").read_text())["process"]["args"] == ["/bin/cat", "/hello"]
+    before = (bundle / "config.json").read_bytes()
+    cid = f"pybuild-unpack-{tmp_path.name}"
+    ran = subprocess.run(["runc", "--root", str(runc.state), "run", "--bundle", str(bundle), cid],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    subprocess.run(["runc", "--root", str(runc.state), "delete", "--force", cid], capture_output=True, check=False)
+    assert ran.returncode == 0 and ran.stdout.strip() == "from-run", describe(ran)
+    assert (bundle / "config.json").read_bytes() == before  # runnable without editing
