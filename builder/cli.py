@@ -207,7 +207,7 @@ def unpack_cmd(ref: str, bundle: Path) -> None:
     path, tag = split_ref(ref)
     if not path.is_dir():
         raise InputError(f"no such OCI layout directory: {str(path)!r}")
-    write_bundle(read_layout(path, tag), bundle)
+    write_bundle(read_layout(path, tag, Platform.host()), bundle)
     click.echo(f"pybuild: unpacked {ref} into {bundle}", err=True)
 
 

@@ -272,7 +272,8 @@ def child(spec: RunSpec) -> None:
     try:
         os.setgroups(spec.groups)
     except PermissionError:
-        if spec.groups:  # a user namespace with one mapping denies setgroups; only fatal if we needed it
+        # a user namespace with a single mapping denies setgroups: fine unless real groups were asked
+        if set(spec.groups) - {spec.gid}:
             raise
     os.setgid(spec.gid)
     os.setuid(spec.uid)

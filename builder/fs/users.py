@@ -48,35 +48,60 @@ def resolve_owner(spec: str | None, passwd: bytes | None, group: bytes | None) -
     return uid, gid
 
 
+_MAX_ID = (1 << 32) - 2
+
+
 @dataclass(frozen=True)
 class ProcessUser:
-    """Who a ``run`` step's command runs as."""
+    """Who a process runs as: a ``run`` step's command, or the image's ``User`` in a bundle."""
 
     uid: int
     gid: int
-    groups: tuple[int, ...]
+    additional_gids: tuple[int, ...]
     home: str
 
 
+def _rows(content: bytes | None, fields: int) -> list[list[str]]:
+    """Lines of a passwd/group file as fields; comments and lines with non-numeric ids skipped."""
+    rows = []
+    for line in (content or b"").decode("utf-8", "replace").splitlines():
+        row = line.split(":")
+        if len(row) >= fields and row[0] and not line.startswith(("#", "+", "-")) and row[2].isdigit():
+            rows.append(row)
+    return rows
+
+
 def resolve_user(spec: str | None, passwd: bytes | None, group: bytes | None) -> ProcessUser:
-    """``user:`` of a run step, as a container runtime resolves ``User``: a name or uid gets its
-    primary group from the image's /etc/passwd (0 for a uid it does not list), plus the groups
-    /etc/group lists it in; ``uid:gid`` / ``name:group`` set the group explicitly."""
-    user, sep, grp = (spec or "0").partition(":")
-    entries = [line.split(":") for line in (passwd or b"").decode("utf-8", "replace").splitlines()]
-    rows = [e for e in entries if len(e) >= 6 and e[2].isdigit() and e[3].isdigit()]
-    match = next((e for e in rows if (e[2] == user if user.isdigit() else e[0] == user)), None)
-    if match is None and not user.isdigit():
-        raise InputError(f"unknown user {user!r}: not in the image's /etc/passwd")
-    uid = int(user) if user.isdigit() else int(match[2])  # type: ignore[index]
-    gid = int(match[3]) if match else 0
-    home = match[5] if match and match[5] else ("/root" if uid == 0 else "/")
-    if sep:
-        gid = resolve_owner(f"0:{grp}", passwd, group)[1]
-    name = match[0] if match else None
-    extra: list[int] = []
-    for line in (group or b"").decode("utf-8", "replace").splitlines():
-        fields = line.split(":")
-        if len(fields) >= 4 and fields[2].isdigit() and name and name in fields[3].split(","):
-            extra.append(int(fields[2]))
-    return ProcessUser(uid, gid, tuple(sorted({gid, *extra})), home)
+    """``name``, ``uid``, ``uid:gid``, ``name:group`` -> ids, as image-spec conversion.md says.
+
+    A user without a group gets its primary group from the image's /etc/passwd (0 for a uid
+    that is not there), and, for a name, the groups of /etc/group that list it as additional
+    groups. A name the image does not know is an error. Unlike :func:`resolve_owner` (file
+    ownership, Docker COPY rules), this is how a runtime resolves a process's user.
+    """
+    name, sep, grp = (spec or "").partition(":")
+    users = _rows(passwd, 4)
+    if not name or name.isdigit():
+        uid = int(name or 0)
+        row = next((r for r in users if r[2] == str(uid)), None)
+    else:
+        row = next((r for r in users if r[0] == name), None)
+        if row is None:
+            raise InputError(f"unknown user {name!r}: not in the image's /etc/passwd")
+        uid = int(row[2])
+    gid = int(row[3]) if row is not None and row[3].isdigit() else 0
+    groups = _rows(group, 3)
+    if grp.isdigit():
+        gid = int(grp)
+    elif grp:
+        found = next((r for r in groups if r[0] == grp), None)
+        if found is None:
+            raise InputError(f"unknown group {grp!r}: not in the image's /etc/group")
+        gid = int(found[2])
+    if max(uid, gid) > _MAX_ID:
+        raise InputError(f"user {spec!r}: id out of range")
+    extra: tuple[int, ...] = ()
+    if name and not name.isdigit() and not sep:
+        extra = tuple(sorted({int(r[2]) for r in groups if len(r) > 3 and name in r[3].split(",")} - {gid}))
+    home = row[5] if row is not None and len(row) > 5 and row[5] else ("/root" if uid == 0 else "/")
+    return ProcessUser(uid, gid, extra, home)

@@ -21,13 +21,13 @@ from typing import Any
 
 from builder.errors import InputError, OutputError
 from builder.fs.apply import read_in_root, unpack_layers
+from builder.fs.users import resolve_user
 from builder.image import Image, ImageIndex
 from builder.oci.platform import Platform
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOSTNAME = "pybuild"
-_MAX_ID = 2**32 - 1
 _MAX_ACCOUNTS = 16 << 20  # /etc/passwd or /etc/group larger than this is not an account file
 
 # Exactly what `runc spec` (runc 1.1) writes: the defaults a user of runc expects.
@@ -126,7 +126,10 @@ def runtime_config(config: dict[str, Any], rootfs: Path) -> dict[str, Any]:
     if not isinstance(user_spec, str):
         raise InputError("image config: User is not a string")
     passwd, group = (read_in_root(rootfs, f"etc/{name}", _MAX_ACCOUNTS) for name in ("passwd", "group"))
-    user = resolve_user(user_spec, passwd, group)
+    resolved = resolve_user(user_spec, passwd, group)
+    user: dict[str, Any] = {"uid": resolved.uid, "gid": resolved.gid}
+    if resolved.additional_gids:
+        user["additionalGids"] = list(resolved.additional_gids)
     caps = {kind: list(_CAPS) for kind in ("bounding", "effective", "permitted")}
     return {
         "ociVersion": OCI_VERSION,
@@ -173,49 +176,3 @@ def runtime_annotations(config: dict[str, Any]) -> dict[str, str]:
     if isinstance(labels, dict):
         out.update({k: v for k, v in labels.items() if isinstance(v, str)})
     return out
-
-
-def _table(content: bytes | None, fields: int) -> list[list[str]]:
-    """Lines of a passwd/group file as fields; comments and lines with non-numeric ids skipped."""
-    rows = []
-    for line in (content or b"").decode("utf-8", "replace").splitlines():
-        row = line.split(":")
-        if len(row) >= fields and row[0] and not line.startswith(("#", "+", "-")) and row[2].isdigit():
-            rows.append(row)
-    return rows
-
-
-def resolve_user(spec: str, passwd: bytes | None, group: bytes | None) -> dict[str, Any]:
-    """``process.user`` for Config.User: ``name``, ``uid``, ``uid:gid``, ``name:group`` (conversion.md).
-
-    A user without a group gets its primary group from the image's /etc/passwd (0 for a uid
-    that is not there), and, for a name, the groups of /etc/group that list it as
-    ``additionalGids``. A name that the image does not know is an error, as conversion.md says.
-    """
-    name, sep, grp = spec.partition(":")
-    users = _table(passwd, 4)
-    if not name or name.isdigit():
-        uid = int(name or 0)
-        row = next((r for r in users if r[2] == str(uid)), None)
-    else:
-        row = next((r for r in users if r[0] == name), None)
-        if row is None:
-            raise InputError(f"image config: user {name!r} is not in the image's /etc/passwd")
-        uid = int(row[2])
-    gid = int(row[3]) if row is not None and row[3].isdigit() else 0
-    groups = _table(group, 3)
-    if grp.isdigit():
-        gid = int(grp)
-    elif grp:
-        found = next((r for r in groups if r[0] == grp), None)
-        if found is None:
-            raise InputError(f"image config: group {grp!r} is not in the image's /etc/group")
-        gid = int(found[2])
-    if max(uid, gid) > _MAX_ID:
-        raise InputError(f"image config: user {spec!r}: id out of range")
-    user: dict[str, Any] = {"uid": uid, "gid": gid}
-    if name and not name.isdigit() and not sep:
-        extra = sorted({int(r[2]) for r in groups if len(r) > 3 and name in r[3].split(",")} - {gid})
-        if extra:
-            user["additionalGids"] = extra
-    return user

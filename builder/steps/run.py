@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import InputError, StepError
+from builder.fs.apply import read_in_root
 from builder.fs.diff import diff
 from builder.fs.snapshot import snapshot
 from builder.fs.users import resolve_user
@@ -39,14 +40,6 @@ class RunContext:
     secrets: Mapping[str, Path] = field(default_factory=dict)
     cache_dir: Path | None = None
     on_output: Callable[[str], None] = lambda line: None
-
-
-def _read(root: Path, path: str) -> bytes | None:
-    try:
-        with open(secure_join(root, path), "rb") as f:
-            return f.read(1 << 20)
-    except OSError:
-        return None
 
 
 def _cache_source(cache_dir: Path | None, target: str) -> str:
@@ -116,7 +109,7 @@ def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]
     if not shell_path.is_file():
         raise StepError(f"the image has no {shell[0]}: a run step needs a shell "
                         "(add one in an earlier step, or set `shell:` to one the image has)")
-    user = resolve_user(step.user, _read(root, "etc/passwd"), _read(root, "etc/group"))
+    user = resolve_user(step.user, read_in_root(root, "etc/passwd"), read_in_root(root, "etc/group"))
     env = {"PATH": DEFAULT_PATH, "HOME": user.home, **rc.env, **step.env}
     excluded = _excluded(step, root)
     points = MountPoints(root)
@@ -128,7 +121,7 @@ def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]
         if not wd.is_dir():
             wd.mkdir(parents=True, mode=0o755)  # as Docker's WORKDIR: part of this step's layer
         spec = RunSpec(rootfs=str(root), argv=[*shell, step.script], env=env, uid=user.uid, gid=user.gid,
-                       groups=list(user.groups), workdir="/" + canon(str(wd.relative_to(root))),
+                       groups=sorted({user.gid, *user.additional_gids}), workdir="/" + canon(str(wd.relative_to(root))),
                        network=step.network, binds=binds, tmpfs=tmpfs)
         status, tail = run(spec, rc.on_output)
         if status != 0:

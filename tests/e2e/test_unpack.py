@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from builder.errors import InputError, OutputError
+from builder.fs.users import resolve_user
 from builder.image import Image, LayerBlob
 from builder.oci.canonical import canonical_json
 from builder.oci.config import append_layer, empty_config, rfc3339
@@ -29,7 +30,7 @@ from builder.oci.digest import Digest
 from builder.oci.manifest import image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
-from builder.sinks.bundle import resolve_user, runtime_annotations, write_bundle
+from builder.sinks.bundle import runtime_annotations, write_bundle
 from tests.helpers import AMD64, ARM64, compress, make_image, make_index
 
 from .runtimes import describe, remove_tree, run, unique_id
@@ -56,7 +57,11 @@ GROUP = b"root:x:0:\napp:x:1000:\nstaff:x:50:app,other\nwheel:x:10:root,app\nnog
     ],
 )
 def test_user_resolution(spec: str, expected: dict[str, Any]) -> None:
-    assert resolve_user(spec, PASSWD, GROUP) == expected
+    user = resolve_user(spec, PASSWD, GROUP)
+    got: dict[str, Any] = {"uid": user.uid, "gid": user.gid}
+    if user.additional_gids:
+        got["additionalGids"] = list(user.additional_gids)
+    assert got == expected
 
 
 @pytest.mark.parametrize("spec", ["nobody", "app:nogroupcalledthis", "bad", "ghost:0"])
@@ -140,7 +145,7 @@ def test_passwd_symlink_resolves_inside_the_rootfs(tmp_path: Path) -> None:
 
     # climbing out ends at the image's root: /etc/passwd -> itself, a loop, so no passwd at all
     members = [("etc/passwd", "symlink", b"../../../../../../../../etc/passwd")]
-    with pytest.raises(InputError, match="user 'root' is not in the image's /etc/passwd"):
+    with pytest.raises(InputError, match="unknown user 'root': not in the image's /etc/passwd"):
         write_bundle(image_of(tmp_path, members, {"Cmd": ["/x"], "User": "root"}), tmp_path / "b2")
     assert not (tmp_path / "b2").exists()
 

@@ -1,0 +1,114 @@
+"""Rootless ``run:`` steps: pybuild as an unprivileged user gives the same layers as root.
+
+The unprivileged build runs as ``nobody`` (``setpriv``), with the interpreter and the packages
+pybuild needs copied to a world-readable place when the test's own interpreter lives somewhere
+``nobody`` cannot read (pyenv under /root, a virtualenv in a private checkout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import builder
+
+from .runtimes import describe
+
+pytestmark = [pytest.mark.tools]
+
+NOBODY = 65534
+RECIPE = """\
+version: 1
+steps:
+  - rootfs: rootfs.tar.gz
+  - run: |
+      set -e
+      mkdir -p /srv/data && echo hello > /srv/data/file && chmod 0640 /srv/data/file
+      ln /srv/data/file /srv/data/link
+      rm /bin/cat
+      echo changed > /etc/passwd.new
+"""
+
+
+def as_nobody(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv], cwd=cwd, env=env,
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def _package_dir(module: str) -> Path:
+    mod = __import__(module)
+    path = Path(mod.__file__ or "")
+    return path.parent if path.name == "__init__.py" else path
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory ``nobody`` can use (tmp_path lives under root's private 0700 directory)."""
+    path = Path(tempfile.mkdtemp(prefix="pybuild-rootless-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def nobody_python(shared: Path, need) -> tuple[list[str], dict[str, str]]:
+    """An interpreter command and environment with which ``nobody`` can import pybuild."""
+    need("setpriv", "unshare", root=True)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(shared), "XDG_CACHE_HOME": str(shared / "cache")}
+    site = shared / "site"
+    site.mkdir()
+    for module in ("builder", "yaml", "zstandard", "click"):
+        src = Path(builder.__file__).parent if module == "builder" else _package_dir(module)
+        dest = site / src.name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest)
+    for extra in Path(_package_dir("yaml")).parent.glob("_yaml*"):
+        (shutil.copytree if extra.is_dir() else shutil.copy)(extra, site / extra.name)
+    subprocess.run(["chmod", "-R", "a+rX", str(shared)], check=True)
+    env["PYTHONPATH"] = str(site)
+    for python in ("/usr/bin/python3", sys.executable):
+        probe = as_nobody([python, "-c", "import builder.cli, yaml, zstandard, click"], cwd=shared, env=env)
+        if probe.returncode == 0:
+            return [python, "-m", "builder"], env
+    pytest.skip("no Python interpreter that an unprivileged user can run with pybuild's dependencies")
+
+
+def userns_allowed(python: list[str], shared: Path, env: dict[str, str]) -> bool:
+    probe = as_nobody(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "true"], shared, env)
+    return probe.returncode == 0
+
+
+def diff_ids(out: Path) -> list[str]:
+    blobs = out / "blobs" / "sha256"
+    index = json.loads((out / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
+    return list(config["rootfs"]["diff_ids"])
+
+
+def test_rootless_run_gives_the_same_layers_as_root(pybuild, busybox_rootfs_tar: Path, shared_dir: Path,
+                                                    need) -> None:
+    python, env = nobody_python(shared_dir, need)
+    if not userns_allowed(python, shared_dir, env):
+        pytest.skip("this machine does not allow unprivileged user namespaces")
+    ctx = shared_dir / "ctx"
+    ctx.mkdir()
+    shutil.copy(busybox_rootfs_tar, ctx / "rootfs.tar.gz")
+    (ctx / "pybuild.yaml").write_text(RECIPE)
+    subprocess.run(["chmod", "-R", "a+rwX", str(ctx)], check=True)
+
+    as_root = pybuild(ctx / "pybuild.yaml", "-o", shared_dir / "root-out", "-q")
+    assert as_root.returncode == 0, describe(as_root)
+    rootless = as_nobody([*python, str(ctx / "pybuild.yaml"), "-o", str(shared_dir / "nobody-out"), "-q"],
+                         cwd=shared_dir, env=env)
+    assert rootless.returncode == 0, describe(rootless)
+    assert os.stat(shared_dir / "nobody-out").st_uid == NOBODY  # really built by nobody
+    assert diff_ids(shared_dir / "nobody-out") == diff_ids(shared_dir / "root-out")
