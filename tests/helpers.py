@@ -93,3 +93,18 @@ def make_index(images: list[Image]) -> ImageIndex:
 
 #: The type of conftest's ``oci_check`` fixture: ``oci_check(path, strict=True, ref=None)``.
 OciCheck = Callable[..., subprocess.CompletedProcess[str]]
+
+
+#: Rootfs tarball entries whose metadata must survive into every runtime (see tests/conftest.tar_entry).
+FIDELITY_ENTRIES = [
+    {"name": "data", "kind": "dir"},
+    {"name": "data/file", "data": "payload\n"},
+    {"name": "data/hard", "kind": "hardlink", "target": "data/file"},
+    {"name": "data/sym", "kind": "symlink", "target": "file"},
+    {"name": "data/abs", "kind": "symlink", "target": "/etc/passwd"},
+    {"name": "data/dangling", "kind": "symlink", "target": "/nonexistent"},
+    {"name": "data/owned", "data": "mine\n", "mode": 0o640, "uid": 1000, "gid": 1000},
+    {"name": "data/suid", "data": "#!/bin/sh\n", "mode": 0o4755, "uid": 1000, "gid": 1000},
+    {"name": "data/sgid", "kind": "dir", "mode": 0o2775, "uid": 1000, "gid": 1000},
+    {"name": "data/sticky", "kind": "dir", "mode": 0o1777},
+]

@@ -17,7 +17,6 @@ layers can still write into them.
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import lzma
 import os
@@ -35,6 +34,7 @@ from builder.errors import InputError, IntegrityError, OutputError
 from builder.image import LayerBlob
 from builder.layer.compress import open_decompressed
 from builder.layer.entry import WH_OPAQUE, WH_PREFIX, canon
+from builder.oci.digest import HashingReader
 
 _MAX_LINKS = 40  # Linux's MAXSYMLINKS: a loop is an error, not a hang
 _CHUNK = 1 << 20
@@ -49,28 +49,19 @@ _AUFS_META = WH_PREFIX + WH_PREFIX  # ".wh..wh.plnk" etc.: aufs bookkeeping in o
 _READ_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error, zstandard.ZstdError)
 
 
-class _Reader:
-    """Hashes what is read through it (a blob is verified by the pass that applies it) and makes read
-    failures InputError (a BadGzipFile is an OSError, which would otherwise read as a failed write)."""
+class _Reader(HashingReader):
+    """A HashingReader whose read failures are InputError (a BadGzipFile is an OSError, which would
+    otherwise read as a failed write)."""
 
     def __init__(self, raw: BinaryIO, label: str, algorithm: str) -> None:
-        self._raw, self._label, self.hash, self.size = raw, label, hashlib.new(algorithm), 0
+        super().__init__(raw, algorithm)
+        self._label = label
 
     def read(self, n: int = -1) -> bytes:
         try:
-            data = self._raw.read(n)
+            return super().read(n)
         except _READ_ERRORS as exc:
             raise InputError(f"{self._label}: unreadable layer data ({exc})") from exc
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    def seekable(self) -> bool:
-        return False
-
-    def peek(self, n: int) -> bytes:
-        data: bytes = self._raw.peek(n)  # type: ignore[attr-defined]
-        return data
 
 
 def apply_blob(root: Path, blob: LayerBlob) -> None:
@@ -88,20 +79,18 @@ def apply_blob(root: Path, blob: LayerBlob) -> None:
             tar = _Reader(open_decompressed(raw), label, blob.diff_id.algorithm)  # type: ignore[arg-type]
             try:
                 apply_layer(root, tar, label=label)  # type: ignore[arg-type]
-                while tar.read(_CHUNK):  # the padding after the end marker is part of the diff_id
-                    pass
+                tar.drain(_CHUNK)  # the padding after the end marker is part of the diff_id
             except (InputError, OutputError) as exc:
                 failure = exc
-            while raw.read(_CHUNK):
-                pass
+            raw.drain(_CHUNK)
     except OSError as exc:
         raise InputError(f"{label}: cannot read {str(blob.path)!r}: {exc.strerror}") from exc
-    if raw.hash.hexdigest() != blob.digest.hex or raw.size != blob.descriptor.size:
+    if raw.digest() != blob.digest or raw.size != blob.descriptor.size:
         raise IntegrityError(f"layer blob {blob.digest} does not match its descriptor ({raw.size} bytes, "
-                             f"{blob.digest.algorithm}:{raw.hash.hexdigest()})") from failure
+                             f"{raw.digest()})") from failure
     if failure is not None:
         raise failure
-    if tar.hash.hexdigest() != blob.diff_id.hex:
+    if tar.digest() != blob.diff_id:
         raise IntegrityError(f"layer blob {blob.digest}: uncompressed content does not match diff_id {blob.diff_id}")
 
 

@@ -2,54 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import tarfile
 from collections.abc import Sequence
-from typing import BinaryIO
 
 from builder.errors import InputError, IntegrityError
 from builder.fs.tree import WATCHED, FsTree
 from builder.image import LayerBlob
 from builder.layer.compress import open_decompressed
 from builder.layer.entry import WH_OPAQUE, WH_PREFIX, Change, Entry, Kind, Opaque, Whiteout, canon
+from builder.oci.digest import HashingReader
 
 _KINDS = {tarfile.DIRTYPE: Kind.DIR, tarfile.SYMTYPE: Kind.SYMLINK, tarfile.LNKTYPE: Kind.HARDLINK,
           tarfile.CHRTYPE: Kind.CHAR, tarfile.BLKTYPE: Kind.BLOCK, tarfile.FIFOTYPE: Kind.FIFO}
-
-
-class _HashingReader:
-    """Hashes everything read through it, so a layer is verified by the same pass that parses it."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self.hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self.hash.update(data)
-        self.size += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def peek(self, n: int) -> bytes:
-        data: bytes = self._raw.peek(n)  # type: ignore[attr-defined]
-        return data
-
-    def close(self) -> None:
-        self._raw.close()
 
 
 def _layer_changes(blob: LayerBlob) -> tuple[list[Change], dict[str, bytes]]:
     changes: list[Change] = []
     watched: dict[str, bytes] = {}
     with open(blob.path, "rb") as raw:
-        reader = _HashingReader(raw)
+        reader = HashingReader(raw)
         stream = open_decompressed(reader)  # type: ignore[arg-type]
         try:
             with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tf:
@@ -72,13 +43,12 @@ def _layer_changes(blob: LayerBlob) -> tuple[list[Change], dict[str, bytes]]:
                         if path in WATCHED and ti.isreg():
                             member = tf.extractfile(ti)
                             watched[path] = member.read() if member else b""
-            while reader.read(1 << 20):
-                pass  # hash any trailing bytes after the tar end marker
+            reader.drain()  # hash any trailing bytes after the tar end marker
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             raise InputError(f"base layer {blob.digest.short}: unreadable ({exc})") from exc
-    if reader.hash.hexdigest() != blob.digest.hex:
+    if reader.digest() != blob.digest:
         raise IntegrityError(f"base layer blob {blob.digest} does not match its digest "
-                             f"(content hashes to sha256:{reader.hash.hexdigest()})")
+                             f"(content hashes to {reader.digest()})")
     return changes, watched
 
 

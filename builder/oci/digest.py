@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 _HEX = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
 
@@ -73,6 +73,47 @@ class HashingWriter:
 
     def digest(self) -> Digest:
         return Digest("sha256", self._hash.hexdigest())
+
+
+class HashingReader:
+    """A read-only stream that hashes and counts everything read through it.
+
+    Wrap a blob in it and the pass that parses the blob also verifies it: compare
+    :meth:`digest` with the descriptor once the stream has been read to its end.
+    """
+
+    def __init__(self, raw: BinaryIO, algorithm: str = "sha256") -> None:
+        self._raw = raw
+        self._hash = hashlib.new(algorithm)
+        self.algorithm = algorithm
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def peek(self, n: int) -> bytes:
+        data: bytes = self._raw.peek(n)  # type: ignore[attr-defined]
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def drain(self, chunk: int = 1 << 20) -> None:
+        """Read (and hash) whatever is left, e.g. bytes after a tar's end-of-archive marker."""
+        while self.read(chunk):
+            pass
+
+    def digest(self) -> Digest:
+        return Digest(self.algorithm, self._hash.hexdigest())
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> tuple[Digest, int]:

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import zstandard
 
+from tests.helpers import FIDELITY_ENTRIES
+
 from .runtimes import Buildah, Containerd, Podman, Runc, describe, run
 
 pytestmark = [pytest.mark.tools]
@@ -359,18 +361,6 @@ config:
 # file fidelity from a rootfs tarball
 
 
-FIDELITY_ENTRIES = [
-    {"name": "data", "kind": "dir"},
-    {"name": "data/file", "data": "payload\n"},
-    {"name": "data/hard", "kind": "hardlink", "target": "data/file"},
-    {"name": "data/sym", "kind": "symlink", "target": "file"},
-    {"name": "data/abs", "kind": "symlink", "target": "/etc/passwd"},
-    {"name": "data/dangling", "kind": "symlink", "target": "/nonexistent"},
-    {"name": "data/owned", "data": "mine\n", "mode": 0o640, "uid": 1000, "gid": 1000},
-    {"name": "data/suid", "data": "#!/bin/sh\n", "mode": 0o4755, "uid": 1000, "gid": 1000},
-    {"name": "data/sgid", "kind": "dir", "mode": 0o2775, "uid": 1000, "gid": 1000},
-    {"name": "data/sticky", "kind": "dir", "mode": 0o1777},
-]
 
 FIDELITY_RECIPE = """\
 version: 1

@@ -31,7 +31,7 @@ from builder.oci.manifest import image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
 from builder.sinks.bundle import runtime_annotations, write_bundle
-from tests.helpers import AMD64, ARM64, compress, make_image, make_index
+from tests.helpers import AMD64, ARM64, FIDELITY_ENTRIES, compress, make_image, make_index
 
 from .runtimes import describe, remove_tree, run, unique_id
 
@@ -333,16 +333,7 @@ def test_unpack_refuses_a_non_empty_bundle(build, pybuild, ctx: Path, tmp_path: 
 
 
 FIDELITY = [
-    {"name": "data", "kind": "dir"},
-    {"name": "data/file", "data": "payload\n"},
-    {"name": "data/hard", "kind": "hardlink", "target": "data/file"},
-    {"name": "data/sym", "kind": "symlink", "target": "file"},
-    {"name": "data/abs", "kind": "symlink", "target": "/etc/passwd"},
-    {"name": "data/dangling", "kind": "symlink", "target": "/nonexistent"},
-    {"name": "data/owned", "data": "mine\n", "mode": 0o640, "uid": 1000, "gid": 1000},
-    {"name": "data/suid", "data": "#!/bin/sh\n", "mode": 0o4755, "uid": 1000, "gid": 1000},
-    {"name": "data/sgid", "kind": "dir", "mode": 0o2775, "uid": 1000, "gid": 1000},
-    {"name": "data/sticky", "kind": "dir", "mode": 0o1777},
+    *FIDELITY_ENTRIES,
     {"name": "data/fifo", "kind": "fifo", "mode": 0o600},
     {"name": "data/sub", "kind": "dir", "mode": 0o750, "uid": 1000},
     {"name": "data/sub/deep", "data": "deep\n", "mode": 0o600},
