@@ -5,11 +5,14 @@ Each fixture skips the test (fails it on CI) when its tools are missing or when 
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from .runtimes import Buildah, Containerd, Podman, Runc
+from .runtimes import Buildah, Containerd, Podman, Runc, describe
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +49,28 @@ def buildah(tmp_path_factory: pytest.TempPathFactory, need: Callable[..., None])
     helper = Buildah(tmp_path_factory.mktemp("buildah"))
     yield helper
     helper.close()
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, busybox_rootfs_tar: Path) -> Path:
+    """A build context holding the busybox ``rootfs.tar.gz``."""
+    context = tmp_path / "ctx"
+    context.mkdir()
+    shutil.copyfile(busybox_rootfs_tar, context / "rootfs.tar.gz")
+    return context
+
+
+@pytest.fixture
+def build(pybuild, tmp_path: Path):
+    """``build(recipe_text, out, *args, context=DIR)`` → OUT; fails the test if pybuild fails."""
+
+    def _build(
+        recipe: str, out: Path, *args: str | os.PathLike[str], context: Path, name: str = "pybuild.yaml"
+    ) -> Path:
+        recipe_path = context / name
+        recipe_path.write_text(recipe)
+        result = pybuild(recipe_path, "-o", out, *args, cwd=tmp_path)
+        assert result.returncode == 0, describe(result)
+        return out
+
+    return _build

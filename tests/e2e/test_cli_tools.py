@@ -45,31 +45,6 @@ config:
 
 
 @pytest.fixture
-def ctx(tmp_path: Path, busybox_rootfs_tar: Path) -> Path:
-    """A build context holding the busybox ``rootfs.tar.gz``."""
-    context = tmp_path / "ctx"
-    context.mkdir()
-    shutil.copyfile(busybox_rootfs_tar, context / "rootfs.tar.gz")
-    return context
-
-
-@pytest.fixture
-def build(pybuild, tmp_path: Path):
-    """``build(recipe_text, out, *args, context=DIR)`` → OUT; fails the test if pybuild fails."""
-
-    def _build(
-        recipe: str, out: Path, *args: str | os.PathLike[str], context: Path, name: str = "pybuild.yaml"
-    ) -> Path:
-        recipe_path = context / name
-        recipe_path.write_text(recipe)
-        result = pybuild(recipe_path, "-o", out, *args, cwd=tmp_path)
-        assert result.returncode == 0, describe(result)
-        return out
-
-    return _build
-
-
-@pytest.fixture
 def inspect(pybuild, tmp_path: Path):
     """``inspect(OUT, TAG)`` → the parsed ``pybuild inspect OUT:TAG --json``."""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -27,21 +26,6 @@ def layer_members(out: Path, tag: str, index: int) -> dict[str, tarfile.TarInfo]
     manifest = json.loads((blobs / desc["digest"].split(":")[1]).read_bytes())
     with tarfile.open(fileobj=gzip.open(blobs / manifest["layers"][index]["digest"].split(":")[1])) as tf:
         return {m.name: m for m in tf}
-
-
-def layer_count(out: Path) -> int:
-    blobs = out / "blobs" / "sha256"
-    idx = json.loads((out / "index.json").read_text())
-    manifest = json.loads((blobs / idx["manifests"][0]["digest"].split(":")[1]).read_bytes())
-    return len(manifest["layers"])
-
-
-@pytest.fixture
-def ctx(tmp_path: Path, busybox_rootfs_tar: Path) -> Path:
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    shutil.copy(busybox_rootfs_tar, ctx / "rootfs.tar.gz")
-    return ctx
 
 
 EFFECTS = """\

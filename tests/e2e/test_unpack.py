@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import stat
 import tarfile
 from pathlib import Path
@@ -192,27 +191,6 @@ def test_index_gives_the_requested_platform(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------
 # the CLI and the real tools
-
-
-@pytest.fixture
-def ctx(tmp_path: Path, busybox_rootfs_tar: Path) -> Path:
-    context = tmp_path / "ctx"
-    context.mkdir()
-    shutil.copyfile(busybox_rootfs_tar, context / "rootfs.tar.gz")
-    return context
-
-
-@pytest.fixture
-def build(pybuild, tmp_path: Path):
-    """``build(recipe_text, out, *args, context=DIR)`` -> OUT; fails the test if pybuild fails."""
-
-    def _build(recipe: str, out: Path, *args: str, context: Path, name: str = "pybuild.yaml") -> Path:
-        (context / name).write_text(recipe)
-        result = pybuild(context / name, "-o", out, *args, cwd=tmp_path)
-        assert result.returncode == 0, describe(result)
-        return out
-
-    return _build
 
 
 @pytest.fixture
