@@ -1,0 +1,1 @@
+"""Registries: references, credentials and auth, the HTTP transport, push and pull (distribution spec)."""
