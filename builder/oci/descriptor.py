@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from builder.errors import InputError
 from builder.oci.digest import Digest
 from builder.oci.platform import Platform
 
@@ -54,3 +55,17 @@ def is_attestation(desc: Descriptor) -> bool:
     """BuildKit's attestation manifests: listed in an index, but not a runnable platform."""
     unknown = desc.platform is not None and (desc.platform.os, desc.platform.architecture) == ("unknown", "unknown")
     return unknown or desc.annotations.get("vnd.docker.reference.type") == "attestation-manifest"
+
+
+def select_platform(children: Sequence[Descriptor], want: Platform, where: object) -> Descriptor:
+    """The index entry for ``want``: an exact match, else one whose variant is unspecified on either side."""
+    candidates = [c for c in children if c.platform is not None and not is_attestation(c)]
+    for child in candidates:
+        if child.platform == want:
+            return child
+    for child in candidates:
+        p = child.platform
+        if p and (p.os, p.architecture) == (want.os, want.architecture) and not (p.variant and want.variant):
+            return child
+    available = ", ".join(str(c.platform) for c in candidates) or "none"
+    raise InputError(f"{where}: no image for platform {want} (available: {available})")

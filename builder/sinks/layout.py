@@ -25,7 +25,7 @@ from builder.errors import InputError, IntegrityError, OutputError
 from builder.image import Image, ImageIndex, LayerBlob
 from builder.oci.canonical import canonical_json
 from builder.oci.config import diff_ids, platform_of
-from builder.oci.descriptor import Descriptor, is_attestation
+from builder.oci.descriptor import Descriptor, is_attestation, select_platform
 from builder.oci.digest import Digest
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
@@ -306,20 +306,6 @@ def _descriptors(entries: Any, where: Path) -> list[Descriptor]:
         return [Descriptor.from_json(e) for e in entries]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{where}: malformed descriptor: {exc}") from exc
-
-
-def select_platform(children: Sequence[Descriptor], want: Platform, where: Path) -> Descriptor:
-    """The index entry for ``want``: an exact match, else one whose variant is unspecified on either side."""
-    candidates = [c for c in children if c.platform is not None and not is_attestation(c)]
-    for child in candidates:
-        if child.platform == want:
-            return child
-    for child in candidates:
-        p = child.platform
-        if p and (p.os, p.architecture) == (want.os, want.architecture) and not (p.variant and want.variant):
-            return child
-    available = ", ".join(str(c.platform) for c in candidates) or "none"
-    raise InputError(f"{where}: no image for platform {want} (available: {available})")
 
 
 def read_json_blob(root: Path, desc: Descriptor) -> tuple[bytes, dict[str, Any]]:
