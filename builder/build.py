@@ -25,12 +25,15 @@ from builder.oci import config as cfgmod
 from builder.oci.canonical import canonical_json
 from builder.oci.descriptor import Descriptor
 from builder.oci.digest import Digest
-from builder.oci.manifest import image_index, image_manifest
+from builder.oci.manifest import BASE_DIGEST, BASE_NAME, image_index, image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir
 from builder.progress import NullReporter, Reporter
 from builder.recipe import load_recipe
+from builder.registry.pull import pull
+from builder.registry.reference import Reference
+from builder.registry.transport import RegistryOptions
 from builder.recipe.model import BaseRef, ConfigSpec, Recipe, RunStep
 from builder.steps import RunContext, StepContext, changes_for, describe
 
@@ -69,18 +72,42 @@ def _runtime_spec(spec: ConfigSpec) -> dict[str, Any]:
     return out
 
 
-def _load_base(ref: BaseRef, context: Path, platform: Platform, workdir: Path) -> Image | None:
+def _load_base(ref: BaseRef, context: Path, platform: Platform, workdir: Path, options: BuildOptions,
+               reporter: Reporter) -> Image | None:
     if ref.kind == "scratch":
         return None
     with located(ref.where):
-        if ref.kind in ("registry", "stage"):
-            what = "registry images" if ref.kind == "registry" else "stages"
-            raise InputError(f"building from {what} is not supported by this version of pybuild yet: "
-                             f"{ref.value!r}")
+        if ref.kind == "stage":
+            raise InputError(f"building from stages is not supported by this version of pybuild yet: {ref.value!r}")
+        if ref.kind == "registry":
+            return _pull_base(ref.value, platform, workdir, options, reporter)
         path = context / ref.value
         if not path.exists():
             raise InputError(f"no such base image: {ref.value!r}")
         return load_base(ref.kind, path, ref.tag, platform, workdir)
+
+
+def _pull_base(text: str, platform: Platform, workdir: Path, options: BuildOptions, reporter: Reporter) -> Image:
+    """A registry base: pulled (every blob verified) into the work dir, for this platform."""
+    try:
+        ref = Reference.parse(text)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    reporter.message(f"pulling {ref} ({platform})")
+    result = pull(ref, workdir, platform, RegistryOptions(insecure=options.insecure), reporter.blob_event)
+    if isinstance(result, ImageIndex):  # pull() selects a platform when given one; be strict anyway
+        raise InputError(f"{ref}: expected one image for {platform}, got an index")
+    return result
+
+
+def _base_annotations(recipe: Recipe, base: Image | None) -> dict[str, str]:
+    """``base.name``/``base.digest`` (image-spec annotations.md) for a registry base, then the recipe's own."""
+    out: dict[str, str] = {}
+    if base is not None and recipe.base.kind == "registry":
+        out[BASE_NAME] = str(Reference.parse(recipe.base.value))
+        out[BASE_DIGEST] = str(base.digest)
+    out.update(recipe.annotations)
+    return out
 
 
 class _Workspace:
@@ -152,7 +179,7 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
                 reporter: Reporter) -> tuple[Image, int]:
     """Build one platform's image; returns it and the number of layers written."""
     context = (options.context or recipe.path.parent).resolve()
-    base = _load_base(recipe.base, context, platform, workdir / "base")
+    base = _load_base(recipe.base, context, platform, workdir / "base", options, reporter)
     epoch = options.epoch
     created = cfgmod.rfc3339(epoch)
     layers: list[LayerBlob] = list(base.layers) if base else []
@@ -183,7 +210,7 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
     config = cfgmod.with_runtime(config, runtime, created)
     raw_config = canonical_json(config)
     config_desc = Descriptor(str(MediaType.OCI_CONFIG), Digest.of(raw_config), len(raw_config))
-    manifest = image_manifest(config_desc, [blob.descriptor for blob in layers], recipe.annotations)
+    manifest = image_manifest(config_desc, [blob.descriptor for blob in layers], _base_annotations(recipe, base))
     raw_manifest = canonical_json(manifest)
     image = Image(raw_manifest, raw_config, str(MediaType.OCI_MANIFEST), tuple(layers),
                   cfgmod.platform_of(config))

@@ -22,7 +22,11 @@ from builder.layer.compress import Compression
 from builder.oci.platform import Platform
 from builder.options import BuildOptions, epoch_from_env
 from builder.progress import NullReporter, PlainReporter, Reporter, TtyReporter
-from builder.sinks import FORMATS, read_layout, write_output
+from builder.registry.pull import pull
+from builder.registry.push import push
+from builder.registry.reference import Reference
+from builder.registry.transport import RegistryOptions
+from builder.sinks import FORMATS, read_layout, write_layout, write_output
 from builder.sinks.bundle import write_bundle
 from builder.workdir import work_directory
 
@@ -117,8 +121,7 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
     kind = Compression(compression)
     if compression_level is not None and compression_level not in kind.levels:
         raise click.UsageError(f"--compression-level for {kind}: {kind.levels.start}-{kind.levels.stop - 1}")
-    if push_ref is not None:
-        raise InputError("--push: pushing to registries is not supported by this version of pybuild yet")
+    push_to = _reference(push_ref, "--push") if push_ref is not None else None
     if not recipe.is_file():
         raise InputError(f"no such recipe file: {str(recipe)!r}")
     if context is not None and not context.is_dir():
@@ -128,10 +131,13 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
         options = BuildOptions(
             context=context, epoch=epoch_from_env(source_date_epoch), compression=kind, level=compression_level,
             platforms=_platforms(platforms), build_args=_parse_kv(build_args, "--build-arg"), tag=tag,
-            workdir=workdir, secrets=_secrets(secret), cache_dir=cache_dir,
+            workdir=workdir, secrets=_secrets(secret), cache_dir=cache_dir, insecure=frozenset(insecure_registry),
         )
         result = build(recipe, options, reporter)
         write_output(fmt, out, result.result, result.tag, options.epoch)
+        if push_to is not None:  # while the blobs are still in the work directory
+            reporter.message(f"pushing to {push_to}")
+            push(result.result, push_to, RegistryOptions(insecure=options.insecure), reporter.blob_event)
     digest = str(result.result.digest)
     if digest_file is not None:
         _write_text(digest_file, digest + "\n")
@@ -195,10 +201,6 @@ def _only_tag(path: Path) -> str | None:
     return names[0] if len(names) == 1 else None
 
 
-def _not_yet(what: str) -> None:
-    raise InputError(f"{what} is not supported by this version of pybuild yet")
-
-
 @cli.command("unpack")
 @click.argument("ref", metavar="OUT[:TAG]")
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -211,20 +213,61 @@ def unpack_cmd(ref: str, bundle: Path) -> None:
     click.echo(f"pybuild: unpacked {ref} into {bundle}", err=True)
 
 
+def _reference(text: str, what: str) -> Reference:
+    try:
+        return Reference.parse(text)
+    except ValueError as exc:
+        raise InputError(f"{what}: {exc}") from exc
+
+
 @cli.command("push")
 @click.argument("ref", metavar="OUT[:TAG]")
 @click.argument("dest", metavar="REF")
-def push_cmd(ref: str, dest: str) -> None:
-    """Push an image from a layout to a registry."""
-    _not_yet("push")
+@click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP / unverified TLS.")
+@click.option("--digest-file", type=click.Path(path_type=Path), help="Write the pushed digest here.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--progress", type=click.Choice(["auto", "plain", "tty"]), default="auto", show_default=True)
+def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], digest_file: Path | None, quiet: bool,
+             progress: str) -> None:
+    """Push an image (or a multi-platform index) from a layout to a registry."""
+    path, tag = split_ref(ref)
+    if not path.is_dir():
+        raise InputError(f"no such OCI layout directory: {str(path)!r}")
+    target = _reference(dest, "push")
+    image = read_layout(path, tag)
+    reporter = _reporter(quiet, progress)
+    digest = push(image, target, RegistryOptions(insecure=frozenset(insecure_registry)), reporter.blob_event)
+    if digest_file is not None:
+        _write_text(digest_file, f"{digest}\n")
+    if not quiet:
+        click.echo(f"pybuild: pushed {target} {digest}", err=True)
+    click.echo(str(digest))
 
 
 @cli.command("pull")
 @click.argument("ref", metavar="REF")
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path))
-def pull_cmd(ref: str, out: Path) -> None:
-    """Pull an image from a registry into a layout."""
-    _not_yet("pull")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="OCI layout to write.")
+@click.option("--platform", "platform_text", help="os/arch[/variant]: one image instead of the whole index.")
+@click.option("-t", "--tag", help="Name in the layout (default: REF's tag, else latest).")
+@click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP / unverified TLS.")
+@click.option("--digest-file", type=click.Path(path_type=Path), help="Write the pulled digest here.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.option("--progress", type=click.Choice(["auto", "plain", "tty"]), default="auto", show_default=True)
+def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, insecure_registry: tuple[str, ...],
+             digest_file: Path | None, quiet: bool, progress: str) -> None:
+    """Pull an image from a registry into an OCI layout (every blob verified)."""
+    source = _reference(ref, "pull")
+    platform = _platforms((platform_text,))[0] if platform_text else None
+    reporter = _reporter(quiet, progress)
+    with work_directory(out) as workdir:
+        image = pull(source, workdir / "pull", platform, RegistryOptions(insecure=frozenset(insecure_registry)),
+                     reporter.blob_event)
+        write_layout(out, image, tag or source.tag or "latest")
+    if digest_file is not None:
+        _write_text(digest_file, f"{image.digest}\n")
+    if not quiet:
+        click.echo(f"pybuild: pulled {source} into {out} {image.digest}", err=True)
+    click.echo(str(image.digest))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,8 @@ class BuildOptions:
     """``--secret id=ID,src=PATH``: files bound read-only at /run/secrets/ID in run steps."""
     cache_dir: Path | None = None
     """Where ``cache:`` mounts of run steps (and later the layer cache) live."""
+    insecure: frozenset[str] = frozenset()
+    """``--insecure-registry``: hosts reached over plain HTTP / unverified TLS (localhost always is)."""
 
 
 def default_cache_dir() -> Path:

@@ -12,6 +12,7 @@ import time
 from typing import Protocol, TextIO
 
 from builder.image import LayerBlob
+from builder.oci.digest import Digest
 
 
 def human(n: float) -> str:
@@ -33,6 +34,8 @@ class Reporter(Protocol):
 
     def step_output(self, line: str) -> None: ...
 
+    def blob_event(self, kind: str, digest: Digest, size: int) -> None: ...
+
     def message(self, text: str) -> None: ...
 
 
@@ -49,6 +52,9 @@ class NullReporter:
         pass
 
     def step_output(self, line: str) -> None:
+        pass
+
+    def blob_event(self, kind: str, digest: Digest, size: int) -> None:
         pass
 
     def message(self, text: str) -> None:
@@ -68,6 +74,10 @@ class PlainReporter:
         self._bytes = 0
         self._index = index
         print(f"[{index}/{total}] {title}", file=self.stream, flush=True)
+
+    def blob_event(self, kind: str, digest: Digest, size: int) -> None:
+        """A registry transfer: existing / mounted / pushed / pulled / manifest, per blob."""
+        print(f"  {kind:8s} {digest.algorithm}:{digest.short} {human(size)}", file=self.stream, flush=True)
 
     def step_output(self, line: str) -> None:
         """A run step's output, as it comes, prefixed by the step number."""
