@@ -9,28 +9,28 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from builder import __version__
 from builder.build import build
+from builder.cache import LayerCache
 from builder.errors import InputError, OutputError, PybuildError
 from builder.image import Image, ImageIndex
 from builder.inspect import describe, render_text
 from builder.layer.compress import Compression
 from builder.oci.platform import Platform
-from builder.options import BuildOptions, epoch_from_env
-from builder.progress import NullReporter, PlainReporter, Reporter, TtyReporter
-from builder.registry.pull import pull
-from builder.registry.push import push
-from builder.registry.reference import Reference
-from builder.registry.transport import RegistryOptions
+from builder.options import BuildOptions, default_cache_dir, epoch_from_env
+from builder.progress import NullReporter, PlainReporter, Reporter, TtyReporter, human
 from builder.sinks import FORMATS, read_layout, write_layout, write_output
 from builder.sinks.bundle import write_bundle
 from builder.workdir import work_directory
 
-SUBCOMMANDS = ("build", "inspect", "unpack", "push", "pull")
+if TYPE_CHECKING:
+    from builder.registry.reference import Reference
+
+SUBCOMMANDS = ("build", "inspect", "unpack", "push", "pull", "cache")
 
 
 class _DefaultBuild(click.Group):
@@ -103,8 +103,9 @@ def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
 @click.option("--compression", type=click.Choice([c.value for c in Compression]), default="gzip", show_default=True)
 @click.option("--compression-level", type=int, help="gzip 1-9 (default 6), zstd 1-22 (default 3).")
 @click.option("--source-date-epoch", type=click.IntRange(min=0), help="Build timestamp (default $SOURCE_DATE_EPOCH, else 0).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache directory (run-step cache mounts).")
-@click.option("--no-cache", is_flag=True, help="Do not use the layer cache (there is none yet).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Layer cache and run-step cache mounts "
+              "(default $XDG_CACHE_HOME/pybuild).")
+@click.option("--no-cache", is_flag=True, help="Build every step (the cache is still refreshed).")
 @click.option("--push", "push_ref", help="Also push the result to a registry.")
 @click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP.")
 @click.option("--secret", multiple=True, help="id=ID,src=PATH for run steps.")
@@ -131,11 +132,15 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
         options = BuildOptions(
             context=context, epoch=epoch_from_env(source_date_epoch), compression=kind, level=compression_level,
             platforms=_platforms(platforms), build_args=_parse_kv(build_args, "--build-arg"), tag=tag,
-            workdir=workdir, secrets=_secrets(secret), cache_dir=cache_dir, insecure=frozenset(insecure_registry),
+            workdir=workdir, secrets=_secrets(secret), cache_dir=cache_dir, use_cache=not no_cache,
+            insecure=frozenset(insecure_registry),
         )
         result = build(recipe, options, reporter)
         write_output(fmt, out, result.result, result.tag, options.epoch)
         if push_to is not None:  # while the blobs are still in the work directory
+            from builder.registry.push import push
+            from builder.registry.transport import RegistryOptions
+
             reporter.message(f"pushing to {push_to}")
             push(result.result, push_to, RegistryOptions(insecure=options.insecure), reporter.blob_event)
     digest = str(result.result.digest)
@@ -143,7 +148,12 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
         _write_text(digest_file, digest + "\n")
     if metadata_file is not None:
         meta = describe(result.result, result.tag)
-        meta["cache"] = {"hits": result.layers_cached, "misses": result.layers_built}
+        meta["cache"] = {"hits": result.cache_hits, "misses": result.cache_misses}
+        meta["steps"] = [
+            {"platform": str(platform), "step": r.index, "created_by": r.created_by, "cached": r.cached,
+             "layer": str(r.layer.digest) if r.layer else None}
+            for platform, records in result.steps for r in records
+        ]
         _write_text(metadata_file, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     if not quiet:
         click.echo(f"pybuild: wrote {out} ({fmt}) {result.tag} {digest}", err=True)
@@ -213,7 +223,37 @@ def unpack_cmd(ref: str, bundle: Path) -> None:
     click.echo(f"pybuild: unpacked {ref} into {bundle}", err=True)
 
 
+_SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+def _size(text: str) -> int:
+    """``500M``, ``2G``, ``1GiB``, ``0`` -> bytes."""
+    raw = text.strip().lower().removesuffix("b")
+    digits = raw.rstrip("kmgi")
+    unit = raw[len(digits):]
+    if not digits.isdigit() or unit not in _SIZE_UNITS:
+        raise click.UsageError(f"--max-size: not a size: {text!r} (e.g. 500M, 2G)")
+    return int(digits) * _SIZE_UNITS[unit]
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """Manage the layer cache."""
+
+
+@cache_group.command("prune")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Default $XDG_CACHE_HOME/pybuild.")
+@click.option("--max-size", default="0", show_default=True, help="Keep at most this much (e.g. 2G); 0 empties it.")
+def cache_prune_cmd(cache_dir: Path | None, max_size: str) -> None:
+    """Drop least recently used layers until the cache is at most --max-size."""
+    cache = LayerCache(cache_dir or default_cache_dir())
+    removed, freed = cache.prune(_size(max_size))
+    click.echo(f"pybuild: removed {removed} cache entries, freed {human(freed)}", err=True)
+
+
 def _reference(text: str, what: str) -> Reference:
+    from builder.registry.reference import Reference
+
     try:
         return Reference.parse(text)
     except ValueError as exc:
@@ -230,6 +270,9 @@ def _reference(text: str, what: str) -> Reference:
 def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], digest_file: Path | None, quiet: bool,
              progress: str) -> None:
     """Push an image (or a multi-platform index) from a layout to a registry."""
+    from builder.registry.push import push
+    from builder.registry.transport import RegistryOptions
+
     path, tag = split_ref(ref)
     if not path.is_dir():
         raise InputError(f"no such OCI layout directory: {str(path)!r}")
@@ -256,6 +299,9 @@ def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], digest_fil
 def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, insecure_registry: tuple[str, ...],
              digest_file: Path | None, quiet: bool, progress: str) -> None:
     """Pull an image from a registry into an OCI layout (every blob verified)."""
+    from builder.registry.pull import pull
+    from builder.registry.transport import RegistryOptions
+
     source = _reference(ref, "pull")
     platform = _platforms((platform_text,))[0] if platform_text else None
     reporter = _reporter(quiet, progress)

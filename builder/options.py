@@ -45,6 +45,8 @@ class BuildOptions:
     """``--secret id=ID,src=PATH``: files bound read-only at /run/secrets/ID in run steps."""
     cache_dir: Path | None = None
     """Where ``cache:`` mounts of run steps (and later the layer cache) live."""
+    use_cache: bool = True
+    """False for ``--no-cache``: every step is built (and the cache still refreshed)."""
     insecure: frozenset[str] = frozenset()
     """``--insecure-registry``: hosts reached over plain HTTP / unverified TLS (localhost always is)."""
 

@@ -52,12 +52,16 @@ def _layer_changes(blob: LayerBlob) -> tuple[list[Change], dict[str, bytes]]:
     return changes, watched
 
 
-def tree_from_layers(layers: Sequence[LayerBlob]) -> FsTree:
-    """The merged metadata of ``layers`` applied bottom to top, whiteouts honoured."""
-    tree = FsTree()
+def update_tree(tree: FsTree, layers: Sequence[LayerBlob]) -> FsTree:
+    """Apply ``layers`` (bottom to top, whiteouts honoured) to the metadata ``tree``."""
     for blob in layers:
         changes, watched = _layer_changes(blob)
         tree.apply(changes)
         for path, content in watched.items():
             tree.capture(path, content)
     return tree
+
+
+def tree_from_layers(layers: Sequence[LayerBlob]) -> FsTree:
+    """The merged metadata of ``layers`` applied bottom to top, whiteouts honoured."""
+    return update_tree(FsTree(), layers)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from builder.errors import StepError
 from builder.layer.entry import Change
@@ -17,12 +19,12 @@ from builder.recipe.model import (
     WriteStep,
 )
 from builder.steps.base import StepContext
-from builder.steps.copy import copy_changes
+from builder.steps.copy import copy_changes, copy_inputs
 from builder.steps.files import mkdir_changes, remove_changes, symlink_changes, write_changes
-from builder.steps.rootfs import rootfs_changes
+from builder.steps.rootfs import rootfs_changes, rootfs_inputs
 from builder.steps.run import RunContext, run_changes
 
-__all__ = ["RunContext", "StepContext", "changes_for", "describe"]
+__all__ = ["RunContext", "StepContext", "cache_inputs", "changes_for", "describe"]
 
 
 def changes_for(step: Step, ctx: StepContext, run: RunContext | None = None) -> Iterator[Change]:
@@ -44,6 +46,15 @@ def changes_for(step: Step, ctx: StepContext, run: RunContext | None = None) -> 
             raise StepError("run steps need a working root filesystem")
         return iter(run_changes(step, ctx, run))
     raise AssertionError(f"unknown step {step!r}")
+
+
+def cache_inputs(step: Step, context: Path) -> dict[str, Any]:
+    """What a step reads besides its own text and its parent layers, as data for its cache key."""
+    if isinstance(step, RootfsStep):
+        return rootfs_inputs(step, context)
+    if isinstance(step, CopyStep):
+        return {"files": copy_inputs(step, context)}
+    return {}
 
 
 def describe(step: Step) -> str:

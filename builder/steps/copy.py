@@ -19,6 +19,7 @@ from pathlib import Path
 from builder.errors import InputError
 from builder.fs.patterns import Excluder
 from builder.layer.entry import Change, Entry, Kind, is_whiteout_name
+from builder.oci.digest import sha256_file
 from builder.recipe.model import CopyStep
 from builder.steps.base import StepContext, finish
 
@@ -59,9 +60,8 @@ def _default_mode(st: os.stat_result) -> int:
 class _Walker:
     """Turns host files into entries under one destination, tracking hardlinks by (dev, ino)."""
 
-    def __init__(self, step: CopyStep, ctx: StepContext) -> None:
-        self.ctx = ctx
-        self.uid, self.gid = ctx.owner(step.owner)
+    def __init__(self, step: CopyStep, uid: int, gid: int, epoch: int) -> None:
+        self.uid, self.gid, self.epoch = uid, gid, epoch
         self.mode = step.mode
         self.excluder = Excluder.from_patterns(step.exclude)
         self.inodes: dict[tuple[int, int], str] = {}
@@ -72,7 +72,7 @@ class _Walker:
             raise InputError(f"a file named {name!r} cannot be stored in an image (.wh. names mark deletions): "
                              f"{host!r}")
         mode = _default_mode(st) if self.mode is None else self.mode
-        common = {"uid": self.uid, "gid": self.gid, "mtime": self.ctx.epoch}
+        common = {"uid": self.uid, "gid": self.gid, "mtime": self.epoch}
         fmt = stat.S_IFMT(st.st_mode)
         if fmt == stat.S_IFDIR:
             return Entry(dest, Kind.DIR, mode, **common)  # type: ignore[arg-type]
@@ -121,7 +121,7 @@ def copy_changes(step: CopyStep, ctx: StepContext) -> list[Change]:
     to_dir = step.to.endswith("/") or len(sources) > 1 or ctx.tree.is_dir(ctx.tree.resolve(dest))
     if to_dir:
         dest = ctx.tree.resolve(dest)
-    walker = _Walker(step, ctx)
+    walker = _Walker(step, *ctx.owner(step.owner), ctx.epoch)
     changes: dict[str, Change] = {}
     for src in sources:
         st = os.stat(src)
@@ -142,3 +142,25 @@ def copy_changes(step: CopyStep, ctx: StepContext) -> list[Change]:
             if single is not None:
                 changes[target] = single
     return finish(changes.values(), ctx)
+
+
+def copy_inputs(step: CopyStep, context: Path) -> list[list[object]]:
+    """What a copy reads, for the layer cache key: per source, every entry's relative path, type,
+    layer mode, size, link target and content digest. mtimes, owners on disk and inode numbers
+    never reach the layer, so they are left out (hardlink grouping is kept via the link target).
+    """
+    walker = _Walker(step, 0, 0, 0)
+    out: list[list[object]] = []
+    for src in _sources(step, context):
+        st = os.stat(src)
+        if stat.S_ISDIR(st.st_mode):
+            entries = list(walker.walk(src, ""))
+        else:
+            single = walker.entry(str(src), src.name, st)
+            entries = [single] if single is not None else []
+        out.append([str(src.relative_to(context.resolve())), stat.S_ISDIR(st.st_mode)])
+        for e in entries:
+            host = src / e.path if stat.S_ISDIR(st.st_mode) else src
+            digest = str(sha256_file(host)[0]) if e.kind is Kind.FILE else ""
+            out.append([e.path, str(e.kind), e.mode, e.size, e.link, digest])
+    return out

@@ -33,6 +33,7 @@ from builder.errors import InputError
 from builder.fs.tree import WATCHED
 from builder.layer.compress import open_decompressed
 from builder.layer.entry import Change, Entry, Kind, Opener, canon, is_whiteout_name, parents
+from builder.oci.digest import sha256_file
 from builder.recipe.model import RootfsStep
 from builder.steps.base import StepContext
 
@@ -121,15 +122,25 @@ def _scan(path: Path, prefix: str, label: str, epoch: int) -> _Scan:
     return _Scan(last, dirs, kinds)
 
 
-def rootfs_changes(step: RootfsStep, ctx: StepContext) -> Iterator[Change]:
-    """Stream the tarball's entries as changes, parents first (see module docstring)."""
-    src = ctx.context / step.source
-    label = step.source
+def _tarball(step: RootfsStep, context: Path) -> Path:
+    src = context / step.source
     if not src.is_file():
         raise InputError(f"no such file: {step.source!r}")
-    real, root = src.resolve(), ctx.context.resolve()
+    real, root = src.resolve(), context.resolve()
     if root not in real.parents:
         raise InputError(f"{step.source!r} leads outside the build context")
+    return real
+
+
+def rootfs_inputs(step: RootfsStep, context: Path) -> dict[str, str]:
+    """The tarball's content digest, for the layer cache key (its name and mtime do not matter)."""
+    return {"sha256": str(sha256_file(_tarball(step, context))[0])}
+
+
+def rootfs_changes(step: RootfsStep, ctx: StepContext) -> Iterator[Change]:
+    """Stream the tarball's entries as changes, parents first (see module docstring)."""
+    label = step.source
+    real = _tarball(step, ctx.context)
     prefix = ctx.image_path(step.to)
     scan = _scan(real, prefix, label, ctx.epoch)
     return _stream(real, prefix, scan, label, ctx)

@@ -250,7 +250,7 @@ def test_digest_and_metadata_files(tmp_path):
     assert digest == manifest_digest(out)
     meta = json.loads((tmp_path / "m.json").read_text())
     assert meta["digest"] == digest and meta["name"] == "1.0"
-    assert len(meta["layers"]) == 6 and meta["cache"] == {"hits": 0, "misses": 6}
+    assert len(meta["layers"]) == 6 and meta["cache"] == {"hits": 0, "misses": 7}  # 7 steps, one empty
     assert meta["image_id"].startswith("sha256:")
     sizes = [m["size"] for m in meta["layers"]]
     assert all(isinstance(s, int) and s > 0 for s in sizes)

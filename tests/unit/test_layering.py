@@ -22,7 +22,7 @@ ALLOWED = {
     "registry": {"image", "oci"},
     "base": {"image", "oci", "sinks", "layer"},
     "inspect": {"image", "oci"},
-    "progress": {"image"},
+    "progress": {"image", "oci"},
 }
 
 

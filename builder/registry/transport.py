@@ -1,0 +1,406 @@
+"""HTTP for the distribution API: scheme choice, auth challenges, redirects, retries and errors.
+
+Everything a registry conversation needs below the level of "get this manifest" lives here,
+so that the client reads like the distribution spec:
+
+- ``https://HOST/v2/`` always, except for insecure hosts (``--insecure-registry`` and the
+  loopback names): those get unverified TLS, and plain HTTP when TLS fails on the first
+  contact (a local ``registry:2`` speaks HTTP). The choice is made once per Transport.
+- Authorization is sent when the authenticator has one ready; a 401 is answered by the
+  authenticator's ``challenge`` and the request is sent once more.
+- Redirects are followed by hand: blob downloads go to CDNs, and ``Authorization`` must not
+  follow them to another origin (distribution-spec; requests would keep it for a same-host
+  https->http hop and drop it only on a host change).
+- Transient failures (connection errors, timeouts, 5xx, 429) are retried with exponential
+  backoff, but only for requests that can be replayed as they are. A request whose body is a
+  stream cannot: it raises :class:`RetryableError`, and the caller restarts the whole blob
+  upload, which is how the spec wants a broken upload session handled anyway.
+- Error messages name the registry, method, path and the registry's error code and message,
+  never a query string (pre-signed CDN URLs carry signatures there) nor a header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, BinaryIO, Protocol
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from urllib3.exceptions import InsecureRequestWarning
+
+from builder import __version__
+from builder.errors import RegistryError
+
+MiB = 1 << 20
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "[::1]"})
+USER_AGENT = f"pybuild/{__version__}"
+MAX_REDIRECTS = 10
+MAX_RETRY_AFTER = 30.0  # seconds: a Retry-After longer than this is shortened, not obeyed
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_NOT_TRANSIENT_5XX = frozenset({501, 505})
+_TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+_UNVERIFIED = threading.Lock()  # see Transport._send
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """How to talk to registries: which hosts are insecure, and how hard to try."""
+
+    insecure: frozenset[str] = frozenset()
+    """``--insecure-registry`` values: ``HOST`` (any port) or ``HOST:PORT``."""
+    retries: int = 4
+    """Extra attempts for a transient failure (and restarts of a failed blob upload)."""
+    backoff: float = 0.5
+    """Seconds before the first retry; doubled for each one after."""
+    timeout: float = 60
+    """Seconds to connect, and between two reads of a response."""
+    chunk_size: int = 64 * MiB
+    """Blobs up to this size go in one PUT; larger ones in PATCH chunks of this size."""
+    parallel: int = 4
+    """Blobs transferred at once by push and pull."""
+
+    def is_insecure(self, host: str) -> bool:
+        """True for ``host`` (``name[:port]``) if it is loopback or listed, with or without its port."""
+        name = hostname(host)
+        return name in LOOPBACK or host in self.insecure or name in self.insecure
+
+
+def hostname(host: str) -> str:
+    """``host`` without its port; IPv6 literals keep their brackets (``[::1]:5000`` -> ``[::1]``)."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.partition(":")[0]
+
+
+class Authenticator(Protocol):
+    """What the transport needs of ``builder.registry.auth.Authenticator``."""
+
+    def header(self, scopes: Sequence[str]) -> str | None: ...
+
+    def challenge(self, www_authenticate: str, scopes: Sequence[str]) -> str: ...
+
+
+class RetryableError(RegistryError):
+    """A request failed in a way that redoing the whole operation may fix.
+
+    Raised instead of retrying when the request itself cannot be replayed (its body was a
+    stream that has been consumed): a transient failure, or a 401 after which the
+    authenticator has a fresh token (tokens expire in the middle of long uploads).
+    """
+
+
+class Body:
+    """A sized, read-once request body: ``length`` bytes of ``file`` from ``offset``.
+
+    ``__len__`` makes requests send ``Content-Length`` instead of chunked transfer encoding,
+    which several registries refuse for blob uploads; reads are reported to ``on_progress``.
+    """
+
+    def __init__(self, file: BinaryIO, offset: int, length: int, on_progress: Callable[[int], None] | None = None):
+        file.seek(offset)
+        self._file = file
+        self._length = length
+        self._left = length
+        self._on_progress = on_progress
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        data = self._file.read(self._left if n is None or n < 0 else min(n, self._left))
+        if not data:
+            raise RegistryError(f"blob source ended {self._left} bytes early (changed while being uploaded?)")
+        self._left -= len(data)
+        if self._on_progress is not None:
+            self._on_progress(len(data))
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while data := self.read(MiB):
+            yield data
+
+
+def new_session() -> requests.Session:
+    """A session that says it is pybuild; proxies and CA bundles come from the environment, ~/.netrc does not.
+
+    Credentials are the authenticator's business alone: requests would otherwise add a
+    ``.netrc`` password for any host without an Authorization header, such as a CDN.
+    """
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
+    session.auth = _no_auth
+    return session
+
+
+def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+def _transient(status: int) -> bool:
+    return status in (408, 429) or (status >= 500 and status not in _NOT_TRANSIENT_5XX)
+
+
+class Transport:
+    """One registry host's HTTP: a session, the scheme, and the Authorization values in use."""
+
+    def __init__(
+        self,
+        ref_registry: str,
+        api_host: str,
+        authenticator: Authenticator,
+        options: RegistryOptions,
+        *,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.registry = ref_registry
+        self.api_host = api_host
+        self.authenticator = authenticator
+        self.options = options
+        self.session = session if session is not None else new_session()
+        self.insecure = options.is_insecure(api_host) or options.is_insecure(ref_registry)
+        self._scheme: str | None = None if self.insecure else "https"
+        self._scheme_lock = threading.Lock()
+        self._auth_lock = threading.Lock()
+        self._auth: dict[tuple[str, ...], str] = {}
+
+    def close(self) -> None:
+        self.session.close()
+
+    # ---- URLs ------------------------------------------------------------------------------
+
+    @property
+    def scheme(self) -> str:
+        """https, or for an insecure host whatever its first contact showed it speaks."""
+        if self._scheme is None:
+            with self._scheme_lock:
+                if self._scheme is None:
+                    self._scheme = self._probe()
+        return self._scheme
+
+    def _probe(self) -> str:
+        """``GET https://HOST/v2/`` unverified: any HTTP answer means TLS works; a TLS or connection error, HTTP."""
+        try:
+            self._send("GET", f"https://{self.api_host}/v2/", {}, None, False, verify=False).close()
+        except (requests.ConnectionError, requests.Timeout):
+            return "http"
+        return "https"
+
+    def url(self, url_or_path: str) -> str:
+        """An absolute URL: as given, or a path relative to ``/v2/`` (or to the host, if it starts with ``/``)."""
+        if url_or_path.startswith(("http://", "https://")):
+            return url_or_path
+        return urljoin(f"{self.scheme}://{self.api_host}/v2/", url_or_path)
+
+    def _verify(self, url: str) -> bool:
+        netloc = urlsplit(url).netloc
+        if netloc.lower() == self.api_host.lower():
+            return not self.insecure
+        return not self.options.is_insecure(netloc)
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        url_or_path: str,
+        *,
+        scopes: Sequence[str],
+        headers: dict[str, str] | None = None,
+        data: bytes | Body | None = None,
+        stream: bool = False,
+        ok: Sequence[int] = (200,),
+        repeatable: bool | None = None,
+    ) -> requests.Response:
+        """Send one API request and return the response if its status is in ``ok``.
+
+        ``repeatable`` (default: GET and HEAD) says the request may be sent again after a
+        transient failure; it must also have a replayable body (bytes or none). A request that
+        may not be repeated raises :class:`RetryableError` where a retry would have helped.
+        """
+        url = self.url(url_or_path)
+        replayable = not isinstance(data, Body)
+        repeat = (method in ("GET", "HEAD") if repeatable is None else repeatable) and replayable
+        attempt = 0
+        challenged = False
+        while True:
+            try:
+                resp = self._follow(method, url, scopes, headers or {}, data, stream)
+            except _TRANSIENT_ERRORS as exc:
+                if isinstance(exc, requests.exceptions.SSLError) or not (repeat and attempt < self.options.retries):
+                    cls = RegistryError if repeat or isinstance(exc, requests.exceptions.SSLError) else RetryableError
+                    raise cls(self.describe_failure(method, url, exc)) from exc
+                self.pause(attempt)
+                attempt += 1
+                continue
+            if resp.status_code == 401 and not challenged and self._is_registry(resp.url):
+                challenge = resp.headers.get("WWW-Authenticate")
+                if challenge:
+                    resp.close()
+                    challenged = True
+                    self._refresh_auth(challenge, scopes)
+                    if not replayable:
+                        raise RetryableError(f"{self._where(method, url)}: 401: authorization expired; retrying")
+                    continue
+            if _transient(resp.status_code) and resp.status_code not in ok:
+                if repeat and attempt < self.options.retries:
+                    delay = _retry_after(resp)
+                    resp.close()
+                    self.pause(attempt, delay)
+                    attempt += 1
+                    continue
+                if not repeat:
+                    raise RetryableError(self.describe_response(method, url, resp))
+            if resp.status_code not in ok:
+                raise RegistryError(self.describe_response(method, url, resp))
+            return resp
+
+    def pause(self, attempt: int, at_least: float | None = None) -> None:
+        """Wait before retry number ``attempt + 1``: exponential backoff, or the server's Retry-After."""
+        delay = self.options.backoff * (2**attempt)
+        if at_least is not None:
+            delay = max(delay, min(at_least, MAX_RETRY_AFTER))
+        if delay > 0:
+            time.sleep(delay)
+
+    def _follow(
+        self, method: str, url: str, scopes: Sequence[str], headers: dict[str, str], data: bytes | Body | None,
+        stream: bool,
+    ) -> requests.Response:
+        """Send the request and follow redirects by hand, with Authorization only for the registry's origin."""
+        auth = self._authorization(scopes)
+        for _ in range(MAX_REDIRECTS + 1):
+            send = dict(headers)
+            if auth is not None and self._is_registry(url):
+                send["Authorization"] = auth
+            resp = self._send(method, url, send, data, stream, verify=self._verify(url))
+            location = resp.headers.get("Location")
+            if resp.status_code not in _REDIRECT_CODES or not location:
+                return resp
+            resp.close()
+            if isinstance(data, Body):  # a consumed stream cannot be sent to the new place
+                raise RetryableError(f"{self._where(method, url)}: redirected while uploading a stream")
+            if resp.status_code == 303 and method != "HEAD":
+                method, data = "GET", None
+            url = urljoin(url, location)
+        raise RegistryError(f"{self._where(method, url)}: more than {MAX_REDIRECTS} redirects")
+
+    def _send(
+        self, method: str, url: str, headers: dict[str, str], data: bytes | Body | None, stream: bool, *, verify: bool
+    ) -> requests.Response:
+        """One HTTP exchange.
+
+        urllib3 warns on every unverified TLS request; the user asked for exactly that with
+        ``--insecure-registry``, so the warning is silenced for those requests only.
+        ``catch_warnings`` swaps process-wide state, hence the lock around it; plain-HTTP
+        requests (the usual local registry) never need it.
+        """
+        kwargs: dict[str, Any] = {
+            "headers": headers, "data": data, "stream": stream, "timeout": self.options.timeout,
+            "allow_redirects": False, "verify": verify,
+        }  # fmt: skip
+        if verify or url.startswith("http://"):
+            return self.session.request(method, url, **kwargs)
+        with _UNVERIFIED, warnings.catch_warnings():
+            warnings.simplefilter("ignore", InsecureRequestWarning)
+            return self.session.request(method, url, **kwargs)
+
+    def _is_registry(self, url: str) -> bool:
+        return _origin(url) == (self.scheme, self.api_host.lower())
+
+    # ---- auth ------------------------------------------------------------------------------
+
+    def _authorization(self, scopes: Sequence[str]) -> str | None:
+        with self._auth_lock:
+            cached = self._auth.get(tuple(scopes))
+        return cached if cached is not None else self.authenticator.header(scopes)
+
+    def _refresh_auth(self, challenge: str, scopes: Sequence[str]) -> None:
+        """Ask the authenticator for a new Authorization value; serialised, as parallel transfers all get 401s."""
+        with self._auth_lock:
+            self._auth[tuple(scopes)] = self.authenticator.challenge(challenge, scopes)
+
+    # ---- messages --------------------------------------------------------------------------
+
+    def _where(self, method: str, url: str) -> str:
+        return f"{self.registry}: {method} {urlsplit(url).path or '/'}"
+
+    def describe_response(self, method: str, url: str, resp: requests.Response) -> str:
+        """``REGISTRY: METHOD PATH: STATUS CODE: message`` from the distribution-spec error body."""
+        try:
+            detail = error_detail(resp)
+        finally:
+            resp.close()
+        if not detail:
+            try:
+                detail = HTTPStatus(resp.status_code).phrase
+            except ValueError:
+                detail = resp.reason or "error"
+        return f"{self._where(method, url)}: {resp.status_code} {detail}"
+
+    def describe_failure(self, method: str, url: str, exc: Exception) -> str:
+        """A one-line reason for a request that got no response, without the URL's query."""
+        if isinstance(exc, requests.exceptions.SSLError):
+            reason = f"TLS failed ({_os_reason(exc) or 'certificate not trusted?'}); for a registry without valid "
+            reason += f"TLS use --insecure-registry {self.api_host}"
+        elif isinstance(exc, requests.Timeout):
+            reason = f"timed out after {self.options.timeout:g}s"
+        elif isinstance(exc, requests.exceptions.ChunkedEncodingError):
+            reason = "connection broken while reading the response"
+        else:
+            reason = f"cannot connect to {urlsplit(url).netloc}: {_os_reason(exc) or 'connection failed'}"
+        return f"{self._where(method, url)}: {reason}"
+
+
+def error_detail(resp: requests.Response, limit: int = 64 << 10) -> str:
+    """``CODE: message; CODE: message`` from a ``{"errors": [...]}`` body (at most ``limit`` bytes read)."""
+    if resp.request is not None and resp.request.method == "HEAD":
+        return ""
+    with contextlib.suppress(Exception):  # a body we cannot read or parse adds nothing to the message
+        body = b""
+        for block in resp.iter_content(8192):
+            body += block
+            if len(body) >= limit:
+                break
+        errors = json.loads(body).get("errors")
+        parts = []
+        for err in errors if isinstance(errors, list) else []:
+            if isinstance(err, dict):
+                text = ": ".join(str(err[k]) for k in ("code", "message") if err.get(k))
+                if text:
+                    parts.append(" ".join(text.split()))
+        return "; ".join(parts)[:500]
+    return ""
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After", "")
+    return float(value) if value.strip().isdigit() else None
+
+
+def _os_reason(exc: BaseException) -> str | None:
+    """The innermost OS-level reason (``Connection refused``) of a requests/urllib3 exception chain."""
+    seen: set[int] = set()
+    stack: list[object] = [exc]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.strerror:
+            return item.strerror
+        stack += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+    return None

@@ -1,0 +1,211 @@
+"""One stage's steps: each step's layer comes from the cache or is built, in order.
+
+Kept apart from :mod:`builder.build` (which resolves bases and assembles configs and
+manifests) because this is where the state of a stage lives: the layer list, the metadata tree
+the file steps need, the working root filesystem the run steps need, and the cache. The tree and
+the workspace are brought up to date lazily, only when a step that is not cached needs them, so a
+fully cached rebuild reads no layer and compresses nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from builder.cache import LayerCache, step_key
+from builder.errors import located
+from builder.fs.apply import apply_blob
+from builder.fs.scan import update_tree
+from builder.fs.tree import WATCHED, FsTree
+from builder.image import LayerBlob
+from builder.layer.blob import write_layer_blob
+from builder.layer.entry import Change, Entry
+from builder.layer.tarwriter import LayerTarWriter
+from builder.oci import config as cfgmod
+from builder.oci.platform import Platform
+from builder.options import BuildOptions, default_cache_dir
+from builder.progress import Reporter
+from builder.recipe.model import ConfigSpec, Recipe, RunStep, Step
+from builder.steps import RunContext, StepContext, cache_inputs, changes_for, describe
+
+
+def runtime_spec(spec: ConfigSpec) -> dict[str, Any]:
+    """The recipe's ``config:`` in the image config's own key names."""
+    out: dict[str, Any] = {}
+    if spec.env:
+        out["Env"] = [f"{k}={v}" for k, v in spec.env]
+    if spec.entrypoint is not None:
+        out["Entrypoint"] = list(spec.entrypoint)
+    if spec.cmd is not None:
+        out["Cmd"] = list(spec.cmd)
+    if spec.workdir is not None:
+        out["WorkingDir"] = spec.workdir
+    if spec.user is not None:
+        out["User"] = spec.user
+    if spec.ports:
+        out["ExposedPorts"] = {p: {} for p in spec.ports}
+    if spec.volumes:
+        out["Volumes"] = {v: {} for v in spec.volumes}
+    if spec.labels:
+        out["Labels"] = dict(spec.labels)
+    if spec.stop_signal is not None:
+        out["StopSignal"] = spec.stop_signal
+    return out
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What happened to one step, for the output and the metadata file."""
+
+    index: int
+    created_by: str
+    layer: LayerBlob | None
+    cached: bool
+
+
+class _Workspace:
+    """The working root filesystem of a stage, made only when a run step needs one.
+
+    Holds every layer applied so far; a run step's own changes are already on disk after it runs,
+    so only the layers added by other steps (and the base) need applying before the next run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.applied = 0
+
+    def sync(self, layers: list[LayerBlob]) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        for blob in layers[self.applied:]:
+            apply_blob(self.path, blob)
+        self.applied = len(layers)
+        return self.path
+
+
+class _Layerer:
+    """Turns one step's change stream into a blob while recording what it did to the tree."""
+
+    def __init__(self, options: BuildOptions, workdir: Path, reporter: Reporter) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.reporter = reporter
+
+    def layer(self, changes: Iterator[Change], tree: FsTree) -> LayerBlob | None:
+        first = next(changes, None)
+        if first is None:
+            return None
+        applied: list[Change] = []
+        watched: dict[str, bytes] = {}
+
+        def produce(out: BinaryIO) -> None:
+            writer = LayerTarWriter(out, self.options.epoch, self.reporter.step_progress)
+            for change in itertools.chain([first], changes):
+                if isinstance(change, Entry):
+                    if change.path in WATCHED and change.content is not None:
+                        with change.content() as f:
+                            watched[change.path] = f.read()
+                    applied.append(change.meta())
+                else:
+                    applied.append(change)
+                writer.add(change)
+            writer.close()
+
+        blob = write_layer_blob(produce, self.options.compression, self.options.level, self.workdir)
+        tree.apply(applied)
+        for path, content in watched.items():
+            tree.capture(path, content)
+        return blob
+
+
+@dataclass
+class StageResult:
+    """The layers and config a stage ends with, and what each step did."""
+
+    layers: list[LayerBlob]
+    config: dict[str, Any]
+    records: list[StepRecord] = field(default_factory=list)
+
+
+class StageBuilder:
+    """Runs one stage's steps on top of a base (its layers and config)."""
+
+    def __init__(self, recipe: Recipe, platform: Platform, options: BuildOptions, context: Path, workdir: Path,
+                 reporter: Reporter, cache: LayerCache | None) -> None:
+        self.recipe, self.platform, self.options = recipe, platform, options
+        self.context, self.reporter, self.cache = context, reporter, cache
+        self.layerer = _Layerer(options, workdir / "layers", reporter)
+        self.workspace = _Workspace(workdir / "rootfs")
+        self.tree: FsTree | None = None
+        self.tree_layers = 0
+
+    def _tree(self, layers: list[LayerBlob]) -> FsTree:
+        """The metadata tree of ``layers``, applying only the layers it has not seen."""
+        if self.tree is None:
+            self.tree = FsTree()
+        update_tree(self.tree, layers[self.tree_layers:])
+        self.tree_layers = len(layers)
+        return self.tree
+
+    def _key(self, step: Step, layers: list[LayerBlob], config: dict[str, Any]) -> str | None:
+        if self.cache is None:
+            return None
+        inputs = cache_inputs(step, self.context)
+        if isinstance(step, RunStep):
+            inputs = {"env": _run_env(config, self.recipe), "workdir": _workdir(config)}
+        settings = {"platform": str(self.platform), "compression": str(self.options.compression),
+                    "level": self.options.level, "epoch": self.options.epoch}
+        return step_key([blob.diff_id for blob in layers], step, inputs, settings)
+
+    def run(self, steps: tuple[Step, ...], layers: list[LayerBlob], config: dict[str, Any]) -> StageResult:
+        created = cfgmod.rfc3339(self.options.epoch)
+        result = StageResult(list(layers), config)
+        for i, step in enumerate(steps, 1):
+            title = describe(step)
+            self.reporter.step_started(i, len(steps), title.removeprefix("pybuild "))
+            with located(step.where):
+                key = self._key(step, result.layers, result.config)
+                hit = self.cache.get(key) if self.cache is not None and key and self.options.use_cache else None
+                if hit is not None:
+                    blob = hit.layer
+                else:
+                    blob = self._build_step(step, result.layers, result.config)
+                    if self.cache is not None and key:
+                        self.cache.put(key, blob)
+            self.reporter.step_done(blob, cached=hit is not None)
+            result.records.append(StepRecord(i, title, blob, hit is not None))
+            if blob is not None:
+                result.layers.append(blob)
+            result.config = cfgmod.append_layer(result.config, blob.diff_id if blob else None, created, title)
+        return result
+
+    def _build_step(self, step: Step, layers: list[LayerBlob], config: dict[str, Any]) -> LayerBlob | None:
+        tree = self._tree(layers)
+        ctx = StepContext(context=self.context, tree=tree, epoch=self.options.epoch)
+        run_ctx = None
+        if isinstance(step, RunStep):
+            run_ctx = RunContext(
+                rootfs=self.workspace.sync(layers), env=_run_env(config, self.recipe), workdir=_workdir(config),
+                secrets=self.options.secrets, cache_dir=self.options.cache_dir or default_cache_dir(),
+                on_output=self.reporter.step_output,
+            )
+        blob = self.layerer.layer(changes_for(step, ctx, run_ctx), tree)
+        if blob is not None:
+            self.tree_layers = len(layers) + 1  # the layerer applied the new layer's changes to the tree
+            if isinstance(step, RunStep):
+                self.workspace.applied = len(layers) + 1  # its changes are on disk already
+        return blob
+
+
+def _run_env(config: dict[str, Any], recipe: Recipe) -> dict[str, str]:
+    """A run step's environment before its own ``env``: the image's Env, then the build args."""
+    runtime = cfgmod.merge_runtime(config.get("config") or {}, runtime_spec(recipe.config))
+    env = dict(item.partition("=")[::2] for item in runtime.get("Env") or [])
+    env.update(recipe.args)
+    return env
+
+
+def _workdir(config: dict[str, Any]) -> str:
+    return str((config.get("config") or {}).get("WorkingDir") or "/")

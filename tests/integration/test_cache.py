@@ -1,0 +1,148 @@
+"""The layer cache: hits replay exactly, misses are exactly what changed, nothing stale is served."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+import builder.stage
+from builder.cli import main
+
+from .test_build import make_context, manifest_digest, oci_check
+
+BIG = 8 << 20
+
+
+@pytest.fixture
+def compressions(monkeypatch):
+    """Counts layer blobs written (each one is a compression pass)."""
+    calls: list[int] = []
+    real = builder.stage.write_layer_blob
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(builder.stage, "write_layer_blob", spy)
+    return calls
+
+
+def build(ctx: Path, out: Path, cache: Path, *args: str, recipe: str = "recipe.yaml") -> dict:
+    meta = out.parent / f"{out.name}.meta.json"
+    code = main([str(ctx / recipe), "-o", str(out), "-q", "--cache-dir", str(cache), "--metadata-file", str(meta),
+                 "--platform", "linux/amd64", *args])
+    assert code == 0
+    return json.loads(meta.read_text())
+
+
+def cached_flags(meta: dict) -> list[bool]:
+    return [s["cached"] for s in meta["steps"]]
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Path:
+    ctx = make_context(tmp_path / "ctx")
+    (ctx / "app" / "big.bin").write_bytes(os.urandom(BIG))  # a large layer
+    return ctx
+
+
+def test_warm_rebuild_compresses_nothing_and_gives_the_same_digest(ctx, tmp_path, compressions, capsys):
+    cache = tmp_path / "cache"
+    t0 = time.perf_counter()
+    cold = build(ctx, tmp_path / "a", cache)
+    cold_time = time.perf_counter() - t0
+    assert cached_flags(cold) == [False] * 7 and len(compressions) == 6
+    compressions.clear()
+    t0 = time.perf_counter()
+    warm = build(ctx, tmp_path / "b", cache)
+    warm_time = time.perf_counter() - t0
+    assert cached_flags(warm) == [True] * 7
+    assert warm["cache"] == {"hits": 7, "misses": 0}
+    assert compressions == []  # nothing compressed
+    assert warm["digest"] == cold["digest"] == manifest_digest(tmp_path / "b")
+    oci_check(tmp_path / "b")
+    # not a timing test (see bench/): just a loud hint if a hit were as slow as a build
+    print(f"cold {cold_time:.2f}s warm {warm_time:.2f}s")
+
+
+def test_one_changed_input_rebuilds_that_step_and_what_follows(ctx, tmp_path):
+    cache = tmp_path / "cache"
+    first = build(ctx, tmp_path / "a", cache)
+    (ctx / "app" / "README").write_text("changed readme\n")  # an input of step 2 (copy)
+    second = build(ctx, tmp_path / "b", cache)
+    assert cached_flags(second) == [True, False, False, False, False, False, False]
+    assert second["digest"] != first["digest"]
+    assert second["layers"][0] == first["layers"][0]
+
+
+def test_mtime_and_umask_do_not_bust_the_cache(ctx, tmp_path):
+    cache = tmp_path / "cache"
+    build(ctx, tmp_path / "a", cache)
+    for path in (ctx / "app").rglob("*"):
+        os.utime(path, (1, 1))
+    os.utime(ctx / "rootfs.tar.gz", (2, 2))
+    again = build(ctx, tmp_path / "b", cache)
+    assert all(cached_flags(again))
+
+
+def test_changed_args_bust_only_the_steps_that_use_them(ctx, tmp_path):
+    cache = tmp_path / "cache"
+    build(ctx, tmp_path / "a", cache)
+    other = build(ctx, tmp_path / "b", cache, "--build-arg", "NAME=moon")
+    assert cached_flags(other) == [True, True, False, False, False, False, False]
+
+
+def test_cached_and_uncached_builds_agree(ctx, tmp_path, compressions):
+    cache = tmp_path / "cache"
+    warm_up = build(ctx, tmp_path / "a", cache)
+    compressions.clear()
+    fresh = build(ctx, tmp_path / "b", cache, "--no-cache")
+    assert not any(cached_flags(fresh)) and len(compressions) == 6
+    assert fresh["digest"] == warm_up["digest"]
+
+
+def test_compression_is_part_of_the_key(ctx, tmp_path):
+    cache = tmp_path / "cache"
+    build(ctx, tmp_path / "a", cache)
+    zstd = build(ctx, tmp_path / "b", cache, "--compression", "zstd")
+    assert not any(cached_flags(zstd))
+    assert {layer["media_type"] for layer in zstd["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+
+
+def test_replayed_whiteouts_still_hide_files(ctx, tmp_path):
+    cache = tmp_path / "cache"
+    build(ctx, tmp_path / "a", cache)
+    warm = build(ctx, tmp_path / "b", cache)
+    assert warm["steps"][5]["cached"]
+    blob = tmp_path / "b" / "blobs" / "sha256" / warm["layers"][5]["digest"].split(":")[1]
+    with tarfile.open(blob) as tf:
+        assert "etc/.wh.old.conf" in tf.getnames()
+
+
+def test_a_damaged_cache_blob_is_a_miss_not_a_bad_layer(ctx, tmp_path):
+    cache = tmp_path / "cache"
+    first = build(ctx, tmp_path / "a", cache)
+    victim = cache / "layers" / "blobs" / "sha256" / first["layers"][1]["digest"].split(":")[1]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    again = build(ctx, tmp_path / "b", cache)
+    assert cached_flags(again)[1] is False and again["digest"] == first["digest"]
+    oci_check(tmp_path / "b")
+
+
+def test_prune_bounds_the_cache(ctx, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    build(ctx, tmp_path / "a", cache)
+    blobs = cache / "layers" / "blobs" / "sha256"
+    assert sum(p.stat().st_size for p in blobs.iterdir()) > BIG // 2
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--max-size", "1M"]) == 0
+    assert sum(p.stat().st_size for p in blobs.iterdir()) <= 1 << 20
+    assert main(["cache", "prune", "--cache-dir", str(cache)]) == 0
+    assert list(blobs.iterdir()) == []
+    assert not any(cached_flags(build(ctx, tmp_path / "b", cache)))
