@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from builder.base import load_base
 from builder.cache import LayerCache
 from builder.errors import InputError, located
-from builder.image import Image, ImageIndex, LayerBlob
+from builder.fs.apply import unpack_layers
+from builder.image import Image, ImageIndex
 from builder.oci import config as cfgmod
 from builder.oci.canonical import canonical_json
 from builder.oci.descriptor import Descriptor
@@ -25,8 +25,8 @@ from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir
 from builder.progress import NullReporter, Reporter
 from builder.recipe import load_recipe
-from builder.recipe.model import BaseRef, Recipe
-from builder.stage import StageBuilder, StepRecord, runtime_spec
+from builder.recipe.model import BaseRef, CopyStep, Recipe, Step
+from builder.stage import StageBuilder, StageResult, StepRecord, runtime_spec
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,6 @@ def _load_base(ref: BaseRef, context: Path, platform: Platform, workdir: Path, o
     if ref.kind == "scratch":
         return None
     with located(ref.where):
-        if ref.kind == "stage":
-            raise InputError(f"building from stages is not supported by this version of pybuild yet: {ref.value!r}")
         if ref.kind == "registry":
             return _pull_base(ref.value, platform, workdir, options, reporter)
         path = context / ref.value
@@ -90,16 +88,75 @@ def _base_annotations(recipe: Recipe, base: Image | None) -> dict[str, str]:
     return out
 
 
+def _needed_stages(recipe: Recipe) -> list[str]:
+    """The stages the final image needs (through ``from:`` and ``copy from:``), dependencies first.
+
+    The parser has already refused unknown stages and cycles.
+    """
+    order: list[str] = []
+
+    def visit(base: BaseRef, steps: tuple[Step, ...]) -> None:
+        names = [base.value] if base.kind == "stage" else []
+        names += [s.from_stage for s in steps if isinstance(s, CopyStep) and s.from_stage]
+        for name in names:
+            if name not in order:
+                stage = recipe.stages[name]
+                visit(stage.base, stage.steps)
+                if name not in order:
+                    order.append(name)
+
+    visit(recipe.base, recipe.steps)
+    return order
+
+
+class _Stages:
+    """The stages built so far for one platform, and their filesystems when a copy needs them."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.results: dict[str, StageResult] = {}
+        self.roots: dict[str, Path] = {}
+
+    def root(self, name: str) -> Path:
+        if name not in self.roots:
+            root = self.workdir / "stages" / name / "rootfs"
+            unpack_layers(root, self.results[name].layers)
+            self.roots[name] = root
+        return self.roots[name]
+
+    def chains(self) -> dict[str, list[Digest]]:
+        return {name: [blob.diff_id for blob in r.layers] for name, r in self.results.items()}
+
+
 def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workdir: Path,
                 reporter: Reporter, cache: LayerCache | None = None) -> tuple[Image, list[StepRecord]]:
-    """Build one platform's image; returns it and what each step did."""
+    """Build one platform's image (the stages it needs first); returns it and what each step did."""
     context = (options.context or recipe.path.parent).resolve()
-    base = _load_base(recipe.base, context, platform, workdir / "base", options, reporter)
+    stages = _Stages(workdir)
+    records: list[StepRecord] = []
+
+    def run(name: str, base_ref: BaseRef, steps: tuple[Step, ...]) -> tuple[Image | None, StageResult]:
+        here = workdir / (f"stage-{name}" if name else "main")
+        if base_ref.kind == "stage":
+            upstream = stages.results[base_ref.value]
+            base, layers, config = None, list(upstream.layers), dict(upstream.config)
+        else:
+            base = _load_base(base_ref, context, platform, here / "base", options, reporter)
+            layers = list(base.layers) if base else []
+            config = dict(base.config) if base else cfgmod.empty_config(platform)
+        builder = StageBuilder(recipe, platform, options, context, here, reporter, cache, name=name,
+                               stage_root=stages.root, stage_chains=stages.chains())
+        result = builder.run(steps, layers, config)
+        records.extend(result.records)
+        return base, result
+
+    for name in _needed_stages(recipe):
+        reporter.message(f"== stage {name}")
+        stages.results[name] = run(name, recipe.stages[name].base, recipe.stages[name].steps)[1]
+    if recipe.stages:
+        reporter.message("== final image")
+    base, result = run("", recipe.base, recipe.steps)
     created = cfgmod.rfc3339(options.epoch)
-    layers: list[LayerBlob] = list(base.layers) if base else []
-    config: dict[str, Any] = dict(base.config) if base else cfgmod.empty_config(platform)
-    stage = StageBuilder(recipe, platform, options, context, workdir, reporter, cache)
-    result = stage.run(recipe.steps, layers, config)
     runtime = cfgmod.merge_runtime(result.config.get("config") or {}, runtime_spec(recipe.config))
     config = cfgmod.with_runtime(result.config, runtime, created)
     raw_config = canonical_json(config)
@@ -109,7 +166,7 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
     raw_manifest = canonical_json(manifest)
     image = Image(raw_manifest, raw_config, str(MediaType.OCI_MANIFEST), tuple(result.layers),
                   cfgmod.platform_of(config))
-    return image, result.records
+    return image, records
 
 
 def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:

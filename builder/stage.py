@@ -10,7 +10,7 @@ fully cached rebuild reads no layer and compresses nothing.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,6 +25,7 @@ from builder.layer.blob import write_layer_blob
 from builder.layer.entry import Change, Entry
 from builder.layer.tarwriter import LayerTarWriter
 from builder.oci import config as cfgmod
+from builder.oci.digest import Digest
 from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir
 from builder.progress import Reporter
@@ -64,6 +65,8 @@ class StepRecord:
     created_by: str
     layer: LayerBlob | None
     cached: bool
+    stage: str = ""
+    """The named stage the step belongs to ("" for the final image's steps)."""
 
 
 class _Workspace:
@@ -133,8 +136,11 @@ class StageBuilder:
     """Runs one stage's steps on top of a base (its layers and config)."""
 
     def __init__(self, recipe: Recipe, platform: Platform, options: BuildOptions, context: Path, workdir: Path,
-                 reporter: Reporter, cache: LayerCache | None) -> None:
-        self.recipe, self.platform, self.options = recipe, platform, options
+                 reporter: Reporter, cache: LayerCache | None, *, name: str = "",
+                 stage_root: Callable[[str], Path] | None = None,
+                 stage_chains: Mapping[str, Sequence[Digest]] | None = None) -> None:
+        self.recipe, self.platform, self.options, self.name = recipe, platform, options, name
+        self.stage_root, self.stage_chains = stage_root, stage_chains or {}
         self.context, self.reporter, self.cache = context, reporter, cache
         self.layerer = _Layerer(options, workdir / "layers", reporter)
         self.workspace = _Workspace(workdir / "rootfs")
@@ -152,7 +158,7 @@ class StageBuilder:
     def _key(self, step: Step, layers: list[LayerBlob], config: dict[str, Any]) -> str | None:
         if self.cache is None:
             return None
-        inputs = cache_inputs(step, self.context)
+        inputs = cache_inputs(step, self.context, self.stage_chains)
         if isinstance(step, RunStep):
             inputs = {"env": _run_env(config, self.recipe), "workdir": _workdir(config)}
         settings = {"platform": str(self.platform), "compression": str(self.options.compression),
@@ -175,7 +181,7 @@ class StageBuilder:
                     if self.cache is not None and key:
                         self.cache.put(key, blob)
             self.reporter.step_done(blob, cached=hit is not None)
-            result.records.append(StepRecord(i, title, blob, hit is not None))
+            result.records.append(StepRecord(i, title, blob, hit is not None, self.name))
             if blob is not None:
                 result.layers.append(blob)
             result.config = cfgmod.append_layer(result.config, blob.diff_id if blob else None, created, title)
@@ -183,7 +189,7 @@ class StageBuilder:
 
     def _build_step(self, step: Step, layers: list[LayerBlob], config: dict[str, Any]) -> LayerBlob | None:
         tree = self._tree(layers)
-        ctx = StepContext(context=self.context, tree=tree, epoch=self.options.epoch)
+        ctx = StepContext(context=self.context, tree=tree, epoch=self.options.epoch, stage_root=self.stage_root)
         run_ctx = None
         if isinstance(step, RunStep):
             run_ctx = RunContext(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from builder.errors import StepError
 from builder.layer.entry import Change
+from builder.oci.digest import Digest
 from builder.recipe.model import (
     CopyStep,
     MkdirStep,
@@ -48,10 +49,16 @@ def changes_for(step: Step, ctx: StepContext, run: RunContext | None = None) -> 
     raise AssertionError(f"unknown step {step!r}")
 
 
-def cache_inputs(step: Step, context: Path) -> dict[str, Any]:
-    """What a step reads besides its own text and its parent layers, as data for its cache key."""
+def cache_inputs(step: Step, context: Path, stages: Mapping[str, Sequence[Digest]]) -> dict[str, Any]:
+    """What a step reads besides its own text and its parent layers, as data for its cache key.
+
+    A copy from a stage is keyed by that stage's layers (its diff_id chain), which determine
+    every byte it can read.
+    """
     if isinstance(step, RootfsStep):
         return rootfs_inputs(step, context)
+    if isinstance(step, CopyStep) and step.from_stage:
+        return {"stage": [str(d) for d in stages.get(step.from_stage, ())]}
     if isinstance(step, CopyStep):
         return {"files": copy_inputs(step, context)}
     return {}

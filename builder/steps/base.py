@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,8 @@ class StepContext:
     context: Path
     tree: FsTree
     epoch: int
+    stage_root: Callable[[str], Path] | None = None
+    """The root filesystem of a named stage, for ``copy: ... from: STAGE``."""
 
     def owner(self, spec: str | None) -> tuple[int, int]:
         """Resolve an ``owner`` through the image's own passwd/group files."""

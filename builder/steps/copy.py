@@ -21,6 +21,7 @@ from builder.fs.patterns import Excluder
 from builder.layer.entry import Change, Entry, Kind, is_whiteout_name
 from builder.oci.digest import sha256_file
 from builder.recipe.model import CopyStep
+from builder.sandbox import secure_join
 from builder.steps.base import StepContext, finish
 
 _GLOB_CHARS = set("*?[")
@@ -60,8 +61,10 @@ def _default_mode(st: os.stat_result) -> int:
 class _Walker:
     """Turns host files into entries under one destination, tracking hardlinks by (dev, ino)."""
 
-    def __init__(self, step: CopyStep, uid: int, gid: int, epoch: int) -> None:
+    def __init__(self, step: CopyStep, uid: int, gid: int, epoch: int, *, preserve: bool = False) -> None:
         self.uid, self.gid, self.epoch = uid, gid, epoch
+        self.preserve = preserve  # from a stage: keep owners, modes, devices, clamped times
+        self.keep_owner = preserve and step.owner is None
         self.mode = step.mode
         self.excluder = Excluder.from_patterns(step.exclude)
         self.inodes: dict[tuple[int, int], str] = {}
@@ -71,8 +74,12 @@ class _Walker:
         if is_whiteout_name(name):
             raise InputError(f"a file named {name!r} cannot be stored in an image (.wh. names mark deletions): "
                              f"{host!r}")
-        mode = _default_mode(st) if self.mode is None else self.mode
-        common = {"uid": self.uid, "gid": self.gid, "mtime": self.epoch}
+        if self.mode is not None:
+            mode = self.mode
+        else:
+            mode = stat.S_IMODE(st.st_mode) if self.preserve else _default_mode(st)
+        common = {"uid": st.st_uid if self.keep_owner else self.uid, "gid": st.st_gid if self.keep_owner else self.gid,
+                  "mtime": min(int(st.st_mtime), self.epoch) if self.preserve else self.epoch}
         fmt = stat.S_IFMT(st.st_mode)
         if fmt == stat.S_IFDIR:
             return Entry(dest, Kind.DIR, mode, **common)  # type: ignore[arg-type]
@@ -88,7 +95,11 @@ class _Walker:
                          **common)  # type: ignore[arg-type]
         if fmt == stat.S_IFIFO:
             return Entry(dest, Kind.FIFO, mode, **common)  # type: ignore[arg-type]
-        return None  # sockets and device nodes on the host are not image content
+        if self.preserve and fmt in (stat.S_IFCHR, stat.S_IFBLK):
+            kind = Kind.CHAR if fmt == stat.S_IFCHR else Kind.BLOCK
+            return Entry(dest, kind, mode, devmajor=os.major(st.st_rdev), devminor=os.minor(st.st_rdev),
+                         **common)  # type: ignore[arg-type]
+        return None  # sockets, and device nodes on the host, are not image content
 
     def walk(self, top: Path, dest: str, rel: str = "") -> Iterator[Entry]:
         """Entries below ``top`` (not ``top`` itself); symlinks are never followed."""
@@ -113,18 +124,37 @@ def _join(base: str, rel: str) -> str:
     return f"{base}/{rel}" if base else rel
 
 
+def _stage_sources(step: CopyStep, root: Path) -> list[Path]:
+    """Sources inside a stage's filesystem: absolute image paths, resolved as in a chroot."""
+    found = []
+    for src in step.sources:
+        matches = sorted(glob.glob(src.lstrip("/"), root_dir=root, include_hidden=True)) if _GLOB_CHARS & set(src) \
+            else [src]
+        if not matches:
+            raise InputError(f"no such file or directory in stage {step.from_stage!r}: {src!r}")
+        for match in matches:
+            path = secure_join(root, match)
+            if not os.path.lexists(path):
+                raise InputError(f"no such file or directory in stage {step.from_stage!r}: {src!r}")
+            found.append(path)
+    return found
+
+
 def copy_changes(step: CopyStep, ctx: StepContext) -> list[Change]:
     if step.from_stage is not None:
-        raise InputError("copy from a stage is not supported by this version of pybuild yet")
-    sources = _sources(step, ctx.context)
+        if ctx.stage_root is None:
+            raise InputError(f"stage {step.from_stage!r} is not available here")
+        sources = _stage_sources(step, ctx.stage_root(step.from_stage))
+    else:
+        sources = _sources(step, ctx.context)
     dest = ctx.image_path(step.to)
     to_dir = step.to.endswith("/") or len(sources) > 1 or ctx.tree.is_dir(ctx.tree.resolve(dest))
     if to_dir:
         dest = ctx.tree.resolve(dest)
-    walker = _Walker(step, *ctx.owner(step.owner), ctx.epoch)
+    walker = _Walker(step, *ctx.owner(step.owner), ctx.epoch, preserve=step.from_stage is not None)
     changes: dict[str, Change] = {}
     for src in sources:
-        st = os.stat(src)
+        st = os.lstat(src) if step.from_stage else os.stat(src)
         if stat.S_ISDIR(st.st_mode):
             # the destination directory itself: created like the source's contents, but an
             # existing one keeps its owner and mode unless the step sets them

@@ -180,3 +180,25 @@ def test_unpack_bundle_runs_in_runc_without_editing(pybuild, ctx: Path, tmp_path
     subprocess.run(["runc", "--root", str(runc.state), "delete", "--force", cid], capture_output=True, check=False)
     assert ran.returncode == 0 and ran.stdout.strip() == "from-run", describe(ran)
     assert (bundle / "config.json").read_bytes() == before  # runnable without editing
+
+
+def test_run_steps_are_cached_and_secrets_do_not_key_them(pybuild, ctx: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    (ctx / "pybuild.yaml").write_text(
+        "version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n"
+        "  - run: test -s /run/secrets/token && echo built > /marker\n    mounts:\n      - secret: token\n"
+    )
+    cache = tmp_path / "cache"
+    metas = []
+    for n, value in enumerate(("first\n", "second, different\n")):
+        secret.write_text(value)
+        meta = tmp_path / f"m{n}.json"
+        built = pybuild(ctx / "pybuild.yaml", "-o", tmp_path / f"out{n}", "-q", "--cache-dir", cache,
+                        "--secret", f"id=token,src={secret}", "--metadata-file", meta)
+        assert built.returncode == 0, describe(built)
+        metas.append(json.loads(meta.read_text()))
+    assert [s["cached"] for s in metas[1]["steps"]] == [True, True]
+    assert metas[0]["digest"] == metas[1]["digest"]
+    for path in cache.rglob("*"):
+        if path.is_file():
+            assert b"different" not in path.read_bytes()
