@@ -178,7 +178,9 @@ def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = 
     reporter = reporter or NullReporter()
     if options.workdir is None:
         raise ValueError("options.workdir is required")
-    first = load_recipe(recipe_path, options.build_args)
+    # parsed once to learn the platforms (builtins for the host), then once per platform
+    first = load_recipe(recipe_path, options.build_args, _builtin_args(options.platforms[0] if options.platforms
+                                                                       else Platform.host()))
     platforms = options.platforms or first.platforms or (Platform.host(),)
     cache = LayerCache(options.cache_dir or default_cache_dir())
     images: list[Image] = []

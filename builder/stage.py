@@ -193,7 +193,7 @@ class StageBuilder:
         run_ctx = None
         if isinstance(step, RunStep):
             run_ctx = RunContext(
-                rootfs=self.workspace.sync(layers), env=_run_env(config, self.recipe), workdir=_workdir(config),
+                rootfs=self.workspace.sync(layers), platform=self.platform, env=_run_env(config, self.recipe), workdir=_workdir(config),
                 secrets=self.options.secrets, cache_dir=self.options.cache_dir or default_cache_dir(),
                 on_output=self.reporter.step_output,
             )

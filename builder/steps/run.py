@@ -21,6 +21,7 @@ from builder.fs.diff import diff
 from builder.fs.snapshot import snapshot
 from builder.fs.users import resolve_user
 from builder.layer.entry import Change, Entry, canon
+from builder.oci.platform import Platform
 from builder.recipe.model import RunStep
 from builder.sandbox import DEFAULT_PATH, Bind, MountPoints, RunSpec, run, secure_join
 from builder.steps.base import StepContext
@@ -34,6 +35,7 @@ class RunContext:
     """What a run step needs beyond the file steps' context."""
 
     rootfs: Path
+    platform: Platform
     env: Mapping[str, str]
     """The image's Env merged with the build args (the step's own env goes on top)."""
     workdir: str
@@ -101,8 +103,32 @@ def _map_rootless(changes: list[Change]) -> list[Change]:
     return out
 
 
+_QEMU_NAMES = {"amd64": "x86_64", "arm64": "aarch64", "arm": "arm", "386": "i386", "ppc64le": "ppc64le",
+               "s390x": "s390x", "riscv64": "riscv64", "mips64le": "mips64el"}
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+
+
+def check_can_execute(platform: Platform) -> None:
+    """A run step for another architecture needs a registered binfmt handler (qemu-user-static)."""
+    host = Platform.host()
+    if platform.os != "linux":
+        raise StepError(f"run steps need a linux image, this one is for {platform}")
+    if platform.architecture == host.architecture or (host.architecture, platform.architecture) == ("amd64", "386"):
+        return
+    name = _QEMU_NAMES.get(platform.architecture, platform.architecture)
+    handler = BINFMT / f"qemu-{name}"
+    try:
+        enabled = handler.read_text().splitlines()[0].strip() == "enabled"
+    except OSError:
+        enabled = False
+    if not enabled:
+        raise StepError(f"cannot run commands for {platform} on this {host} machine: no binfmt handler "
+                        f"{str(handler)!r} is registered (install qemu-user-static, or build without run steps)")
+
+
 def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]:
     """Run the step's script in the working rootfs and return what it changed."""
+    check_can_execute(rc.platform)
     root = rc.rootfs
     shell = list(step.shell or ("/bin/sh", "-c"))
     shell_path = secure_join(root, shell[0])
