@@ -7,10 +7,14 @@ so that the client reads like the distribution spec:
   loopback names): those get unverified TLS, and plain HTTP when TLS fails on the first
   contact (a local ``registry:2`` speaks HTTP). The choice is made once per Transport.
 - Authorization is sent when the authenticator has one ready; a 401 is answered by the
-  authenticator's ``challenge`` and the request is sent once more.
-- Redirects are followed by hand: blob downloads go to CDNs, and ``Authorization`` must not
-  follow them to another origin (distribution-spec; requests would keep it for a same-host
-  https->http hop and drop it only on a host change).
+  authenticator's ``challenge`` and the request is sent again (the authenticator gives up,
+  by raising, when a fresh value is refused too). Once a registry has challenged, a request
+  for which the authenticator has nothing ready (a new scope, an expiring token) asks it for
+  a value first, so a streamed upload does not go out only to be refused.
+- Redirects are followed by hand: blob downloads go to CDNs, ``Authorization`` must not
+  follow them to another origin (distribution-spec), and each hop gets TLS verification for
+  its own host (an insecure registry does not make its CDN insecure), which requests' own
+  redirect handling, with one ``verify`` for the whole chain, cannot do.
 - Transient failures (connection errors, timeouts, 5xx, 429) are retried with exponential
   backoff, but only for requests that can be replayed as they are. A request whose body is a
   stream cannot: it raises :class:`RetryableError`, and the caller restarts the whole blob
@@ -29,7 +33,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -37,15 +41,17 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from builder import __version__
 from builder.errors import RegistryError
+from builder.registry.auth import Authenticator
 
 MiB = 1 << 20
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "[::1]"})
 USER_AGENT = f"pybuild/{__version__}"
 MAX_REDIRECTS = 10
+MAX_CHALLENGES = 3  # per request; the authenticator itself gives up after a fresh value is refused
 MAX_RETRY_AFTER = 30.0  # seconds: a Retry-After longer than this is shortened, not obeyed
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _NOT_TRANSIENT_5XX = frozenset({501, 505})
-_TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _UNVERIFIED = threading.Lock()  # see Transport._send
 
 
@@ -77,14 +83,6 @@ def hostname(host: str) -> str:
     if host.startswith("["):
         return host[: host.find("]") + 1] if "]" in host else host
     return host.partition(":")[0]
-
-
-class Authenticator(Protocol):
-    """What the transport needs of ``builder.registry.auth.Authenticator``."""
-
-    def header(self, scopes: Sequence[str]) -> str | None: ...
-
-    def challenge(self, www_authenticate: str, scopes: Sequence[str]) -> str: ...
 
 
 class RetryableError(RegistryError):
@@ -142,12 +140,7 @@ def new_session() -> requests.Session:
 
 
 def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    return request
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme, parts.netloc.lower()
+    return request  # a session-level auth keeps requests from looking into ~/.netrc
 
 
 def _transient(status: int) -> bool:
@@ -174,8 +167,7 @@ class Transport:
         self.insecure = options.is_insecure(api_host) or options.is_insecure(ref_registry)
         self._scheme: str | None = None if self.insecure else "https"
         self._scheme_lock = threading.Lock()
-        self._auth_lock = threading.Lock()
-        self._auth: dict[tuple[str, ...], str] = {}
+        self._challenge: str | None = None  # the registry's last WWW-Authenticate
 
     def close(self) -> None:
         self.session.close()
@@ -235,25 +227,27 @@ class Transport:
         replayable = not isinstance(data, Body)
         repeat = (method in ("GET", "HEAD") if repeatable is None else repeatable) and replayable
         attempt = 0
-        challenged = False
+        challenges = 0
+        auth = self._authorization(scopes)
         while True:
             try:
-                resp = self._follow(method, url, scopes, headers or {}, data, stream)
-            except _TRANSIENT_ERRORS as exc:
+                resp = self._follow(method, url, auth, headers or {}, data, stream)
+            except TRANSIENT_ERRORS as exc:
                 if isinstance(exc, requests.exceptions.SSLError) or not (repeat and attempt < self.options.retries):
                     cls = RegistryError if repeat or isinstance(exc, requests.exceptions.SSLError) else RetryableError
                     raise cls(self.describe_failure(method, url, exc)) from exc
                 self.pause(attempt)
                 attempt += 1
                 continue
-            if resp.status_code == 401 and not challenged and self._is_registry(resp.url):
+            if resp.status_code == 401 and challenges < MAX_CHALLENGES and self._is_registry(resp.url):
                 challenge = resp.headers.get("WWW-Authenticate")
                 if challenge:
                     resp.close()
-                    challenged = True
-                    self._refresh_auth(challenge, scopes)
+                    challenges += 1
+                    self._challenge = challenge
+                    auth = self.authenticator.challenge(challenge, scopes, sent=auth or "")
                     if not replayable:
-                        raise RetryableError(f"{self._where(method, url)}: 401: authorization expired; retrying")
+                        raise RetryableError(f"{self._where(method, url)}: 401 (authorization expired or refused)")
                     continue
             if _transient(resp.status_code) and resp.status_code not in ok:
                 if repeat and attempt < self.options.retries:
@@ -277,11 +271,10 @@ class Transport:
             time.sleep(delay)
 
     def _follow(
-        self, method: str, url: str, scopes: Sequence[str], headers: dict[str, str], data: bytes | Body | None,
+        self, method: str, url: str, auth: str | None, headers: dict[str, str], data: bytes | Body | None,
         stream: bool,
     ) -> requests.Response:
         """Send the request and follow redirects by hand, with Authorization only for the registry's origin."""
-        auth = self._authorization(scopes)
         for _ in range(MAX_REDIRECTS + 1):
             send = dict(headers)
             if auth is not None and self._is_registry(url):
@@ -308,10 +301,8 @@ class Transport:
         ``catch_warnings`` swaps process-wide state, hence the lock around it; plain-HTTP
         requests (the usual local registry) never need it.
         """
-        kwargs: dict[str, Any] = {
-            "headers": headers, "data": data, "stream": stream, "timeout": self.options.timeout,
-            "allow_redirects": False, "verify": verify,
-        }  # fmt: skip
+        kwargs: dict[str, Any] = {"headers": headers, "data": data, "stream": stream, "verify": verify,
+                                  "timeout": self.options.timeout, "allow_redirects": False}
         if verify or url.startswith("http://"):
             return self.session.request(method, url, **kwargs)
         with _UNVERIFIED, warnings.catch_warnings():
@@ -319,19 +310,17 @@ class Transport:
             return self.session.request(method, url, **kwargs)
 
     def _is_registry(self, url: str) -> bool:
-        return _origin(url) == (self.scheme, self.api_host.lower())
+        parts = urlsplit(url)
+        return (parts.scheme, parts.netloc.lower()) == (self.scheme, self.api_host.lower())
 
     # ---- auth ------------------------------------------------------------------------------
 
     def _authorization(self, scopes: Sequence[str]) -> str | None:
-        with self._auth_lock:
-            cached = self._auth.get(tuple(scopes))
-        return cached if cached is not None else self.authenticator.header(scopes)
-
-    def _refresh_auth(self, challenge: str, scopes: Sequence[str]) -> None:
-        """Ask the authenticator for a new Authorization value; serialised, as parallel transfers all get 401s."""
-        with self._auth_lock:
-            self._auth[tuple(scopes)] = self.authenticator.challenge(challenge, scopes)
+        """What to send unasked: the authenticator's ready value, else (once challenged) a fresh one."""
+        value = self.authenticator.header(scopes)
+        if value is None and self._challenge is not None:
+            value = self.authenticator.challenge(self._challenge, scopes, sent="")
+        return value
 
     # ---- messages --------------------------------------------------------------------------
 

@@ -35,6 +35,12 @@ Facts found by trying (distribution 2.8.2, skopeo 1.9.3):
   refuses expired bearer tokens with a 401 (and the registry's challenge) without that leeway.
 - skopeo talks plain HTTP to a registry only with ``--tls-verify=false`` (``--src-``/
   ``--dest-tls-verify=false`` for ``copy``); it tries HTTPS first and falls back.
+- skopeo 1.9 retries none of the faults (503, reset, 401 mid-push: it fails at once) and refuses
+  corrupt or truncated blobs and changed manifests itself ("Digest did not match"), so it shows
+  that each fault reaches a client (test_registry_faults.py, ``test_harness_*``).
+- Go clients send one ``Accept`` header per media type: the proxy forwards headers one by one
+  (a dict would keep only the last, and the registry then answers 404 "OCI manifest found, but
+  accept header does not support OCI manifests").
 """
 
 from __future__ import annotations
@@ -47,7 +53,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import socket
 import struct
 import subprocess
@@ -117,11 +122,15 @@ def docker_config_dir(directory: Path, auths: dict[str, tuple[str, str]]) -> Pat
     return directory
 
 
+#: urllib without $http_proxy: test traffic goes straight to 127.0.0.1, never through a proxy.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of a GET; HTTP errors are answers too, not exceptions."""
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (loopback only)
+        with _DIRECT.open(request, timeout=timeout) as resp:
             return resp.status, dict(resp.headers.items()), resp.read()
     except urllib.error.HTTPError as err:
         with err:
@@ -150,7 +159,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002
+    def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up is normal here (faults do it on purpose): no traceback on stderr."""
 
 
@@ -209,7 +218,8 @@ class TokenServer(_Threaded):
     ``grant_type=password``) with Basic credentials of a known user answers a JWT granting what
     the scopes ask for; wrong or missing credentials get a 401. ``expires_in`` is settable, and
     every token issued is recorded in ``issued`` (so tests can count re-authentication and check
-    that no token leaks into pybuild's output).
+    that no token leaks into pybuild's output). A token's ``exp`` is ``int(now) + expires_in``: it
+    lives between ``expires_in - 1`` and ``expires_in`` seconds.
     """
 
     def __init__(self, workdir: Path, users: dict[str, str], expires_in: int = 300) -> None:
@@ -243,11 +253,14 @@ class TokenServer(_Threaded):
             input=payload, capture_output=True, check=True, timeout=30,
         ).stdout  # fmt: skip
 
-    def make_token(self, user: str, access: list[dict[str, Any]], expires_in: int | None = None) -> str:
+    def make_token(
+        self, user: str, access: list[dict[str, Any]], expires_in: int | None = None, issuer: str = ISSUER
+    ) -> str:
+        """A signed JWT (also used by the harness tests to forge tokens the registry must refuse)."""
         now = int(time.time())
         header = {"typ": "JWT", "alg": "RS256", "kid": self.kid}
         claims = {
-            "iss": ISSUER, "sub": user, "aud": SERVICE, "exp": now + (expires_in or self.expires_in),
+            "iss": issuer, "sub": user, "aud": SERVICE, "exp": now + (expires_in or self.expires_in),
             "nbf": now - 1, "iat": now, "jti": secrets.token_hex(16), "access": access,
         }  # fmt: skip
         signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
@@ -283,7 +296,7 @@ class _TokenHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _reply(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
@@ -328,14 +341,14 @@ class _TokenHandler(BaseHTTPRequestHandler):
             "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })  # fmt: skip
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         if url.path != "/token":
             self._reply(404, {"error": "not found"})
             return
         self._grant(self._basic_user(), urllib.parse.parse_qs(url.query))
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         """The OAuth2 form (``grant_type=password``), which some clients prefer."""
         length = int(self.headers.get("Content-Length") or 0)
         form = urllib.parse.parse_qs(self.rfile.read(length).decode(errors="replace"))
@@ -652,7 +665,6 @@ class FaultProxy(_Threaded):
         self.requests: list[Request] = []
         self.expired_refused = 0
         self.lock = threading.Lock()
-        self._challenge: str | None = None
         self._serve(_ProxyHandler)
 
     def ref(self, repo: str, tag: str = "latest") -> str:
@@ -690,13 +702,25 @@ class FaultProxy(_Threaded):
     def count(self, method: str | None = None, pattern: str = "") -> int:
         return len(self.seen(method, pattern))
 
-    def challenge(self) -> str:
-        """The upstream registry's ``WWW-Authenticate`` for an unauthenticated ``GET /v2/``."""
-        if self._challenge is None:
-            _, headers, _ = http_get(f"http://{self.upstream}/v2/", timeout=10)
-            lowered = {k.lower(): v for k, v in headers.items()}
-            self._challenge = lowered.get("www-authenticate", f'Basic realm="{SERVICE}"')
-        return self._challenge
+    def challenge(self, method: str = "GET", path: str = "/v2/") -> str:
+        """The ``WWW-Authenticate`` the registry sends for ``method path`` without credentials.
+
+        Asked of the registry itself (with no body: it checks authorization first, so nothing
+        happens), so that a token challenge carries the ``scope`` of that very request.
+        """
+        host, _, port = self.upstream.partition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            if method in ("POST", "PUT", "PATCH"):
+                conn.putheader("Content-Length", "0")
+            conn.endheaders()
+            resp = conn.getresponse()
+            resp.read()
+            value = resp.getheader("WWW-Authenticate")
+        finally:
+            conn.close()
+        return value or f'Basic realm="{SERVICE}"'
 
 
 def _read_chunked(rfile: Any) -> bytes:
@@ -738,7 +762,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     server: _Server
     timeout = 120  # an idle client connection is dropped after this
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     @property
@@ -807,7 +831,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             with proxy.lock:
                 proxy.expired_refused += 1
             proxy.record(Request(method, path, 401, "expired-token"))
-            self._error(401, "UNAUTHORIZED", [("WWW-Authenticate", proxy.challenge())])
+            self._error(401, "UNAUTHORIZED", [("WWW-Authenticate", proxy.challenge(method, path))])
             return
         if fault and action == "status":
             proxy.record(Request(method, path, fault.status, action))
@@ -815,7 +839,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             return
         if fault and action == "unauthorized":
             proxy.record(Request(method, path, 401, action))
-            self._error(401, "UNAUTHORIZED", [("WWW-Authenticate", proxy.challenge())])
+            self._error(401, "UNAUTHORIZED", [("WWW-Authenticate", proxy.challenge(method, path))])
             return
         if fault and action == "reset":
             proxy.record(Request(method, path, 0, action))
@@ -827,10 +851,14 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         host, _, port = proxy.upstream.partition(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=120)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"}
+            # Header by header: a client may repeat one (Go sends one Accept per media type).
+            conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+            for name, value in self.headers.items():
+                if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
+                    conn.putheader(name, value)
             if body or method in ("POST", "PUT", "PATCH"):
-                headers["Content-Length"] = str(len(body))
-            conn.request(method, path, body=body or None, headers=headers)
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body or None)
             resp = conn.getresponse()
             data = resp.read()
             status, reason, resp_headers = resp.status, resp.reason, resp.getheaders()
@@ -925,16 +953,44 @@ def proxy_fixture() -> Callable[..., Iterator[Callable[..., FaultProxy]]]:
     return _make_proxy
 
 
-def reset_token_server(registry: Registry) -> Iterator[TokenServer]:
-    """For a fixture: the token server with its default lifetime, restored after the test."""
-    server = registry.token_server
-    assert server is not None
-    lifetime = server.expires_in
-    try:
-        yield server
-    finally:
-        server.expires_in = lifetime
+# --------------------------------------------------------------------------------------------
+# looking at results
 
 
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def layout_descriptor(layout: Path, name: str) -> dict[str, Any]:
+    """The descriptor ``index.json`` of a layout names ``name`` (read directly, no pybuild code)."""
+    index = json.loads((layout / "index.json").read_text())
+    for desc in index["manifests"]:
+        if desc.get("annotations", {}).get("org.opencontainers.image.ref.name") == name:
+            return dict(desc)
+    raise AssertionError(f"no {name!r} in {layout}/index.json: {index}")
+
+
+def layout_blob(layout: Path, digest: str) -> bytes:
+    algorithm, _, hex_ = digest.partition(":")
+    return (layout / "blobs" / algorithm / hex_).read_bytes()
+
+
+def layout_manifest(layout: Path, name: str) -> dict[str, Any]:
+    return dict(json.loads(layout_blob(layout, layout_descriptor(layout, name)["digest"])))
+
+
+def error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("pybuild: error:")]
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], why: str = "") -> str:
+    """Exit 1, exactly one ``pybuild: error:`` line, no traceback; returns that line."""
+    detail = f"{why}\n$ exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    assert proc.returncode == 1, detail
+    lines = error_lines(proc)
+    assert len(lines) == 1, detail
+    assert "Traceback" not in proc.stderr, detail
+    return lines[0]
+
+
+def assert_no_secrets(proc: subprocess.CompletedProcess[str], secrets_: Sequence[str]) -> None:
+    """None of ``secrets_`` (passwords, their base64 forms, tokens) in stdout or stderr."""
+    for secret in secrets_:
+        assert secret not in proc.stdout, f"a credential leaked into stdout: {proc.stdout}"
+        assert secret not in proc.stderr, f"a credential leaked into stderr: {proc.stderr}"

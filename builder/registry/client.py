@@ -1,0 +1,395 @@
+"""One repository on one registry: the distribution-spec calls that push and pull are made of.
+
+Each method is one operation of the spec (``spec.md``: pulling manifests and blobs, checking
+existence, mounting, monolithic and chunked uploads, pushing manifests) with its quirks
+handled where they arise (FIELD-NOTES 5.4, 6 #10 and #14). Nothing read is trusted: a
+manifest is checked against the digest it was asked by (or the registry's
+``Docker-Content-Digest`` when asked by tag), and a blob is hashed while it streams to a
+temporary file that only becomes the blob once digest and size match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import io
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import BinaryIO, Literal, Self, TypeVar
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
+
+import requests
+
+from builder.errors import InputError, IntegrityError, RegistryError
+from builder.oci.digest import Digest
+from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES, MediaType
+from builder.registry.auth import Authenticator, Credentials, find_credentials, scope_for
+from builder.registry.reference import Reference
+from builder.registry.transport import (
+    TRANSIENT_ERRORS,
+    Body,
+    MiB,
+    RegistryOptions,
+    RetryableError,
+    Transport,
+    new_session,
+)
+
+ACCEPTED = (MediaType.OCI_MANIFEST, MediaType.OCI_INDEX, MediaType.DOCKER_MANIFEST, MediaType.DOCKER_LIST)
+MANIFEST_ACCEPT = ", ".join(ACCEPTED)  # without Accept, some registries answer with schema 1
+MAX_MANIFEST = 8 * MiB  # the spec asks registries to take at least 4 MB; twice that is refused, not loaded
+SCHEMA1_TYPES = frozenset({
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+})
+OCTET_STREAM = "application/octet-stream"
+Progress = Callable[[int], None]
+_T = TypeVar("_T")
+
+
+class _Find(enum.Enum):
+    CREDENTIALS = enum.auto()
+
+
+FIND_CREDENTIALS = _Find.CREDENTIALS
+"""Default of ``RegistryClient(credentials=...)``: look them up with ``find_credentials``."""
+
+
+class RegistryClient:
+    """The repository ``ref`` names on its registry; ``push=True`` asks for push rights up front.
+
+    Pull and push scopes are not mixed within one client: a token server answers each scope
+    set with its own token, and read-only credentials must still be able to pull.
+    """
+
+    def __init__(
+        self,
+        ref: Reference,
+        options: RegistryOptions | None = None,
+        credentials: Credentials | Literal[_Find.CREDENTIALS] | None = FIND_CREDENTIALS,
+        *,
+        push: bool = False,
+    ) -> None:
+        self.ref = ref
+        self.options = options if options is not None else RegistryOptions()
+        creds = find_credentials(ref.registry) if credentials is FIND_CREDENTIALS else credentials
+        session = new_session()
+        insecure = self.options.is_insecure(ref.api_host) or self.options.is_insecure(ref.registry)
+        self.authenticator = Authenticator(ref.registry, creds, session, insecure=insecure)
+        self.transport = Transport(ref.registry, ref.api_host, self.authenticator, self.options, session=session)
+        self.repo = ref.repository
+        self.scopes = (scope_for(ref.repository, "pull,push" if push else "pull"),)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _name(self, identifier: str | Digest) -> str:
+        sep = "@" if isinstance(identifier, Digest) or ":" in identifier else ":"
+        return f"{self.ref.registry}/{self.repo}{sep}{identifier}"
+
+    # ---- manifests -------------------------------------------------------------------------
+
+    def get_manifest(self, identifier: str | Digest) -> tuple[bytes, str, Digest]:
+        """(bytes, media type, digest) of a manifest or index, by tag or digest, verified.
+
+        Asked by digest, the bytes must hash to it; asked by tag, they must hash to the
+        registry's ``Docker-Content-Digest`` if it sends one. Schema 1 manifests are refused:
+        they carry no config and no content digests for their layers.
+        """
+        want = identifier if isinstance(identifier, Digest) else _as_digest(identifier)
+        name = self._name(identifier)
+
+        def fetch() -> tuple[bytes, requests.structures.CaseInsensitiveDict[str]]:
+            resp = self.transport.request("GET", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
+                                          headers={"Accept": MANIFEST_ACCEPT}, stream=True)
+            with closing(resp):
+                return _read_capped(resp, MAX_MANIFEST, f"{name}: manifest"), resp.headers
+
+        raw, headers = self._retrying("GET", f"{self.repo}/manifests/{identifier}", fetch)
+        if want is not None:
+            _check_bytes(raw, want, f"{name}: manifest")
+            digest = want
+        else:
+            digest = Digest.of(raw)
+            header = _header_digest(headers)
+            if header is not None:
+                _check_bytes(raw, header, f"{name}: manifest (Docker-Content-Digest)")
+        return raw, _media_type(raw, headers.get("Content-Type", ""), name), digest
+
+    def manifest_digest(self, identifier: str | Digest) -> Digest | None:
+        """The digest the registry has under ``identifier`` (HEAD), or None if it has nothing there."""
+        resp = self.transport.request("HEAD", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
+                                      headers={"Accept": MANIFEST_ACCEPT}, ok=(200, 404))
+        with closing(resp):
+            if resp.status_code == 404:
+                return None
+            return _header_digest(resp.headers) or (identifier if isinstance(identifier, Digest) else None)
+
+    def put_manifest(self, identifier: str | Digest, raw: bytes, media_type: str) -> Digest:
+        """Store ``raw`` exactly as given under a tag or its digest; the registry's digest must be ours."""
+        digest = Digest.of(raw)
+        resp = self.transport.request("PUT", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
+                                      headers={"Content-Type": media_type}, data=raw, ok=(200, 201, 202),
+                                      repeatable=True)
+        with closing(resp):
+            header = _header_digest(resp.headers)
+        if header is not None:
+            _check_bytes(raw, header, f"{self._name(identifier)}: manifest as stored by the registry")
+        return digest
+
+    # ---- blobs -----------------------------------------------------------------------------
+
+    def blob_exists(self, digest: Digest) -> bool:
+        resp = self.transport.request("HEAD", f"{self.repo}/blobs/{digest}", scopes=self.scopes, ok=(200, 404))
+        resp.close()
+        return resp.status_code == 200
+
+    def fetch_blob(self, digest: Digest, size: int | None, dest: Path, on_progress: Progress | None = None) -> None:
+        """Download a blob to ``dest``: streamed to a temp file beside it, hashed, renamed only if it is right."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        name = f"{self.ref.registry}/{self.repo}@{digest}"
+
+        def fetch() -> None:
+            tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
+            try:
+                resp = self.transport.request("GET", f"{self.repo}/blobs/{digest}", scopes=self.scopes,
+                                              headers={"Accept-Encoding": "identity"}, stream=True)
+                with closing(resp), open(tmp, "xb") as out:
+                    hasher = hashlib.new(digest.algorithm)
+                    count = 0
+                    for block in resp.iter_content(MiB):
+                        count += len(block)
+                        if size is not None and count > size:
+                            raise IntegrityError(f"{name}: blob is larger than the {size} bytes its descriptor says")
+                        hasher.update(block)
+                        out.write(block)
+                        if on_progress is not None:
+                            on_progress(len(block))
+                if size is not None and count != size:
+                    raise IntegrityError(f"{name}: blob has {count} bytes, its descriptor says {size}")
+                if hasher.hexdigest() != digest.hex:
+                    raise IntegrityError(f"{name}: blob content is {digest.algorithm}:{hasher.hexdigest()}")
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        self._retrying("GET", f"{self.repo}/blobs/{digest}", fetch)
+
+    def mount_blob(self, digest: Digest, from_repo: str) -> bool:
+        """Ask the registry to link ``digest`` from another of its repositories; False means "upload it".
+
+        A 202 is the registry starting an ordinary upload instead (it may not allow the
+        mount); that session is cancelled and the caller uploads. Any error is a False too:
+        mounting is an optimisation (ggcr retries plainly on every mount failure).
+        """
+        scopes = (*self.scopes, scope_for(from_repo, "pull"))
+        path = f"{self.repo}/blobs/uploads/?mount={quote(str(digest), safe='')}&from={quote(from_repo, safe='/')}"
+        try:
+            resp = self.transport.request("POST", path, scopes=scopes, ok=(201, 202))
+        except RegistryError:
+            return False
+        with closing(resp):
+            if resp.status_code == 201:
+                return True
+            location = resp.headers.get("Location")
+        if location:
+            with contextlib.suppress(RegistryError):  # an abandoned session expires on its own
+                self.transport.request("DELETE", urljoin(resp.url, location), scopes=self.scopes,
+                                       ok=(200, 202, 204, 404)).close()
+        return False
+
+    def upload_blob(self, source: Path | bytes, digest: Digest, size: int, on_progress: Progress | None = None) -> None:
+        """Upload a blob from a file or memory; a broken attempt restarts from a fresh upload session.
+
+        A restart first asks whether the blob arrived after all (the commit may have succeeded
+        with its answer lost).
+        """
+        for attempt in range(self.options.retries + 1):
+            try:
+                if attempt and self.blob_exists(digest):
+                    return
+                self._upload_once(source, digest, size, on_progress)
+                return
+            except RetryableError:
+                if attempt >= self.options.retries:
+                    raise
+                self.transport.pause(attempt)
+
+    def _upload_once(self, source: Path | bytes, digest: Digest, size: int, on_progress: Progress | None) -> None:
+        name = f"{self.ref.registry}/{self.repo}@{digest}"
+        with _opened(source) as file:
+            actual = os.fstat(file.fileno()).st_size if isinstance(source, Path) else len(source)
+            if actual != size:
+                raise IntegrityError(f"{source if isinstance(source, Path) else name}: {actual} bytes, "
+                                     f"the descriptor of {digest} says {size}")
+            resp = self.transport.request("POST", f"{self.repo}/blobs/uploads/", scopes=self.scopes, ok=(202,))
+            with closing(resp):
+                location = _location(resp, None, name)
+                min_chunk = _int_header(resp, "OCI-Chunk-Min-Length")
+            headers = {"Content-Type": OCTET_STREAM}
+            if size <= self.options.chunk_size:
+                data: bytes | Body = Body(file, 0, size, on_progress) if size else b""
+                resp = self.transport.request("PUT", with_query(location, "digest", str(digest)), scopes=self.scopes,
+                                              headers={**headers, "Content-Length": str(size)}, data=data,
+                                              ok=(201,))
+            else:
+                chunk = max(self.options.chunk_size, min_chunk)
+                offset = 0
+                while offset < size:
+                    end = min(offset + chunk, size) - 1
+                    resp = self.transport.request(
+                        "PATCH", location, scopes=self.scopes, data=Body(file, offset, end - offset + 1, on_progress),
+                        headers={**headers, "Content-Range": f"{offset}-{end}", "Content-Length": str(end - offset + 1)},
+                        ok=(202, 204, 201, 416),
+                    )
+                    with closing(resp):
+                        if resp.status_code == 416:  # the registry has a different idea of the offset
+                            raise RetryableError(f"{name}: the registry refused chunk {offset}-{end} (416)")
+                        location = _location(resp, location, name)
+                        offset = _acknowledged(resp, offset, end, name)
+                resp = self.transport.request("PUT", with_query(location, "digest", str(digest)), scopes=self.scopes,
+                                              headers=headers, ok=(201,))
+            with closing(resp):
+                header = _header_digest(resp.headers)
+            if header is not None and header != digest:
+                raise IntegrityError(f"{name}: the registry stored the blob as {header}")
+
+    def _retrying(self, method: str, path: str, fetch: Callable[[], _T]) -> _T:
+        """Run ``fetch`` again (with backoff) when a response body breaks off or stalls while being read.
+
+        The transport retries failures before the response arrives; this covers the body,
+        which a streamed download reads after the transport has returned.
+        """
+        for attempt in range(self.options.retries + 1):
+            try:
+                return fetch()
+            except TRANSIENT_ERRORS as exc:
+                if attempt >= self.options.retries:
+                    raise RegistryError(self.transport.describe_failure(method, self.transport.url(path), exc)) from exc
+                self.transport.pause(attempt)
+        raise AssertionError("unreachable")
+
+
+def run_all(func: Callable[[_T], None], items: Sequence[_T], workers: int, name: str) -> None:
+    """``func`` on every item, ``workers`` at a time; the first failure is raised and what has not started is dropped."""
+    pool = ThreadPoolExecutor(max(1, min(workers, len(items))), thread_name_prefix=name)
+    try:
+        for future in [pool.submit(func, item) for item in items]:
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _opened(source: Path | bytes) -> Iterator[BinaryIO]:
+    if isinstance(source, bytes):
+        yield io.BytesIO(source)
+        return
+    try:
+        file = open(source, "rb")
+    except OSError as exc:
+        raise InputError(f"{source}: cannot read the blob: {exc.strerror}") from exc
+    with file:
+        yield file
+
+
+def with_query(url: str, name: str, value: str) -> str:
+    """``url`` with ``name=value`` added to its query, the rest kept byte for byte (Locations carry state)."""
+    parts = urlsplit(url)
+    item = f"{name}={quote(value, safe='')}"
+    return urlunsplit(parts._replace(query=f"{parts.query}&{item}" if parts.query else item))
+
+
+def _location(resp: requests.Response, default: str | None, name: str) -> str:
+    """The upload session's next URL, absolute; relative Locations are resolved against the request URL."""
+    location = resp.headers.get("Location")
+    if location:
+        return urljoin(resp.url, location)
+    if default is None:
+        raise RegistryError(f"{name}: the registry started an upload without a Location")
+    return default
+
+
+def _acknowledged(resp: requests.Response, start: int, end: int, name: str) -> int:
+    """Where the next chunk starts: after ``end``, or after what the registry's ``Range`` says it has."""
+    value = resp.headers.get("Range", "").rpartition("-")[2].strip()
+    if not value.isdigit():
+        return end + 1
+    have = int(value) + 1
+    if have <= start or have > end + 1:
+        raise RetryableError(f"{name}: the registry acknowledged bytes up to {have - 1}, sent {start}-{end}")
+    return have
+
+
+def _int_header(resp: requests.Response, header: str) -> int:
+    value = resp.headers.get(header, "").strip()
+    return int(value) if value.isdigit() else 0
+
+
+def _as_digest(identifier: str) -> Digest | None:
+    try:
+        return Digest.parse(identifier)
+    except ValueError:
+        return None
+
+
+def _header_digest(headers: requests.structures.CaseInsensitiveDict[str]) -> Digest | None:
+    value = headers.get("Docker-Content-Digest")
+    return _as_digest(value.strip()) if value else None
+
+
+def _check_bytes(data: bytes, digest: Digest, what: str) -> None:
+    actual = hashlib.new(digest.algorithm, data).hexdigest()
+    if actual != digest.hex:
+        raise IntegrityError(f"{what}: content is {digest.algorithm}:{actual}, expected {digest}")
+
+
+def _read_capped(resp: requests.Response, limit: int, what: str) -> bytes:
+    length = resp.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > limit:
+        raise RegistryError(f"{what}: {length} bytes is too large (limit {limit})")
+    data = bytearray()
+    for block in resp.iter_content(64 << 10):
+        data += block
+        if len(data) > limit:
+            raise RegistryError(f"{what}: larger than {limit} bytes")
+    return bytes(data)
+
+
+def _media_type(raw: bytes, content_type: str, name: str) -> str:
+    """The manifest's media type: the Content-Type when it names one, else the document's own ``mediaType``.
+
+    Old registries answer ``application/json``; an OCI document without ``mediaType`` is
+    recognised by shape (``manifests`` means an index).
+    """
+    ctype = content_type.split(";")[0].strip().lower()
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise RegistryError(f"{name}: manifest is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{name}: manifest is not a JSON object")
+    if ctype in SCHEMA1_TYPES or doc.get("schemaVersion") == 1:
+        raise RegistryError(f"{name}: schema 1 manifests are not supported (push the image again with a "
+                            f"current client to convert it)")
+    if ctype in MANIFEST_TYPES | INDEX_TYPES:
+        return ctype
+    declared = doc.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    return MediaType.OCI_INDEX if "manifests" in doc else MediaType.OCI_MANIFEST

@@ -1,0 +1,93 @@
+"""Push an image or an index to a registry: blobs first, then manifests, then the index.
+
+The order is the spec's (FIELD-NOTES 5.4 #9, 5.9): a registry checks that everything a
+manifest names is already there, so layers and configs go before the manifest that names
+them, and an index's children before the index. Nothing is sent twice: a manifest the
+repository already has (HEAD by digest) brings all its blobs with it, so its blobs are not
+even looked at, and a blob the repository has (HEAD) is skipped. A blob another repository
+of the same registry has can be mounted instead of uploaded (``mount_from``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import RegistryError
+from builder.image import Image, ImageIndex
+from builder.oci.digest import Digest
+from builder.registry.client import RegistryClient, run_all
+from builder.registry.reference import Reference
+from builder.registry.transport import RegistryOptions
+
+EventSink = Callable[[str, Digest, int], None]
+
+
+@dataclass(frozen=True)
+class _Blob:
+    digest: Digest
+    size: int
+    source: Path | bytes
+
+
+def push(
+    image: Image | ImageIndex,
+    ref: Reference,
+    options: RegistryOptions | None = None,
+    on_event: EventSink | None = None,
+    *,
+    mount_from: str | None = None,
+) -> Digest:
+    """Send ``image`` to ``ref`` (its tag, or its digest, which must then be the image's); returns the digest.
+
+    ``mount_from``: a repository on the same registry that may hold some of the blobs (the
+    base image's). Events: ``existing``, ``mounted`` or ``pushed`` per blob, ``manifest`` per
+    manifest or index stored, ``existing`` for one the registry already had.
+    """
+    if ref.digest is not None and ref.digest != image.digest:
+        raise RegistryError(f"{ref}: cannot push there, the image's digest is {image.digest}")
+    emit = on_event if on_event is not None else (lambda kind, digest, size: None)
+    images = image.images if isinstance(image, ImageIndex) else (image,)
+    raw_top = image.raw_index if isinstance(image, ImageIndex) else image.raw_manifest
+    with RegistryClient(ref, options, push=True) as client:
+        if client.manifest_digest(ref.identifier) == image.digest:
+            emit("existing", image.digest, len(raw_top))
+            return image.digest
+        stored = {img.digest for img in images if client.manifest_digest(img.digest) == img.digest}
+        blobs = _blobs([img for img in images if img.digest not in stored])
+        run_all(lambda blob: _push_blob(client, blob, mount_from, emit), blobs, client.options.parallel,
+                "pybuild-push")
+        if isinstance(image, ImageIndex):
+            for img in images:
+                if img.digest in stored:
+                    emit("existing", img.digest, len(img.raw_manifest))
+                else:
+                    client.put_manifest(img.digest, img.raw_manifest, img.media_type)
+                    emit("manifest", img.digest, len(img.raw_manifest))
+        client.put_manifest(ref.identifier, raw_top, image.media_type)
+        emit("manifest", image.digest, len(raw_top))
+    return image.digest
+
+
+def _blobs(images: Sequence[Image]) -> list[_Blob]:
+    """Every layer and config of ``images`` once; layers first, as they take longest."""
+    found: dict[Digest, _Blob] = {}
+    for img in images:
+        for layer in img.layers:
+            found.setdefault(layer.digest, _Blob(layer.digest, layer.descriptor.size, layer.path))
+        for digest, path in sorted(img.extra_blobs.items()):
+            found.setdefault(digest, _Blob(digest, path.stat().st_size, path))
+    for img in images:
+        found.setdefault(img.image_id, _Blob(img.image_id, len(img.raw_config), img.raw_config))
+    return list(found.values())
+
+
+def _push_blob(client: RegistryClient, blob: _Blob, mount_from: str | None, emit: EventSink) -> None:
+    if client.blob_exists(blob.digest):
+        emit("existing", blob.digest, blob.size)
+    elif mount_from and mount_from != client.repo and client.mount_blob(blob.digest, mount_from):
+        emit("mounted", blob.digest, blob.size)
+    else:
+        client.upload_blob(blob.source, blob.digest, blob.size)
+        emit("pushed", blob.digest, blob.size)
