@@ -36,6 +36,8 @@ class BuildResult:
     result: Image | ImageIndex
     tag: str
     steps: tuple[tuple[Platform, tuple[StepRecord, ...]], ...] = ()
+    base_reference: str | None = None
+    """The final image's registry base, as written (a push to the same registry can mount its layers)."""
 
     @property
     def cache_hits(self) -> int:
@@ -194,10 +196,11 @@ def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = 
         images.append(image)
         steps.append((platform, tuple(records)))
     tag = options.tag or first.tag or "latest"
+    base_ref = first.base.value if first.base.kind == "registry" else None
     if len(images) == 1:
-        return BuildResult(images[0], tag, tuple(steps))
+        return BuildResult(images[0], tag, tuple(steps), base_ref)
     raw_index = canonical_json(image_index([img.descriptor() for img in images]))
-    return BuildResult(ImageIndex(raw_index, tuple(images)), tag, tuple(steps))
+    return BuildResult(ImageIndex(raw_index, tuple(images)), tag, tuple(steps), base_ref)
 
 
 def _builtin_args(platform: Platform) -> dict[str, str]:

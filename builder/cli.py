@@ -142,7 +142,10 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
             from builder.registry.transport import RegistryOptions
 
             reporter.message(f"pushing to {push_to}")
-            push(result.result, push_to, RegistryOptions(insecure=options.insecure), reporter.blob_event)
+            base = _reference(result.base_reference, "from") if result.base_reference else None
+            mount_from = base.repository if base is not None and base.registry == push_to.registry else None
+            push(result.result, push_to, RegistryOptions(insecure=options.insecure), reporter.blob_event,
+                 mount_from=mount_from)
     digest = str(result.result.digest)
     if digest_file is not None:
         _write_text(digest_file, digest + "\n")

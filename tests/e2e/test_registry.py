@@ -462,3 +462,18 @@ def test_missing_credentials_fail_cleanly(registries, flavour: str, umoci_layout
     assert_user_error(result, "pull without credentials")
     assert not out.exists()
 
+
+
+def test_push_of_a_derived_image_mounts_its_base_layers(
+    plain_registry: Registry, umoci_layout: Path, built, pybuild, ctx: Path, tmp_path: Path
+) -> None:
+    """--push to the registry the base came from mounts the base's layers instead of uploading them."""
+    repo = unique_repo("mbase")
+    plain_registry.copy_in(f"oci:{umoci_layout}:v1", repo, "v1")
+    recipe = f"version: 1\nfrom: {plain_registry.ref(repo, 'v1')}\nsteps:\n  - write: /x\n    content: x\n"
+    (ctx / "pybuild.yaml").write_text(recipe)
+    target = plain_registry.ref(unique_repo("derived"), "v1")
+    result = pybuild(ctx / "pybuild.yaml", "-o", tmp_path / "out", "--push", target, "--progress", "plain")
+    assert result.returncode == 0, describe(result)
+    events = [line.split()[0] for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert "mounted" in events and events.count("pushed") == 2, result.stderr  # our layer + the config
