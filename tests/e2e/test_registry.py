@@ -477,3 +477,28 @@ def test_push_of_a_derived_image_mounts_its_base_layers(
     assert result.returncode == 0, describe(result)
     events = [line.split()[0] for line in result.stderr.splitlines() if line.startswith("  ")]
     assert "mounted" in events and events.count("pushed") == 2, result.stderr  # our layer + the config
+
+
+def test_multi_platform_build_from_a_registry_index_selects_each_base(
+    plain_registry: Registry, built, pybuild, tmp_path: Path
+) -> None:
+    """from: an index, built for two platforms: each platform's image starts from its own base manifest."""
+    base_recipe = "version: 1\nsteps:\n  - write: /etc/arch\n    content: \"${TARGETARCH}\\n\"\n"
+    out, _ = built("base", "--platform", "linux/amd64", "--platform", "linux/arm64", recipe=base_recipe)
+    repo = unique_repo("mbase")
+    assert pybuild("push", f"{out}:base", plain_registry.ref(repo, "b1")).returncode == 0
+    base_index = json.loads(plain_registry.raw_manifest(repo, "b1"))
+    base_layers = {
+        m["platform"]["architecture"]: json.loads(plain_registry.raw_manifest(repo, m["digest"]))["layers"]
+        for m in base_index["manifests"]
+    }
+    assert base_layers["amd64"] != base_layers["arm64"]
+    recipe = (f"version: 1\nfrom: {plain_registry.ref(repo, 'b1')}\nplatforms: [linux/amd64, linux/arm64]\n"
+              "steps:\n  - write: /etc/child\n    content: child\n")
+    child, _ = built("child", recipe=recipe, out=tmp_path / "child")
+    index = layout_descriptor(child, "child")
+    children = json.loads(layout_blob(child, index["digest"]))["manifests"]
+    for entry in children:
+        manifest = json.loads(layout_blob(child, entry["digest"]))
+        arch = entry["platform"]["architecture"]
+        assert manifest["layers"][:-1] == base_layers[arch], arch

@@ -146,3 +146,23 @@ def test_prune_bounds_the_cache(ctx, tmp_path, capsys):
     assert main(["cache", "prune", "--cache-dir", str(cache)]) == 0
     assert list(blobs.iterdir()) == []
     assert not any(cached_flags(build(ctx, tmp_path / "b", cache)))
+
+
+def test_concurrent_builds_share_one_cache(ctx, tmp_path):
+    """Two builds at once, one cache dir, one OUT: both succeed, agree, and leave valid entries."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "builder", str(ctx / "recipe.yaml"), "-o", str(tmp_path / "out"),
+                          "-q", "-t", f"t{n}", "--cache-dir", str(cache), "--platform", "linux/amd64"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for n in range(3)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], results
+    assert len({out.strip() for out, _ in results}) == 1
+    assert {manifest_digest(tmp_path / "out", f"t{n}") for n in range(3)} == {results[0][0].strip()}
+    oci_check(tmp_path / "out")
+    assert all(cached_flags(build(ctx, tmp_path / "again", cache)))
