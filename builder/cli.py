@@ -101,7 +101,7 @@ def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
 @click.option("--build-arg", "build_args", multiple=True, help="KEY=VALUE; overrides the recipe's args.")
 @click.option("--context", type=click.Path(path_type=Path, file_okay=False), help="Where sources are read.")
 @click.option("--compression", type=click.Choice([c.value for c in Compression]), default="gzip", show_default=True)
-@click.option("--compression-level", type=int, help="gzip 1-9 (default 6), zstd 1-22 (default 3).")
+@click.option("--compression-level", type=int, help="gzip 1-9 (default 3; 1-3 ISA-L, 4-9 zlib), zstd 1-22 (default 3).")
 @click.option("--source-date-epoch", type=click.IntRange(min=0), help="Build timestamp (default $SOURCE_DATE_EPOCH, else 0).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Layer cache and run-step cache mounts "
               "(default $XDG_CACHE_HOME/pybuild).")

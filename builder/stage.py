@@ -31,6 +31,7 @@ from builder.options import BuildOptions, default_cache_dir
 from builder.progress import Reporter
 from builder.recipe.model import ConfigSpec, Recipe, RunStep, Step
 from builder.steps import RunContext, StepContext, cache_inputs, changes_for, describe
+from builder.steps.base import RestartLayer
 
 
 def runtime_spec(spec: ConfigSpec) -> dict[str, Any]:
@@ -97,6 +98,14 @@ class _Layerer:
         self.reporter = reporter
 
     def layer(self, changes: Iterator[Change], tree: FsTree) -> LayerBlob | None:
+        for _ in range(2):  # a change stream may ask once to be redone another way (see RestartLayer)
+            try:
+                return self._layer(changes, tree)
+            except RestartLayer as restart:
+                changes = restart.changes
+        raise AssertionError("a change stream asked twice to restart")
+
+    def _layer(self, changes: Iterator[Change], tree: FsTree) -> LayerBlob | None:
         first = next(changes, None)
         if first is None:
             return None

@@ -1,25 +1,28 @@
 """Layer compression: gzip (default), zstd and none, each with one fixed, deterministic code path.
 
 The same tar must always give the same compressed bytes, or the layer digest would change
-from build to build (FIELD-NOTES 6 #9). So: gzip through ``gzip.GzipFile`` with ``mtime=0``
-and no file name in the header; zstd always streaming with a worker pool (the zstd output
-is identical for any worker count >= 1, and a streamed frame never records a content size);
-fixed default levels. Changing any of this changes digests: bump ``LAYER_FORMAT_VERSION``.
+from build to build (FIELD-NOTES 6 #9). So: gzip through :mod:`builder.layer.pgzip` (fixed
+blocks deflated in parallel by one pinned library, no name or time in the header); zstd always
+streaming with a worker pool (the zstd output is identical for any worker count >= 1, and a
+streamed frame never records a content size); fixed default levels. Changing any of this changes
+digests: bump ``LAYER_FORMAT_VERSION``.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
+from builder.layer.pgzip import ParallelGzipWriter
 from builder.oci.digest import Writable
 from builder.oci.mediatypes import MediaType
 
-LAYER_FORMAT_VERSION = 1
+LAYER_FORMAT_VERSION = 2
 """Bumped whenever tar header policy or compressor settings change the bytes of a layer."""
 
 
@@ -40,7 +43,7 @@ class Compression(StrEnum):
 
     @property
     def default_level(self) -> int:
-        return {Compression.GZIP: 6, Compression.ZSTD: 3, Compression.NONE: 0}[self]
+        return {Compression.GZIP: 3, Compression.ZSTD: 3, Compression.NONE: 0}[self]
 
     @property
     def levels(self) -> range:
@@ -84,7 +87,7 @@ def compressor(kind: Compression, sink: Writable, level: int | None = None) -> C
     """A compressing writer of ``kind`` at ``level`` (the kind's default when None) into ``sink``."""
     lvl = kind.default_level if level is None else level
     if kind is Compression.GZIP:
-        return gzip.GzipFile(filename="", mode="wb", compresslevel=lvl, fileobj=cast(BinaryIO, sink), mtime=0)
+        return ParallelGzipWriter(sink, lvl, threads=os.cpu_count() or 2)
     if kind is Compression.ZSTD:
         return _ZstdWriter(sink, lvl)
     return _Passthrough(sink)

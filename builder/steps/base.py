@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,15 @@ from builder.fs.tree import FsTree
 from builder.fs.users import resolve_owner
 from builder.layer.entry import Change, Entry, Kind, canon, parents
 from builder.layer.order import canonical
+
+
+class RestartLayer(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by a change stream that must be produced again another way: write the layer anew
+    from ``changes`` (nothing of the abandoned attempt is kept)."""
+
+    def __init__(self, changes: Iterator[Change]) -> None:
+        super().__init__("restart the layer")
+        self.changes = changes
 
 
 @dataclass

@@ -21,11 +21,11 @@ import io
 import lzma
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 import zstandard
 
@@ -35,7 +35,7 @@ from builder.layer.compress import open_decompressed
 from builder.layer.entry import Change, Entry, Kind, Opener, canon, is_whiteout_name, parents
 from builder.oci.digest import sha256_file
 from builder.recipe.model import RootfsStep
-from builder.steps.base import StepContext
+from builder.steps.base import RestartLayer, StepContext
 
 _KINDS = {
     tarfile.REGTYPE: Kind.FILE,
@@ -48,6 +48,7 @@ _KINDS = {
     tarfile.BLKTYPE: Kind.BLOCK,
     tarfile.FIFOTYPE: Kind.FIFO,
 }
+_READ_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zstandard.ZstdError)
 _DROP_XATTR_PREFIXES = ("security.selinux", "trusted.overlay.", "user.overlay.")
 
 
@@ -68,8 +69,7 @@ def _members(path: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
                     tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tf:
                 for ti in tf:
                     yield tf, ti
-        except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError,
-                zstandard.ZstdError) as exc:
+        except _READ_ERRORS as exc:
             raise InputError(f"{path.name}: not a readable tar archive, or corrupt or truncated ({exc})") from exc
 
 
@@ -138,16 +138,33 @@ def rootfs_inputs(step: RootfsStep, context: Path) -> dict[str, str]:
 
 
 def rootfs_changes(step: RootfsStep, ctx: StepContext) -> Iterator[Change]:
-    """Stream the tarball's entries as changes, parents first (see module docstring)."""
+    """Stream the tarball's entries as changes, parents first (see module docstring).
+
+    Most tarballs (GNU tar, debootstrap, docker export) list every directory before its content
+    and have no duplicates, so the first attempt is a single pass; an archive that turns out to
+    need reordering raises :class:`RestartLayer`, and the layer is written again with the two-pass
+    stream. The bytes of the layer are the same either way.
+    """
     label = step.source
     real = _tarball(step, ctx.context)
     prefix = ctx.image_path(step.to)
-    scan = _scan(real, prefix, label, ctx.epoch)
-    return _stream(real, prefix, scan, label, ctx)
+
+    def two_passes() -> Iterator[Change]:
+        return _stream(real, prefix, _scan(real, prefix, label, ctx.epoch), label, ctx)
+
+    return _stream(real, prefix, None, label, ctx, restart=two_passes)
 
 
-def _stream(path: Path, prefix: str, scan: _Scan, label: str, ctx: StepContext) -> Iterator[Change]:
+def _stream(path: Path, prefix: str, scan: _Scan | None, label: str, ctx: StepContext,
+            restart: Callable[[], Iterator[Change]] | None = None) -> Iterator[Change]:
+    """Entries in archive order, parents first. With ``scan`` None (one pass), anything that would
+    need a later entry's metadata (a directory listed after its content, a duplicate) restarts."""
     written: dict[str, Kind] = {}
+    from_archive: set[str] = set()
+
+    def again() -> RestartLayer:
+        assert restart is not None
+        return RestartLayer(restart())
 
     def ensure_parents(p: str) -> Iterator[Entry]:
         for parent in parents(p):
@@ -155,9 +172,9 @@ def _stream(path: Path, prefix: str, scan: _Scan, label: str, ctx: StepContext) 
                 if written[parent] is not Kind.DIR:
                     raise InputError(f"{label}: '/{p}' is below '/{parent}', which is not a directory")
                 continue
-            if scan.kinds.get(parent, Kind.DIR) is not Kind.DIR:
+            if scan is not None and scan.kinds.get(parent, Kind.DIR) is not Kind.DIR:
                 raise InputError(f"{label}: '/{p}' is below '/{parent}', which is not a directory")
-            entry = scan.dirs.get(parent) or ctx.parent_entry(parent)
+            entry = (scan.dirs.get(parent) if scan is not None else None) or ctx.parent_entry(parent)
             written[parent] = Kind.DIR
             yield entry
 
@@ -168,7 +185,14 @@ def _stream(path: Path, prefix: str, scan: _Scan, label: str, ctx: StepContext) 
         if not name:
             continue
         full = f"{prefix}/{name}" if prefix else name
-        if scan.last.get(full) != i or full in written:
+        if scan is None:
+            base = name.rpartition("/")[2]
+            if is_whiteout_name(base):
+                raise InputError(f"{label}: entry {ti.name!r}: a file named {base!r} cannot be stored in an image "
+                                 "(.wh. names mark deletions)")
+            if full in written:
+                raise again()  # a duplicate, or a directory whose content came first: needs both passes
+        elif scan.last.get(full) != i or full in written:
             continue  # an earlier duplicate, or a directory already written as a parent
         link = ""
         if ti.islnk():
@@ -178,7 +202,7 @@ def _stream(path: Path, prefix: str, scan: _Scan, label: str, ctx: StepContext) 
                 raise InputError(f"{label}: hardlink {ti.name!r} -> {ti.linkname!r} points outside the "
                                  "archive") from None
             link = f"{prefix}/{target}" if prefix else target
-            if written.get(link) in (None, Kind.DIR):
+            if written.get(link) in (None, Kind.DIR) or (scan is None and link not in from_archive):
                 raise InputError(f"{label}: hardlink {ti.name!r} -> {ti.linkname!r}: the target is "
                                  f"{'a directory' if written.get(link) else 'not an earlier entry'}")
         elif ti.issym():
@@ -186,19 +210,41 @@ def _stream(path: Path, prefix: str, scan: _Scan, label: str, ctx: StepContext) 
         yield from ensure_parents(full)
         entry = _entry(ti, full, link, ctx.epoch)
         written[full] = entry.kind
+        from_archive.add(full)
         if entry.kind is Kind.FILE:
-            entry = _with_content(entry, tf, ti)
+            entry = _with_content(entry, tf, ti, label)
         yield entry
 
 
-def _with_content(entry: Entry, tf: tarfile.TarFile, ti: tarfile.TarInfo) -> Entry:
+class _Guarded(io.RawIOBase):
+    """A member's content whose read errors (a truncated or corrupt archive) are InputError."""
+
+    def __init__(self, raw: BinaryIO, label: str) -> None:
+        self._raw, self._label = raw, label
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._raw.read(n)
+        except _READ_ERRORS as exc:
+            raise InputError(f"{self._label}: corrupt or truncated archive ({exc})") from exc
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+def _with_content(entry: Entry, tf: tarfile.TarFile, ti: tarfile.TarInfo, label: str) -> Entry:
     """Content read straight from the archive stream; small watched files are kept in memory."""
 
     def from_stream() -> BinaryIO:
         member = tf.extractfile(ti)
         if member is None:
             raise InputError(f"cannot read {ti.name!r}")
-        return cast(BinaryIO, member)
+        return cast(BinaryIO, _Guarded(cast(BinaryIO, member), label))
 
     opener: Opener = from_stream
     if entry.path in WATCHED:

@@ -304,3 +304,46 @@ def test_inspect_json_and_text(tmp_path, capsys):
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert digest.split(":")[1][:12] in text
+
+
+def _tar(path: Path, members: list[tuple[str, int, bytes | None, dict]]) -> None:
+    with tarfile.open(path, "w") as tf:
+        for name, type_, data, kw in members:
+            ti = tarfile.TarInfo(name)
+            ti.type = type_
+            for k, v in kw.items():
+                setattr(ti, k, v)
+            if data is not None:
+                ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data) if data is not None else None)
+
+
+def test_rootfs_needing_two_passes_builds_through_the_restart(tmp_path, capsys):
+    """A directory listed after its content (and a duplicate) sends the layer to the two-pass stream."""
+    _tar(tmp_path / "r.tar", [
+        ("etc/motd", tarfile.REGTYPE, b"old\n", {}),
+        ("etc", tarfile.DIRTYPE, None, {"mode": 0o700, "uid": 7}),
+        ("etc/motd", tarfile.REGTYPE, b"new\n", {}),
+    ])
+    (tmp_path / "r.yaml").write_text("version: 1\nsteps:\n  - rootfs: r.tar\n")
+    assert build(tmp_path / "r.yaml", tmp_path / "out") == 0
+    blobs = tmp_path / "out" / "blobs" / "sha256"
+    manifest = json.loads((blobs / manifest_digest(tmp_path / "out", "latest").split(":")[1]).read_bytes())
+    with tarfile.open(blobs / manifest["layers"][0]["digest"].split(":")[1]) as tf:
+        members = tf.getmembers()
+        assert [m.name for m in members] == ["etc", "etc/motd"]
+        assert (members[0].mode, members[0].uid) == (0o700, 7)
+        assert tf.extractfile(members[1]).read() == b"new\n"
+
+
+def test_truncated_rootfs_is_one_clean_error(tmp_path, capsys):
+    _tar(tmp_path / "full.tar", [("big", tarfile.REGTYPE, os.urandom(200_000), {})])
+    data = (tmp_path / "full.tar").read_bytes()
+    import gzip as _gzip
+
+    (tmp_path / "r.tar.gz").write_bytes(_gzip.compress(data[:100_000]))
+    (tmp_path / "r.yaml").write_text("version: 1\nsteps:\n  - rootfs: r.tar.gz\n")
+    assert build(tmp_path / "r.yaml", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pybuild: error: ") and "r.tar.gz" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ from builder.fs.tree import FsTree
 from builder.layer.entry import Entry, Kind
 from builder.recipe.model import RootfsStep
 from builder.steps import StepContext, changes_for
+from builder.steps.base import RestartLayer
 
 WHERE = Location("recipe.yaml", 3, "steps[0].rootfs")
 
@@ -48,7 +49,11 @@ def ti(name, type_=tarfile.REGTYPE, **kw) -> tarfile.TarInfo:
 def run(tmp_path, members, compress=None, to="/", tree=None):
     make_tar(tmp_path / "rootfs.tar", members, compress)
     ctx = StepContext(context=tmp_path, tree=tree or FsTree(), epoch=1000)
-    return [_eager(c) for c in changes_for(RootfsStep("rootfs.tar", to, WHERE), ctx)]
+    changes = changes_for(RootfsStep("rootfs.tar", to, WHERE), ctx)
+    try:
+        return [_eager(c) for c in changes]
+    except RestartLayer as restart:  # the archive needs the two-pass stream, as the layer writer would do
+        return [_eager(c) for c in restart.changes]
 
 
 def _eager(change):
