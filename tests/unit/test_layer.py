@@ -10,13 +10,15 @@ import tarfile
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from builder.errors import InputError
 from builder.layer.blob import write_layer_blob
 from builder.layer.compress import Compression, sniff
 from builder.layer.entry import Entry, Kind, Opaque, Whiteout, canon
 from builder.layer.order import canonical
-from builder.layer.tarwriter import write_tar
+from builder.layer.tarwriter import _ustar, write_tar
 
 
 def _file(path: str, data: bytes, **kw) -> Entry:
@@ -172,3 +174,29 @@ def test_failed_producer_leaves_no_file(tmp_path):
     with pytest.raises(InputError, match="boom"):
         write_layer_blob(produce, Compression.GZIP, None, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+_name_parts = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, exclude_characters="/\0"), min_size=1,
+                 max_size=60)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    parts=st.lists(_name_parts, min_size=1, max_size=3),
+    type_=st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE,
+                           tarfile.BLKTYPE, tarfile.FIFOTYPE]),
+    mode=st.integers(0, 0o7777), uid=st.integers(0, 8**8), gid=st.integers(0, 8**8),
+    size=st.integers(0, 8**12), mtime=st.integers(0, 8**12), link=st.text(max_size=120),
+    dev=st.integers(0, 8**8),
+)
+def test_fast_header_is_byte_identical_to_tarfile(parts, type_, mode, uid, gid, size, mtime, link, dev):
+    ti = tarfile.TarInfo("/".join(parts))
+    ti.type, ti.mode, ti.uid, ti.gid, ti.mtime = type_, mode, uid, gid, mtime
+    ti.size = size if type_ == tarfile.REGTYPE else 0
+    ti.uname = ti.gname = ""
+    if type_ in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+        ti.linkname = link
+    ti.devmajor = ti.devminor = dev
+    fast = _ustar(ti)
+    if fast is not None:
+        assert fast == ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
