@@ -66,7 +66,7 @@ def nobody_python(shared: Path, need) -> tuple[list[str], dict[str, str]]:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(shared), "XDG_CACHE_HOME": str(shared / "cache")}
     site = shared / "site"
     site.mkdir()
-    for module in ("builder", "yaml", "zstandard", "click"):
+    for module in ("builder", "yaml", "zstandard", "click", "isal"):
         src = Path(builder.__file__).parent if module == "builder" else _package_dir(module)
         dest = site / src.name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest)

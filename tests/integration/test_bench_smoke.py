@@ -1,0 +1,69 @@
+"""The benchmark still runs: ``bench/run.py --quick`` measures every corpus and tool and writes its JSON.
+
+Numbers are not checked (a test machine's speed says nothing); only that each row that is not
+skipped has positive times and sizes, so the benchmark cannot rot between the times it is run.
+Quick mode uses few-MB corpora made in a temporary ``PYBUILD_BENCH_CACHE``, a synthetic
+Debian-shaped tree, and no peers (umoci, Buildah); it takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+PYBUILD_ROWS = ("pybuild-gzip", "pybuild-zstd")
+FLOOR_ROWS = ("floor-gzip", "floor-pigz", "floor-zstd")
+PEER_ROWS = {"debian": ("umoci-dir", "buildah-xz", "buildah-dir"), "small": ("umoci-dir", "buildah-dir"),
+             "big": ("umoci-dir", "buildah-dir")}
+
+
+def expected_rows(corpus: str) -> set[str]:
+    sources = ("xz", "dir") if corpus == "debian" else ("dir",)
+    return {f"{kind}-{src}" for kind in PYBUILD_ROWS + FLOOR_ROWS for src in sources} | set(PEER_ROWS[corpus])
+
+
+@pytest.mark.needs("tar", "gzip", "xz", "zstd", "bash", "sha256sum")
+def test_quick_benchmark_measures_every_corpus_and_tool(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    env = {**os.environ, "PYBUILD_BENCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--repeat", "1",
+                           "--json", str(out)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+
+    assert set(results["corpora"]) == {"debian", "small", "big"}
+    for name, info in results["corpora"].items():
+        rows = {row["id"]: row for row in info["rows"]}
+        assert set(rows) == expected_rows(name), name
+        assert info["corpus"]["entries"] > 0 and info["corpus"]["bytes"] > 0
+        for row_id, row in rows.items():
+            if row_id in PEER_ROWS[name]:
+                assert row["status"] == "skipped", row  # --quick runs no peers
+                continue
+            if row_id.startswith("floor-pigz") and row["status"] == "skipped":
+                assert "not installed" in row["skip_reason"]  # pigz is optional
+                continue
+            assert row["status"] == "ok", row
+            assert row["times_s"] and all(t > 0 for t in row["times_s"]), row
+            assert row["median_s"] > 0 and row["size_bytes"] > 0, row
+            if row["kind"] == "pybuild":
+                assert row["peak_rss_mb"] > 0 and row["x_gzip6_floor"] > 0, row
+        assert rows["pybuild-zstd-dir"]["x_zstd_floor"] > 0
+
+    warm = results["warm_rebuild"]
+    assert not warm["errors"] and warm["median_s"] > 0 and warm["cache"]["misses"] == 0, warm
+    run = results["run_step"]
+    if "skip_reason" not in run:  # the synthetic rootfs has a shell only when a static busybox exists
+        assert not run["errors"], run
+        assert run["total_median_s"] > 0 and run["noop_median_s"] > 0 and run["prepare_median_s"] > 0, run
+
+    statuses = {t["status"] for t in results["targets"]}
+    assert statuses <= {"PASS", "FAIL", "SKIP"} and results["targets"]
+    assert "== targets ==" in proc.stdout
