@@ -1,0 +1,1 @@
+"""Property tests: hypothesis properties with fixed budgets (see test_properties.py)."""
