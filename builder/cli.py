@@ -6,6 +6,7 @@ Every failure prints one first line ``pybuild: error: ...``; no traceback for us
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -319,6 +320,12 @@ def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, in
     click.echo(str(image.digest))
 
 
+#: OSErrors that say something about the machine, never about pybuild: a full disk, an exceeded
+#: quota, a read-only filesystem. Where the path is known they are OutputErrors already; these are
+#: the last resort for the rest (a run step's rootfs, say), so that they too give one error line.
+_MACHINE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pybuild`` console script."""
     try:
@@ -338,5 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except (click.Abort, KeyboardInterrupt):
         click.echo("pybuild: error: interrupted", err=True)
+        return 1
+    except OSError as exc:
+        if exc.errno not in _MACHINE_ERRORS:
+            raise  # anything else escaping is a bug: keep its traceback
+        where = f"cannot write {str(exc.filename)!r}: " if exc.filename else ""
+        click.echo(f"pybuild: error: {where}{exc.strerror}", err=True)
         return 1
     return 0

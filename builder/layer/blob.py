@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from builder.errors import OutputError
 from builder.image import LayerBlob
 from builder.layer.compress import Compression, compressor
 from builder.oci.descriptor import Descriptor
@@ -85,11 +86,14 @@ def write_layer_blob(
     Returns a LayerBlob whose four ids (digest, size, diff_id, uncompressed size) all come from
     this single pass. Any exception from ``produce`` or the worker propagates and leaves no file.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".layer-", dir=workdir)
+    except OSError as exc:
+        raise OutputError(f"cannot create a layer blob in {str(workdir)!r}: {exc.strerror}") from exc
     q: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=QUEUE_DEPTH)
     failed = threading.Event()
     error: list[BaseException] = []
-    fd, tmp_name = tempfile.mkstemp(prefix=".layer-", dir=workdir)
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o644 & ~umask)  # mkstemp makes 0600; blobs are linked into layouts others read
@@ -111,6 +115,9 @@ def write_layer_blob(
                     uncompressed.write(item)
                 comp.close()
             result["u"], result["c"] = uncompressed, compressed
+        except OSError as exc:  # the disk is full, or gone read-only: the user's to fix, not a bug
+            error.append(_write_error(tmp, exc))
+            failed.set()
         except BaseException as exc:  # noqa: BLE001 - handed to the producer thread, re-raised there
             error.append(exc)
             failed.set()
@@ -138,7 +145,11 @@ def write_layer_blob(
     unc, comp_w = result["u"], result["c"]
     digest = comp_w.digest()
     final = workdir / digest.hex
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(tmp, exc) from exc
     return LayerBlob(
         descriptor=Descriptor(str(compression.media_type), digest, comp_w.size),
         diff_id=unc.digest(),
@@ -146,3 +157,10 @@ def write_layer_blob(
         uncompressed_size=unc.size,
         verified=True,
     )
+
+
+def _write_error(path: Path, exc: OSError) -> OutputError:
+    """The error a user sees when the layer blob cannot be written (ENOSPC, EROFS, EDQUOT, EIO)."""
+    error = OutputError(f"cannot write layer blob {str(path)!r}: {exc.strerror or exc}")
+    error.__cause__ = exc
+    return error

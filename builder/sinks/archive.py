@@ -6,8 +6,9 @@ valid OCI layout with ``manifest.json`` and ``repositories`` beside it, so ``doc
 
 Both are deterministic: names sorted, every time ``epoch``, owner 0:0 with no names, modes
 0644/0755, PAX headers only where a name or size needs them. Blobs are streamed from their
-files, never loaded whole, and the archive is written to a temporary file beside OUT and
-renamed over it, so OUT is either the old file or the complete new one.
+files, never loaded whole, and the archive is written to a locked temporary file beside OUT
+and renamed over it, so OUT is either the old file or the complete new one, even if the
+process is killed (the next build removes the temporary file a dead process left).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from builder.oci.descriptor import is_attestation
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.platform import Platform
 from builder.sinks.layout import OCI_LAYOUT, Blob, check_ref_name, image_blobs
-from builder.sinks.lock import tmp_path
+from builder.sinks.lock import private_sibling
 
 _DIR = None  # marks a directory entry among the archive's members
 
@@ -118,18 +119,20 @@ def _info(name: str, epoch: int, size: int = 0, directory: bool = False) -> tarf
 
 
 def _write(out: Path, members: Mapping[str, bytes | Blob | None], epoch: int) -> None:
+    """Write the archive to a private sibling of ``out`` and rename it over ``out`` once complete.
+
+    The sibling is locked while it is written, so if this process dies the next build removes it
+    (see ``builder.sinks.lock``); several writers each rename a complete file, and the last wins.
+    """
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.is_dir():
             raise OutputError(f"{out}: is a directory; an archive output must be a file")
-        tmp = tmp_path(out.parent, f".{out.name}.pybuild-tmp-")
-        try:
-            with open(tmp, "xb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        with private_sibling(out, "tmp", directory=False) as tmp:
+            with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for name in sorted(members):
                     _add(tar, name, members[name], epoch)
             tmp.replace(out)
-        finally:
-            tmp.unlink(missing_ok=True)
     except OSError as exc:
         raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from exc
 

@@ -3,9 +3,14 @@
 Writing follows SPEC section 6. A blob is written to a temporary file outside
 ``blobs/<alg>/`` and renamed into place, so ``blobs/sha256/`` only ever holds files named
 after their content; ``index.json`` is replaced last, so a reader (or a build killed half
-way) sees either the old layout or the new one. A new OUT is built whole in a sibling
-directory and renamed into place; an existing OUT is updated under an ``flock`` on the
-directory, so two builds writing different tags into one OUT both land.
+way) sees either the old layout or the new one. A new OUT is built whole in a private sibling
+directory (locked while in use, removed by the next build if its process died; see
+``builder.sinks.lock``) and renamed into place; an existing OUT is updated under an ``flock``
+on the directory, so two builds writing different tags into one OUT both land.
+
+An update moves its new blobs in only once the new ``index.json`` is complete beside them,
+so the last steps are renames alone: a build killed there leaves at most unreferenced blobs,
+never an index naming a missing blob, and the next update collects them.
 """
 
 from __future__ import annotations
@@ -30,7 +35,16 @@ from builder.oci.digest import Digest
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
-from builder.sinks.lock import TMP_PREFIX, copy_checked, locked_dir, rename_noreplace, tmp_path, write_atomic
+from builder.sinks.lock import (
+    TMP_PREFIX,
+    copy_checked,
+    locked_dir,
+    private_sibling,
+    remove_dead_siblings,
+    rename_noreplace,
+    tmp_path,
+    write_atomic,
+)
 
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
 MAX_JSON = 64 << 20  # manifests, indexes and configs larger than this are refused, not loaded
@@ -128,27 +142,28 @@ def _create(out: Path, blobs: Sequence[Blob], desc: Descriptor) -> bool:
     """Build the layout in a sibling directory and rename it to ``out``; False if ``out`` appeared meanwhile."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_path(out.parent, f".{out.name}.pybuild-tmp-")
-        tmp.mkdir()
+        with private_sibling(out, "tmp", directory=True) as tmp:
+            (tmp / "oci-layout").write_bytes(OCI_LAYOUT)
+            for blob in blobs:
+                if not _present(tmp, blob):
+                    _store(tmp, blob)
+            (tmp / "index.json").write_bytes(canonical_json(image_index([desc])))
+            try:
+                rename_noreplace(tmp, out)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    return False  # another build created OUT first: add to it instead
+                raise
+            return True
     except OSError as exc:
-        raise OutputError(f"{out}: cannot create: {exc.strerror}") from exc
-    try:
-        (tmp / "oci-layout").write_bytes(OCI_LAYOUT)
-        for blob in blobs:
-            if not _present(tmp, blob):
-                _store(tmp, blob)
-        (tmp / "index.json").write_bytes(canonical_json(image_index([desc])))
-        try:
-            rename_noreplace(tmp, out)
-        except OSError as exc:
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                return False  # another build created OUT first: add to it instead
-            raise OutputError(f"{out}: cannot create: {exc.strerror}") from exc
-        return True
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot write: {exc.strerror or exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"{out}: cannot create: {_why(exc, out)}") from exc
+
+
+def _why(exc: OSError, out: Path) -> str:
+    """``strerror`` of ``exc``, after the file it is about when that is not ``out`` itself."""
+    if exc.filename and exc.strerror and str(exc.filename) != str(out):
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc.strerror or exc)
 
 
 def _update(out: Path, blobs: Sequence[Blob], desc: Descriptor, tag: str) -> None:
@@ -159,6 +174,7 @@ def _update(out: Path, blobs: Sequence[Blob], desc: Descriptor, tag: str) -> Non
     """
     if not out.is_dir():
         raise OutputError(f"{out}: exists and is not a directory")
+    remove_dead_siblings(out)
     with locked_dir(out):
         try:
             empty = not any(out.iterdir())
@@ -175,14 +191,15 @@ def _update(out: Path, blobs: Sequence[Blob], desc: Descriptor, tag: str) -> Non
                     write_atomic(out / "oci-layout", OCI_LAYOUT)
                 index = image_index([]) if empty else _load_index(out / "index.json", OutputError)
                 index["manifests"] = _with_ref(index["manifests"], desc, tag)
+                (stage / "index.json").write_bytes(canonical_json(index))  # complete before any blob moves
                 _move_blobs(stage, out)
-                write_atomic(out / "index.json", canonical_json(index))
+                (stage / "index.json").replace(out / "index.json")
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
                 with contextlib.suppress(OSError):  # best effort: garbage never breaks a layout
                     collect_garbage(out)  # after success the old tag's blobs; after a failure, ours
         except OSError as exc:
-            raise OutputError(f"{out}: cannot update: {exc.strerror or exc}") from exc
+            raise OutputError(f"{out}: cannot update: {_why(exc, out)}") from exc
 
 
 def _move_blobs(stage: Path, out: Path) -> None:
