@@ -57,6 +57,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -322,7 +323,7 @@ def corpus_tools(bench: Bench, corpus: Corpus) -> list[Tool]:
             how = f"copy: {rel}/"
         for comp in ("gzip", "zstd"):
             tools.append(Tool(f"pybuild-{comp}-{source}", f"pybuild {comp} ({how})", "pybuild", source, comp,
-                              lambda r=recipe, c=comp: bench.pybuild(r, corpus.context, c)))
+                              partial(bench.pybuild, recipe, corpus.context, comp)))
     for source, path in sources:
         if source == "xz":
             producer, shown = f"xz -dc {shlex.quote(str(path))}", "xz -dc"
@@ -331,7 +332,7 @@ def corpus_tools(bench: Bench, corpus: Corpus) -> list[Tool]:
         for comp, cmd, label in FLOORS:
             missing = [t for t in (cmd.split()[0], "xz" if source == "xz" else "tar") if not shutil.which(t)]
             tools.append(Tool(f"floor-{comp}-{source}", f"floor: {shown} | {label}", "floor", source, comp,
-                              lambda p=producer, c=cmd: bench.floor(p, c),
+                              partial(bench.floor, producer, cmd),
                               skip=f"{missing[0]} not installed" if missing else None))
     umoci_skip = None if bench.umoci else (bench.no_peer_reason if not bench.peers else "umoci not installed")
     tools.append(Tool("umoci-dir", "umoci insert (dir)", "peer", "dir", "gzip",
@@ -340,7 +341,7 @@ def corpus_tools(bench: Bench, corpus: Corpus) -> list[Tool]:
     for source, path in sources:
         verb = "add" if source == "xz" else "copy"
         tools.append(Tool(f"buildah-{source}", f"buildah {verb}+commit ({'.tar.xz' if source == 'xz' else 'dir'})",
-                          "peer", source, "gzip", lambda p=path, v=verb: bench.buildah_build(p, v),
+                          "peer", source, "gzip", partial(bench.buildah_build, path, verb),
                           skip=buildah_skip))
     return tools
 
@@ -466,8 +467,14 @@ _STEP_LINE = re.compile(r"^\[\d+/\d+\] run\b")
 _TOOK = re.compile(r"\((\d+(?:\.\d+)?)s\)\s*$")
 
 
-def run_phases(lines: list[tuple[float, str]]) -> dict[str, float]:
-    """Split a run step's time by when ``--progress plain`` lines arrived (seconds since the start)."""
+def run_phases(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
+    """Split a build's ``end`` seconds by when its ``--progress plain`` lines arrived (seconds since the start).
+
+    before: start-up and the cached rootfs step; prepare: from the run step's first line to the
+    script's first output (metadata tree, materialising the rootfs, mount points, snapshot, sandbox
+    start); script; diff: from the script's last output to the step's layer line (snapshot, diff,
+    layer); after: from there to the exit (config, manifest, output, removing the work directory).
+    """
     t_step = next((t for t, line in lines if _STEP_LINE.match(line)), None)
     t_first = next((t for t, line in lines if line.rstrip().endswith("| bench-start")), None)
     t_last = next((t for t, line in lines if line.rstrip().endswith("| bench-end")), None)
@@ -477,7 +484,8 @@ def run_phases(lines: list[tuple[float, str]]) -> dict[str, float]:
     if done is None:
         raise ToolError("run step's layer line not found in --progress plain output")
     took = _TOOK.search(done[1])
-    out = {"prepare_s": t_first - t_step, "script_s": t_last - t_first, "diff_s": done[0] - t_last}
+    out = {"before_s": t_step, "prepare_s": t_first - t_step, "script_s": t_last - t_first, "diff_s": done[0] - t_last,
+           "after_s": end - done[0]}
     if took:
         out["reported_step_s"] = float(took.group(1))
     return out
@@ -509,7 +517,7 @@ def run_step_cost(bench: Bench, corpus: Corpus, repeat: int) -> dict[str, Any]:
         for i in range(1, repeat + 1):  # interleaved: a no-op rebuild, then a changed run step
             noop.append(build(0).seconds)
             done = build(i)
-            varied.append({"total_s": done.seconds, **run_phases(done.stderr_lines)})
+            varied.append({"total_s": done.seconds, **run_phases(done.stderr_lines, done.seconds)})
     except ToolError as exc:
         result["errors"].append(str(exc))
     finally:
@@ -525,6 +533,8 @@ def run_step_cost(bench: Bench, corpus: Corpus, repeat: int) -> dict[str, Any]:
         result["prepare_median_s"] = _r(med["prepare_s"])
         result["diff_median_s"] = _r(med["diff_s"])
         result["script_median_s"] = _r(med["script_s"])
+        result["before_median_s"] = _r(med["before_s"])
+        result["after_median_s"] = _r(med["after_s"])
         result["reported_step_median_s"] = _r(med.get("reported_step_s"))
     return result
 
@@ -650,6 +660,8 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"   (b) diff (snapshot after + diff + layer): {_s(run['diff_median_s'])}; "
                          f"script itself {_s(run['script_median_s'])}; step as pybuild reports it "
                          f"{_s(run.get('reported_step_median_s'))}")
+            lines.append(f"   the whole changed build: {_s(run['before_median_s'])} before the run step (start-up, "
+                         f"cached rootfs), {_s(run['after_median_s'])} after its layer (output, work dir removal)")
         lines.append("")
     lines.append("== targets ==")
     for t in results["targets"]:

@@ -34,6 +34,7 @@ from builder.errors import InputError, IntegrityError, OutputError
 from builder.image import LayerBlob
 from builder.layer.compress import open_decompressed
 from builder.layer.entry import WH_OPAQUE, WH_PREFIX, canon
+from builder.layer.tarstream import tar_members
 from builder.oci.digest import HashingReader
 
 _MAX_LINKS = 40  # Linux's MAXSYMLINKS: a loop is an error, not a hang
@@ -112,10 +113,8 @@ def apply_layer(root: Path, tar_stream: BinaryIO, *, label: str = "layer") -> No
         raise OutputError(f"cannot open {str(root)!r}: {exc.strerror}") from exc
     applier = _Applier(root_fd, label)
     try:
-        with tarfile.open(fileobj=tar_stream, mode="r|", errors="surrogateescape") as tf:
-            while (ti := tf.next()) is not None:
-                applier.apply(tf, ti)
-                tf.members.clear()  # type: ignore[attr-defined]  # a stream needs no index: flat memory
+        for tf, ti in tar_members(tar_stream):
+            applier.apply(tf, ti)
         applier.finish()
     except (tarfile.TarError, EOFError, UnicodeError, OverflowError) as exc:
         raise InputError(f"{label}: invalid tar data at or after entry {applier.name!r} ({exc})") from exc

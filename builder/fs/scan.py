@@ -10,6 +10,7 @@ from builder.fs.tree import WATCHED, FsTree
 from builder.image import LayerBlob
 from builder.layer.compress import open_decompressed
 from builder.layer.entry import WH_OPAQUE, WH_PREFIX, Change, Entry, Kind, Opaque, Whiteout, canon
+from builder.layer.tarstream import tar_members
 from builder.oci.digest import HashingReader
 
 _KINDS = {tarfile.DIRTYPE: Kind.DIR, tarfile.SYMTYPE: Kind.SYMLINK, tarfile.LNKTYPE: Kind.HARDLINK,
@@ -23,26 +24,25 @@ def _layer_changes(blob: LayerBlob) -> tuple[list[Change], dict[str, bytes]]:
         reader = HashingReader(raw)
         stream = open_decompressed(reader)  # type: ignore[arg-type]
         try:
-            with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tf:
-                for ti in tf:
-                    try:
-                        path = canon(ti.name)
-                    except ValueError:
-                        raise InputError(f"base layer {blob.digest.short}: entry {ti.name!r} escapes the "
-                                         "root") from None
-                    head, _, base = path.rpartition("/")
-                    if base == WH_OPAQUE:
-                        changes.append(Opaque(head))
-                    elif base.startswith(WH_PREFIX):
-                        changes.append(Whiteout(f"{head}/{base[4:]}" if head else base[4:]))
-                    elif path:
-                        kind = _KINDS.get(ti.type, Kind.FILE)
-                        link = canon(ti.linkname) if kind is Kind.HARDLINK else ti.linkname
-                        changes.append(Entry(path, kind, ti.mode & 0o7777, ti.uid, ti.gid, ti.size, int(ti.mtime),
-                                             link, ti.devmajor, ti.devminor))
-                        if path in WATCHED and ti.isreg():
-                            member = tf.extractfile(ti)
-                            watched[path] = member.read() if member else b""
+            for tf, ti in tar_members(stream):
+                try:
+                    path = canon(ti.name)
+                except ValueError:
+                    raise InputError(f"base layer {blob.digest.short}: entry {ti.name!r} escapes the "
+                                     "root") from None
+                head, _, base = path.rpartition("/")
+                if base == WH_OPAQUE:
+                    changes.append(Opaque(head))
+                elif base.startswith(WH_PREFIX):
+                    changes.append(Whiteout(f"{head}/{base[4:]}" if head else base[4:]))
+                elif path:
+                    kind = _KINDS.get(ti.type, Kind.FILE)
+                    link = canon(ti.linkname) if kind is Kind.HARDLINK else ti.linkname
+                    changes.append(Entry(path, kind, ti.mode & 0o7777, ti.uid, ti.gid, ti.size, int(ti.mtime),
+                                         link, ti.devmajor, ti.devminor))
+                    if path in WATCHED and ti.isreg():
+                        member = tf.extractfile(ti)
+                        watched[path] = member.read() if member else b""
             reader.drain()  # hash any trailing bytes after the tar end marker
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
             raise InputError(f"base layer {blob.digest.short}: unreadable ({exc})") from exc

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from builder.errors import StepError
 from builder.layer.entry import Kind, canon
 
 _KINDS = {
@@ -165,9 +166,21 @@ def snapshot(root: Path, exclude: Collection[str] = ()) -> Snapshot:
     """
     skip = {canon(p) for p in exclude}
     nodes: dict[str, Node] = {}
+    try:
+        newest = _walk(os.fspath(root), skip, nodes)
+    except OSError as exc:  # a path beyond PATH_MAX (an image can hold one, apply makes it): an error, not a crash
+        rel = os.path.relpath(exc.filename, root) if isinstance(exc.filename, str) else "?"
+        shown = rel if len(rel) <= 200 else f"{rel[:100]}...{rel[-60:]}"
+        raise StepError(f"cannot snapshot the working root filesystem at '/{shown}': {exc.strerror}") from exc
+    _settle(newest)
+    return Snapshot(nodes)
+
+
+def _walk(root: str, skip: set[str], nodes: dict[str, Node]) -> int:
+    """Fill ``nodes`` with everything below ``root``; returns the newest ctime seen."""
     newest = 0
     kinds, s_ifmt, new_node, xattrs = _KINDS, stat.S_IFMT, Node, read_xattrs  # locals: this loop is hot
-    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
+    stack: list[tuple[str, str]] = [(root, "")]
     while stack:
         top, prefix = stack.pop()
         with os.scandir(top) as it:
@@ -191,8 +204,7 @@ def snapshot(root: Path, exclude: Collection[str] = ()) -> Snapshot:
                 newest = max(newest, ctime)
                 if kind is Kind.DIR:
                     stack.append((path, rel + "/"))
-    _settle(newest)
-    return Snapshot(nodes)
+    return newest
 
 
 def _settle(newest_ctime_ns: int) -> None:

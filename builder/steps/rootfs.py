@@ -33,6 +33,7 @@ from builder.errors import InputError
 from builder.fs.tree import WATCHED
 from builder.layer.compress import open_decompressed
 from builder.layer.entry import Change, Entry, Kind, Opener, canon, is_whiteout_name, parents
+from builder.layer.tarstream import tar_members
 from builder.oci.digest import sha256_file
 from builder.recipe.model import RootfsStep
 from builder.steps.base import RestartLayer, StepContext
@@ -65,10 +66,8 @@ def _members(path: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
     """Stream the archive's members; any read error becomes an InputError naming the archive."""
     with open(path, "rb") as raw:
         try:
-            with open_decompressed(raw) as stream, \
-                    tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tf:
-                for ti in tf:
-                    yield tf, ti
+            with open_decompressed(raw) as stream:
+                yield from tar_members(stream)
         except _READ_ERRORS as exc:
             raise InputError(f"{path.name}: not a readable tar archive, or corrupt or truncated ({exc})") from exc
 
@@ -91,10 +90,10 @@ def _xattrs(ti: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
     return tuple(sorted(out))
 
 
-def _entry(ti: tarfile.TarInfo, path: str, link: str, epoch: int) -> Entry:
+def _entry(ti: tarfile.TarInfo, path: str, link: str, epoch: int, label: str) -> Entry:
     kind = _KINDS.get(ti.type, Kind.FILE if ti.isreg() else None)  # GNU sparse etc. read as files
     if kind is None:
-        raise InputError(f"entry {ti.name!r} has an unsupported type {ti.type!r}")
+        raise InputError(f"{label}: entry {ti.name!r} has an unsupported type {ti.type!r}")
     return Entry(path, kind, ti.mode & 0o7777, ti.uid, ti.gid, ti.size if kind is Kind.FILE else 0,
                  min(int(ti.mtime), epoch), link, ti.devmajor, ti.devminor, _xattrs(ti))
 
@@ -107,12 +106,12 @@ def _scan(path: Path, prefix: str, label: str, epoch: int) -> _Scan:
         name = _name(ti, label)
         if not name:
             continue
-        base = name.rpartition("/")[2]
-        if is_whiteout_name(base):
+        base = next((part for part in name.split("/") if is_whiteout_name(part)), "")  # a parent's name too
+        if base:
             raise InputError(f"{label}: entry {ti.name!r}: a file named {base!r} cannot be stored in an image "
                              "(.wh. names mark deletions)")
         full = f"{prefix}/{name}" if prefix else name
-        entry = _entry(ti, full, "", epoch)
+        entry = _entry(ti, full, "", epoch, label)
         last[full] = i
         kinds[full] = entry.kind
         if entry.kind is Kind.DIR:
@@ -186,8 +185,8 @@ def _stream(path: Path, prefix: str, scan: _Scan | None, label: str, ctx: StepCo
             continue
         full = f"{prefix}/{name}" if prefix else name
         if scan is None:
-            base = name.rpartition("/")[2]
-            if is_whiteout_name(base):
+            base = next((part for part in name.split("/") if is_whiteout_name(part)), "")
+            if base:
                 raise InputError(f"{label}: entry {ti.name!r}: a file named {base!r} cannot be stored in an image "
                                  "(.wh. names mark deletions)")
             if full in written:
@@ -208,7 +207,7 @@ def _stream(path: Path, prefix: str, scan: _Scan | None, label: str, ctx: StepCo
         elif ti.issym():
             link = ti.linkname
         yield from ensure_parents(full)
-        entry = _entry(ti, full, link, ctx.epoch)
+        entry = _entry(ti, full, link, ctx.epoch, label)
         written[full] = entry.kind
         from_archive.add(full)
         if entry.kind is Kind.FILE:

@@ -66,8 +66,10 @@ def _excluded(step: RunStep, root: Path) -> set[str]:
 
 def _plan_mounts(step: RunStep, rc: RunContext, points: MountPoints) -> tuple[list[Bind], list[str]]:
     """Create mount points; returns the binds and the tmpfs paths for the sandbox."""
-    for name in ALWAYS_EXCLUDED:
-        points.ensure(name, is_dir=True)
+    for name in ALWAYS_EXCLUDED:  # the sandbox mounts at these very paths, and mount(2) follows symlinks
+        if points.ensure(name, is_dir=True) != name:
+            raise StepError(f"cannot mount at '/{name}': it is a symbolic link in the image (as runc, pybuild "
+                            "refuses to mount /proc, /sys or /dev through one)")
     binds: list[Bind] = []
     tmpfs: list[str] = []
     if step.network == "host":

@@ -1,0 +1,1 @@
+"""Hostile archives: a generated corpus (``corpus.py``) run through every path that reads archives."""
