@@ -14,7 +14,6 @@ import contextlib
 import enum
 import hashlib
 import io
-import json
 import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import requests
 
 from builder.errors import InputError, IntegrityError, RegistryError
+from builder.oci.canonical import json_object
 from builder.oci.digest import Digest
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES, MediaType
 from builder.registry.auth import Authenticator, Credentials, find_credentials, scope_for
@@ -379,11 +379,9 @@ def _media_type(raw: bytes, content_type: str, name: str) -> str:
     """
     ctype = content_type.split(";")[0].strip().lower()
     try:
-        doc = json.loads(raw)
+        doc = json_object(raw)
     except ValueError as exc:
         raise RegistryError(f"{name}: manifest is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{name}: manifest is not a JSON object")
     if ctype in SCHEMA1_TYPES or doc.get("schemaVersion") == 1:
         raise RegistryError(f"{name}: schema 1 manifests are not supported (push the image again with a "
                             f"current client to convert it)")

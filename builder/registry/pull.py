@@ -13,7 +13,6 @@ only this module writes names there, and only after checking the content.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from builder.errors import RegistryError
 from builder.image import Image, ImageIndex, LayerBlob
+from builder.oci.canonical import json_object
 from builder.oci.config import diff_ids, platform_of
 from builder.oci.descriptor import Descriptor, is_attestation, select_platform
 from builder.oci.digest import Digest
@@ -170,9 +170,6 @@ def blob_path(root: Path, digest: Digest) -> Path:
 
 def _json(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        doc = json.loads(raw)
+        return json_object(raw)
     except ValueError as exc:
         raise RegistryError(f"{what}: invalid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise RegistryError(f"{what}: not a JSON object")
-    return doc

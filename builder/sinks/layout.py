@@ -28,7 +28,7 @@ from typing import Any
 
 from builder.errors import InputError, IntegrityError, OutputError
 from builder.image import Image, ImageIndex, LayerBlob
-from builder.oci.canonical import canonical_json
+from builder.oci.canonical import canonical_json, json_object
 from builder.oci.config import diff_ids, platform_of
 from builder.oci.descriptor import Descriptor, is_attestation, select_platform
 from builder.oci.digest import Digest
@@ -341,12 +341,9 @@ def read_json_blob(root: Path, desc: Descriptor) -> tuple[bytes, dict[str, Any]]
     if actual != desc.digest.hex:
         raise IntegrityError(f"{path}: content is {desc.digest.algorithm}:{actual}, expected {desc.digest}")
     try:
-        doc = json.loads(data)
+        return data, json_object(data)
     except ValueError as exc:
         raise InputError(f"{path}: invalid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise InputError(f"{path}: not a JSON object")
-    return data, doc
 
 
 def _load(root: Path, desc: Descriptor, platform: Platform | None, depth: int) -> Image | ImageIndex:
