@@ -60,8 +60,3 @@ def update_tree(tree: FsTree, layers: Sequence[LayerBlob]) -> FsTree:
         for path, content in watched.items():
             tree.capture(path, content)
     return tree
-
-
-def tree_from_layers(layers: Sequence[LayerBlob]) -> FsTree:
-    """The merged metadata of ``layers`` applied bottom to top, whiteouts honoured."""
-    return update_tree(FsTree(), layers)

@@ -23,19 +23,3 @@ class MediaType(StrEnum):
 
 MANIFEST_TYPES = frozenset({MediaType.OCI_MANIFEST, MediaType.DOCKER_MANIFEST})
 INDEX_TYPES = frozenset({MediaType.OCI_INDEX, MediaType.DOCKER_LIST})
-LAYER_COMPRESSION = {
-    MediaType.OCI_LAYER: "none",
-    MediaType.OCI_LAYER_GZIP: "gzip",
-    MediaType.OCI_LAYER_ZSTD: "zstd",
-    MediaType.DOCKER_LAYER: "none",
-    MediaType.DOCKER_LAYER_GZIP: "gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
-}
-
-
-def is_layer(media_type: str) -> bool:
-    """True for any layer media type we can unpack."""
-    return media_type in LAYER_COMPRESSION
