@@ -77,10 +77,14 @@ def apply_blob(root: Path, blob: LayerBlob) -> None:
     try:
         with open(blob.path, "rb") as f:
             raw = _Reader(f, label, blob.digest.algorithm)
-            tar = _Reader(open_decompressed(raw), label, blob.diff_id.algorithm)  # type: ignore[arg-type]
+            decoded = open_decompressed(raw)  # type: ignore[arg-type]
+            tar = _Reader(decoded, label, blob.diff_id.algorithm)
             try:
-                apply_layer(root, tar, label=label)  # type: ignore[arg-type]
-                tar.drain(_CHUNK)  # the padding after the end marker is part of the diff_id
+                try:
+                    apply_layer(root, tar, label=label)  # type: ignore[arg-type]
+                    tar.drain(_CHUNK)  # the padding after the end marker is part of the diff_id
+                finally:
+                    decoded.close()  # stops the decoding thread before this thread reads ``raw`` again
             except (InputError, OutputError) as exc:
                 failure = exc
             raw.drain(_CHUNK)

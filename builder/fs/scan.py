@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import lzma
 import tarfile
+import zlib
 from collections.abc import Sequence
+from typing import BinaryIO
+
+import zstandard
 
 from builder.errors import InputError, IntegrityError
 from builder.fs.tree import WATCHED, FsTree
@@ -22,34 +27,38 @@ def _layer_changes(blob: LayerBlob) -> tuple[list[Change], dict[str, bytes]]:
     watched: dict[str, bytes] = {}
     with open(blob.path, "rb") as raw:
         reader = HashingReader(raw)
-        stream = open_decompressed(reader)  # type: ignore[arg-type]
         try:
-            for tf, ti in tar_members(stream):
-                try:
-                    path = canon(ti.name)
-                except ValueError:
-                    raise InputError(f"base layer {blob.digest.short}: entry {ti.name!r} escapes the "
-                                     "root") from None
-                head, _, base = path.rpartition("/")
-                if base == WH_OPAQUE:
-                    changes.append(Opaque(head))
-                elif base.startswith(WH_PREFIX):
-                    changes.append(Whiteout(f"{head}/{base[4:]}" if head else base[4:]))
-                elif path:
-                    kind = _KINDS.get(ti.type, Kind.FILE)
-                    link = canon(ti.linkname) if kind is Kind.HARDLINK else ti.linkname
-                    changes.append(Entry(path, kind, ti.mode & 0o7777, ti.uid, ti.gid, ti.size, int(ti.mtime),
-                                         link, ti.devmajor, ti.devminor))
-                    if path in WATCHED and ti.isreg():
-                        member = tf.extractfile(ti)
-                        watched[path] = member.read() if member else b""
-            reader.drain()  # hash any trailing bytes after the tar end marker
-        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+            with open_decompressed(reader) as stream:  # type: ignore[arg-type]
+                _read_members(stream, blob, changes, watched)
+            reader.drain()  # hash any trailing bytes after the tar end marker (the decoding thread has stopped)
+        except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError,
+                zstandard.ZstdError) as exc:
             raise InputError(f"base layer {blob.digest.short}: unreadable ({exc})") from exc
     if reader.digest() != blob.digest:
         raise IntegrityError(f"base layer blob {blob.digest} does not match its digest "
                              f"(content hashes to {reader.digest()})")
     return changes, watched
+
+
+def _read_members(stream: BinaryIO, blob: LayerBlob, changes: list[Change], watched: dict[str, bytes]) -> None:
+    for tf, ti in tar_members(stream):
+        try:
+            path = canon(ti.name)
+        except ValueError:
+            raise InputError(f"base layer {blob.digest.short}: entry {ti.name!r} escapes the root") from None
+        head, _, base = path.rpartition("/")
+        if base == WH_OPAQUE:
+            changes.append(Opaque(head))
+        elif base.startswith(WH_PREFIX):
+            changes.append(Whiteout(f"{head}/{base[4:]}" if head else base[4:]))
+        elif path:
+            kind = _KINDS.get(ti.type, Kind.FILE)
+            link = canon(ti.linkname) if kind is Kind.HARDLINK else ti.linkname
+            changes.append(Entry(path, kind, ti.mode & 0o7777, ti.uid, ti.gid, ti.size, int(ti.mtime),
+                                 link, ti.devmajor, ti.devminor))
+            if path in WATCHED and ti.isreg():
+                member = tf.extractfile(ti)
+                watched[path] = member.read() if member else b""
 
 
 def update_tree(tree: FsTree, layers: Sequence[LayerBlob]) -> FsTree:

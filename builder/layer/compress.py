@@ -10,11 +10,17 @@ digests: bump ``LAYER_FORMAT_VERSION``.
 
 from __future__ import annotations
 
-import gzip
+import bz2
+import io
+import lzma
 import os
+import queue
+import threading
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 import zstandard
 
@@ -113,23 +119,186 @@ def open_decompressed(raw: BinaryIO) -> BinaryIO:
     """Wrap a (possibly compressed) binary stream so reads return the uncompressed bytes.
 
     Detection is by content, never by file name: a ``.tar.gz`` that is really xz still works.
-    ``raw`` must support ``peek`` or be seekable for the sniff.
+    ``raw`` must support ``peek`` or be seekable for the sniff. A compressed stream is decoded on
+    a thread of its own (:class:`ReadAhead`), beside whoever parses the tar; close the result
+    before reading ``raw`` again. Closing the result never closes ``raw``.
     """
-    import bz2
-    import lzma
+    kind = sniff(_peek(raw, 6))
+    if kind == "none":
+        return cast(BinaryIO, _Borrowed(raw))
+    return cast(BinaryIO, ReadAhead(_DECODERS[kind](raw)))
 
-    head = _peek(raw, 6)
-    kind = sniff(head)
-    if kind == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
-    if kind == "zstd":
-        reader: BinaryIO = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return reader
-    if kind == "xz":
-        return lzma.LZMAFile(raw)  # type: ignore[return-value]
-    if kind == "bzip2":
-        return bz2.BZ2File(raw)  # type: ignore[return-value]
-    return raw
+
+_IN = 1 << 20
+_OUT = 4 << 20
+_TRUNCATED = "Compressed file ended before the end-of-stream marker was reached"
+
+
+def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
+    """Decoded gzip members, one after another, as the gzip module reads them (zero padding
+    between or after members allowed) but in 1 MiB steps: each step is one long stretch without
+    the GIL, where GzipFile's 8 KiB reads would hand the GIL back and forth thousands of times."""
+    d = zlib.decompressobj(31)
+    while True:
+        if d.eof:
+            rest = d.unused_data.lstrip(b"\0")
+            while not rest:
+                more = raw.read(_IN)
+                if not more:
+                    return
+                rest = more.lstrip(b"\0")
+            d = zlib.decompressobj(31)
+            data = d.decompress(rest, _OUT)
+        elif d.unconsumed_tail:
+            data = d.decompress(d.unconsumed_tail, _OUT)
+        else:
+            block = raw.read(_IN)
+            if not block:
+                raise EOFError(_TRUNCATED)
+            data = d.decompress(block, _OUT)
+        if data:
+            yield data
+
+
+def _stream_chunks(raw: BinaryIO, make: Callable[[], Any], trailing_error: type[Exception]) -> Iterator[bytes]:
+    """Decoded xz or bzip2 streams, one after another, as LZMAFile and BZ2File read them (data after
+    the last stream that is not a stream is ignored), in 1 MiB steps (see :func:`_gzip_chunks`)."""
+    d = make()
+    while True:
+        if d.eof:
+            rest = d.unused_data or raw.read(_IN)
+            if not rest:
+                return
+            d = make()
+            try:
+                data = d.decompress(rest, _OUT)
+            except trailing_error:
+                return
+        else:
+            block = b""
+            if d.needs_input:
+                block = raw.read(_IN)
+                if not block:
+                    raise EOFError(_TRUNCATED)
+            data = d.decompress(block, _OUT)
+        if data:
+            yield data
+
+
+def _xz_chunks(raw: BinaryIO) -> Iterator[bytes]:
+    return _stream_chunks(raw, lzma.LZMADecompressor, lzma.LZMAError)
+
+
+def _bzip2_chunks(raw: BinaryIO) -> Iterator[bytes]:
+    return _stream_chunks(raw, bz2.BZ2Decompressor, OSError)
+
+
+def _zstd_chunks(raw: BinaryIO) -> Iterator[bytes]:
+    reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=_IN, read_across_frames=True, closefd=False)
+    while chunk := reader.read(_OUT):
+        yield chunk
+
+
+_DECODERS: dict[str, Callable[[BinaryIO], Iterator[bytes]]] = {
+    "gzip": _gzip_chunks, "zstd": _zstd_chunks, "xz": _xz_chunks, "bzip2": _bzip2_chunks,
+}
+
+
+class ReadAhead(io.RawIOBase):
+    """Runs a decoder (an iterator of byte chunks) on a worker thread, a few MiB ahead of the reader.
+
+    Decompressors (zlib, liblzma, libzstd, libbz2) release the GIL while they decode, so an
+    xz rootfs decodes on one core while the tar is parsed, hashed and recompressed on the other:
+    the step costs about the decode alone instead of decode + everything else. Memory stays
+    bounded (``depth`` chunks). Errors reach the reader exactly where they happened in the
+    stream: after the bytes that came before them, as the same exception. ``close`` stops and
+    joins the thread.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], depth: int = 4) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._chunk = memoryview(b"")
+        self._done = False
+        self._thread = threading.Thread(target=self._fill, name="pybuild-readahead", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item: bytes | BaseException = next(self._chunks, b"")
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the reader's thread
+                item = exc
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not item or isinstance(item, BaseException):
+                return
+
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bool:
+        """Load the next chunk; False at the end of the stream."""
+        if self._done:
+            return False
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if not item:
+            self._done = True
+            return False
+        self._chunk = memoryview(item)
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            parts = [bytes(self._chunk)]
+            while self._next():
+                parts.append(bytes(self._chunk))
+            self._chunk = memoryview(b"")
+            return b"".join(parts)
+        if not self._chunk and (n == 0 or not self._next()):
+            return b""
+        out = self._chunk[:n]
+        self._chunk = self._chunk[len(out):]
+        return bytes(out)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop.set()
+            self._thread.join()
+        super().close()
+
+
+class _Borrowed(io.RawIOBase):
+    """An uncompressed stream as it is, except that closing it leaves ``raw`` open."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        return self._raw.read(-1 if n is None else n)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def _peek(raw: BinaryIO, n: int) -> bytes:
