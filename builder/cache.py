@@ -13,6 +13,12 @@ On disk, under the cache directory::
 
     layers/entries/<key>.json     {"digest", "diff_id", "size", "uncompressed_size", "media_type"} or {"empty": true}
     layers/blobs/sha256/<hex>     the compressed layer, exactly as first built
+    layers/shapes/<shape>         (empty) some entry was stored for a step of this shape
+
+A copy's *shape* is its key with the file contents left out (names, types, modes, sizes: all
+known from one directory walk). A build looks a copy up by its full key only when the cache
+knows its shape; otherwise the lookup would miss anyway, so the step is built straight away and
+its file digests are taken while the tar writer copies the files, and the context is read once.
 
 Both are written to a temp file and renamed, entries after their blob, so concurrent builds
 sharing a cache see either nothing or a whole entry. Every hit re-hashes its blob: a cache
@@ -58,8 +64,8 @@ def step_key(parents: Sequence[Digest], step: object, inputs: Mapping[str, Any],
         "format": LAYER_FORMAT_VERSION,
         "parents": [str(d) for d in parents],
         "step": {"kind": type(step).__name__, **_plain(step)},
-        "inputs": _plain(inputs),
-        "settings": _plain(settings),
+        "inputs": inputs,  # plain JSON data already, and large for a copy: not walked again
+        "settings": settings,
     }
     return Digest.of(canonical_json(doc)).hex
 
@@ -78,6 +84,24 @@ class LayerCache:
         self.root = root
         self.entries = root / "layers" / "entries"
         self.blobs = root / "layers" / "blobs" / "sha256"
+        self.shapes = root / "layers" / "shapes"
+
+    def knows_shape(self, shape: str) -> bool:
+        """Whether an entry was ever stored for a step of this shape (a cheap, certain-miss test)."""
+        marker = self.shapes / shape
+        try:
+            os.utime(marker)  # used: prune keeps it at least as long as its entries
+        except OSError:
+            return False
+        return True
+
+    def add_shape(self, shape: str) -> None:
+        """Record that an entry of this shape is stored (after the entry itself)."""
+        try:
+            self.shapes.mkdir(parents=True, exist_ok=True)
+            _write_atomic(self.shapes / shape, b"")
+        except OSError as exc:
+            raise OutputError(f"cannot write the layer cache in {str(self.root)!r}: {exc.strerror}") from exc
 
     def get(self, key: str) -> CacheHit | None:
         """The cached result for ``key``, its blob verified; None on a miss (or a damaged entry)."""
@@ -157,7 +181,20 @@ class LayerCache:
                 with contextlib.suppress(OSError):
                     freed += blob.stat().st_size
                     blob.unlink()
+        self._prune_shapes(min((_mtime(p) for p in blob_of), default=None))
         return removed, freed
+
+    def _prune_shapes(self, oldest_entry: float | None) -> None:
+        """Shape markers outlive none of the entries kept: every probe and store touches a shape's
+        marker around its entry's, so markers older than the oldest entry (less a minute of slack)
+        are stale, and with no entry left all are. A marker lost early costs one rebuild, never a
+        wrong layer."""
+        if not self.shapes.is_dir():
+            return
+        for marker in self.shapes.iterdir():
+            if oldest_entry is None or _mtime(marker) < oldest_entry - 60:
+                with contextlib.suppress(OSError):
+                    marker.unlink()
 
     def _entries(self) -> Iterable[Path]:
         return self.entries.glob("*.json") if self.entries.is_dir() else []

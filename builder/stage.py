@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from builder.cache import LayerCache, step_key
+from builder.cache import CacheHit, LayerCache, step_key
 from builder.errors import located
 from builder.fs.apply import apply_blob
 from builder.fs.scan import update_tree
@@ -30,7 +30,7 @@ from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir
 from builder.progress import Reporter
 from builder.recipe.model import ConfigSpec, Recipe, RunStep, Step
-from builder.steps import RunContext, StepContext, cache_inputs, changes_for, describe
+from builder.steps import CopyScan, RunContext, StepContext, cache_inputs, changes_for, describe, prepare
 from builder.steps.base import RestartLayer
 
 
@@ -97,39 +97,45 @@ class _Layerer:
         self.workdir = workdir
         self.reporter = reporter
 
-    def layer(self, changes: Iterator[Change], tree: FsTree) -> LayerBlob | None:
+    def layer(self, changes: Iterator[Change]) -> tuple[LayerBlob | None, _Applied]:
         for _ in range(2):  # a change stream may ask once to be redone another way (see RestartLayer)
             try:
-                return self._layer(changes, tree)
+                return self._layer(changes)
             except RestartLayer as restart:
                 changes = restart.changes
         raise AssertionError("a change stream asked twice to restart")
 
-    def _layer(self, changes: Iterator[Change], tree: FsTree) -> LayerBlob | None:
+    def _layer(self, changes: Iterator[Change]) -> tuple[LayerBlob | None, _Applied]:
+        applied = _Applied([], {})
         first = next(changes, None)
         if first is None:
-            return None
-        applied: list[Change] = []
-        watched: dict[str, bytes] = {}
+            return None, applied
 
         def produce(out: BinaryIO) -> None:
             writer = LayerTarWriter(out, self.options.epoch, self.reporter.step_progress)
             for change in itertools.chain([first], changes):
-                if isinstance(change, Entry):
-                    if change.path in WATCHED and change.content is not None:
-                        with change.content() as f:
-                            watched[change.path] = f.read()
-                    applied.append(change.meta())
-                else:
-                    applied.append(change)
+                if isinstance(change, Entry) and change.path in WATCHED and change.content is not None:
+                    with change.content() as f:
+                        applied.watched[change.path] = f.read()
+                applied.changes.append(change)
                 writer.add(change)
             writer.close()
 
-        blob = write_layer_blob(produce, self.options.compression, self.options.level, self.workdir)
-        tree.apply(applied)
-        for path, content in watched.items():
+        return write_layer_blob(produce, self.options.compression, self.options.level, self.workdir), applied
+
+
+@dataclass
+class _Applied:
+    """A built layer's changes (and watched files' contents), for the metadata tree: applied to it
+    only when a later step needs the tree, so the last layer of a build never is."""
+
+    changes: list[Change]
+    watched: dict[str, bytes]
+
+    def apply_to(self, tree: FsTree) -> None:
+        tree.apply(c.meta() if isinstance(c, Entry) else c for c in self.changes)
+        for path, content in self.watched.items():
             tree.capture(path, content)
-        return blob
 
 
 @dataclass
@@ -155,24 +161,52 @@ class StageBuilder:
         self.workspace = _Workspace(workdir / "rootfs")
         self.tree: FsTree | None = None
         self.tree_layers = 0
+        self.pending: _Applied | None = None  # the changes of layer ``tree_layers``, not in the tree yet
 
     def _tree(self, layers: list[LayerBlob]) -> FsTree:
         """The metadata tree of ``layers``, applying only the layers it has not seen."""
         if self.tree is None:
             self.tree = FsTree()
+        if self.pending is not None:
+            self.pending.apply_to(self.tree)
+            self.pending = None
+            self.tree_layers += 1
         update_tree(self.tree, layers[self.tree_layers:])
         self.tree_layers = len(layers)
         return self.tree
 
-    def _key(self, step: Step, layers: list[LayerBlob], config: dict[str, Any]) -> str | None:
-        if self.cache is None:
-            return None
-        inputs = cache_inputs(step, self.context, self.stage_chains)
+    def _key(self, step: Step, layers: list[LayerBlob], config: dict[str, Any], prepared: CopyScan | None, *,
+             contents: bool) -> str:
+        inputs = cache_inputs(step, self.context, self.stage_chains, prepared, contents=contents)
         if isinstance(step, RunStep):
             inputs = {"env": _run_env(config, self.recipe), "workdir": _workdir(config)}
         settings = {"platform": str(self.platform), "compression": str(self.options.compression),
                     "level": self.options.level, "epoch": self.options.epoch}
         return step_key([blob.diff_id for blob in layers], step, inputs, settings)
+
+    def _probe(self, step: Step, layers: list[LayerBlob], config: dict[str, Any],
+               prepared: CopyScan | None) -> tuple[CacheHit | None, str]:
+        """The cache's answer for ``step`` and the step's shape (its key when it reads no files).
+
+        A copy from the context is looked up by its full key (which hashes its files) only when
+        the cache knows its shape: otherwise it is a certain miss, and its files are read once,
+        by the layer, which records their digests for :meth:`_store`.
+        """
+        assert self.cache is not None
+        shape = self._key(step, layers, config, prepared, contents=False)
+        if not self.options.use_cache or (prepared is not None and not self.cache.knows_shape(shape)):
+            return None, shape
+        key = shape if prepared is None else self._key(step, layers, config, prepared, contents=True)
+        return self.cache.get(key), shape
+
+    def _store(self, step: Step, layers: list[LayerBlob], config: dict[str, Any], prepared: CopyScan | None,
+               shape: str, blob: LayerBlob | None) -> None:
+        assert self.cache is not None
+        if prepared is None:
+            self.cache.put(shape, blob)
+            return
+        self.cache.put(self._key(step, layers, config, prepared, contents=True), blob)
+        self.cache.add_shape(shape)
 
     def run(self, steps: tuple[Step, ...], layers: list[LayerBlob], config: dict[str, Any]) -> StageResult:
         created = cfgmod.rfc3339(self.options.epoch)
@@ -181,14 +215,14 @@ class StageBuilder:
             title = describe(step)
             self.reporter.step_started(i, len(steps), title.removeprefix("pybuild "))
             with located(step.where):
-                key = self._key(step, result.layers, result.config)
-                hit = self.cache.get(key) if self.cache is not None and key and self.options.use_cache else None
+                prepared = prepare(step, self.context)
+                hit, shape = self._probe(step, result.layers, result.config, prepared) if self.cache else (None, "")
                 if hit is not None:
                     blob = hit.layer
                 else:
-                    blob = self._build_step(step, result.layers, result.config)
-                    if self.cache is not None and key:
-                        self.cache.put(key, blob)
+                    blob = self._build_step(step, result.layers, result.config, prepared)
+                    if self.cache is not None:
+                        self._store(step, result.layers, result.config, prepared, shape, blob)
             self.reporter.step_done(blob, cached=hit is not None)
             result.records.append(StepRecord(i, title, blob, hit is not None, self.name))
             if blob is not None:
@@ -196,7 +230,8 @@ class StageBuilder:
             result.config = cfgmod.append_layer(result.config, blob.diff_id if blob else None, created, title)
         return result
 
-    def _build_step(self, step: Step, layers: list[LayerBlob], config: dict[str, Any]) -> LayerBlob | None:
+    def _build_step(self, step: Step, layers: list[LayerBlob], config: dict[str, Any],
+                    prepared: CopyScan | None) -> LayerBlob | None:
         tree = self._tree(layers)
         ctx = StepContext(context=self.context, tree=tree, epoch=self.options.epoch, stage_root=self.stage_root)
         run_ctx = None
@@ -206,9 +241,9 @@ class StageBuilder:
                 secrets=self.options.secrets, cache_dir=self.options.cache_dir or default_cache_dir(),
                 on_output=self.reporter.step_output,
             )
-        blob = self.layerer.layer(changes_for(step, ctx, run_ctx), tree)
+        blob, applied = self.layerer.layer(changes_for(step, ctx, run_ctx, prepared))
         if blob is not None:
-            self.tree_layers = len(layers) + 1  # the layerer applied the new layer's changes to the tree
+            self.pending = applied  # the tree has ``layers``; the new layer's changes wait until needed
             if isinstance(step, RunStep):
                 self.workspace.applied = len(layers) + 1  # its changes are on disk already
         return blob

@@ -14,21 +14,23 @@ from collections.abc import Iterable
 from builder.errors import InputError
 from builder.layer.entry import Change, Entry, Kind, Opaque, Whiteout
 
-_OPAQUE, _WHITEOUT, _ENTRY = 0, 1, 2
 
+def sort_key(change: Change) -> bytes:
+    """Key placing a change at its canonical position.
 
-def _enc(name: str) -> bytes:
-    return name.encode("utf-8", "surrogateescape")
-
-
-def sort_key(change: Change) -> tuple[tuple[int, bytes], ...]:
-    """Key placing a change at its canonical position."""
+    The path as bytes with each ``/`` (and the start) turned into NUL plus a rank: 0 for an
+    opaque marker, 1 for a whiteout, 2 for anything else. NUL sorts below every byte a name can
+    hold, so comparing keys compares paths component by component, and within one directory an
+    opaque marker comes first, then whiteouts, then the other children, each in byte order.
+    """
+    path = change.path
     if isinstance(change, Opaque):
-        parts = change.path.split("/") if change.path else []
-        return (*((_ENTRY, _enc(p)) for p in parts), (_OPAQUE, b""))
-    parts = change.path.split("/")
-    last = (_WHITEOUT if isinstance(change, Whiteout) else _ENTRY, _enc(parts[-1]))
-    return (*((_ENTRY, _enc(p)) for p in parts[:-1]), last)
+        body = ("/" + path).replace("/", "\0\2") if path else ""
+        return (body + "\0\0").encode("utf-8", "surrogateescape")
+    head, _, last = path.rpartition("/")
+    body = ("/" + head).replace("/", "\0\2") if head else ""
+    rank = "\0\1" if isinstance(change, Whiteout) else "\0\2"
+    return (body + rank + last).encode("utf-8", "surrogateescape")
 
 
 def canonical(changes: Iterable[Change]) -> list[Change]:

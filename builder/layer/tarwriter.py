@@ -12,12 +12,24 @@ The writer also enforces what a layer must never contain: duplicate paths, files
 
 from __future__ import annotations
 
+import hashlib
+import os
 import tarfile
 from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 from builder.errors import InputError
-from builder.layer.entry import WH_OPAQUE, WH_PREFIX, Change, Entry, Kind, Opaque, Whiteout, is_whiteout_name
+from builder.layer.entry import (
+    WH_OPAQUE,
+    WH_PREFIX,
+    Change,
+    Entry,
+    HostFile,
+    Kind,
+    Opaque,
+    Whiteout,
+    is_whiteout_name,
+)
 
 _TYPES = {
     Kind.FILE: tarfile.REGTYPE,
@@ -153,9 +165,13 @@ class LayerTarWriter:
             if e.content is None:
                 raise InputError(f"no content for '/{e.path}'")
             ti.size = e.size
-            self._addfile(ti)
-            with e.content() as src:
-                self._copy(src, e.size, e.path)
+            if isinstance(e.content, HostFile):
+                self._copy_host(_ustar(ti) or ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), e.content,
+                                e.size, e.path)
+            else:
+                self._addfile(ti)
+                with e.content() as src:
+                    self._copy(src, e.size, e.path)
             if self._progress:
                 self._progress(e.size)
         else:
@@ -171,6 +187,43 @@ class LayerTarWriter:
             left -= len(chunk)
         if size % tarfile.BLOCKSIZE:
             self._write(_NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
+
+    def _copy_host(self, header: bytes, src: HostFile, size: int, path: str) -> None:
+        """Header, content and padding of a host file; one write when it is small (most are)."""
+        try:
+            fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise InputError(f"cannot read {src.path!r}: {exc.strerror}") from exc
+        pad = _NUL * (-size % tarfile.BLOCKSIZE)
+        h = hashlib.sha256() if src.digests is not None else None
+        try:
+            if size <= COPY_BUFSIZE:
+                data = os.read(fd, size)
+                while len(data) < size and (more := os.read(fd, size - len(data))):
+                    data += more
+                if len(data) < size:
+                    raise InputError(f"'/{path}' changed size while it was read")
+                if h is not None:
+                    h.update(data)
+                self._write(header + data + pad)
+            else:
+                self._write(header)
+                left = size
+                while left:
+                    chunk = os.read(fd, min(left, COPY_BUFSIZE))
+                    if not chunk:
+                        raise InputError(f"'/{path}' changed size while it was read")
+                    if h is not None:
+                        h.update(chunk)
+                    self._write(chunk)
+                    left -= len(chunk)
+                self._write(pad)
+        except OSError as exc:
+            raise InputError(f"cannot read {src.path!r}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        if h is not None and src.digests is not None:
+            src.digests[src.path] = h.hexdigest()
 
     def close(self) -> None:
         """Write the end-of-archive marker (two zero blocks, padded to a record), as tarfile does."""

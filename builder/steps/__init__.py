@@ -20,20 +20,30 @@ from builder.recipe.model import (
     WriteStep,
 )
 from builder.steps.base import StepContext
-from builder.steps.copy import copy_changes, copy_inputs
+from builder.steps.copy import CopyScan, copy_changes, copy_inputs, scan_copy
 from builder.steps.files import mkdir_changes, remove_changes, symlink_changes, write_changes
 from builder.steps.rootfs import rootfs_changes, rootfs_inputs
 from builder.steps.run import RunContext, run_changes
 
-__all__ = ["RunContext", "StepContext", "cache_inputs", "changes_for", "describe"]
+__all__ = ["CopyScan", "RunContext", "StepContext", "cache_inputs", "changes_for", "describe", "prepare"]
 
 
-def changes_for(step: Step, ctx: StepContext, run: RunContext | None = None) -> Iterator[Change]:
-    """The ordered changes ``step`` makes on top of ``ctx.tree`` (``run`` is needed for run steps)."""
+def prepare(step: Step, context: Path) -> CopyScan | None:
+    """What ``step`` reads from the build context, read once and shared by its cache key and its
+    layer: the walk of a copy's sources; None for every other step."""
+    if isinstance(step, CopyStep) and step.from_stage is None:
+        return scan_copy(step, context)
+    return None
+
+
+def changes_for(step: Step, ctx: StepContext, run: RunContext | None = None,
+                prepared: CopyScan | None = None) -> Iterator[Change]:
+    """The ordered changes ``step`` makes on top of ``ctx.tree`` (``run`` is needed for run steps;
+    ``prepared`` is what :func:`prepare` read for it)."""
     if isinstance(step, RootfsStep):
         return rootfs_changes(step, ctx)
     if isinstance(step, CopyStep):
-        return iter(copy_changes(step, ctx))
+        return iter(copy_changes(step, ctx, prepared))
     if isinstance(step, WriteStep):
         return iter(write_changes(step, ctx))
     if isinstance(step, MkdirStep):
@@ -49,18 +59,20 @@ def changes_for(step: Step, ctx: StepContext, run: RunContext | None = None) -> 
     raise AssertionError(f"unknown step {step!r}")
 
 
-def cache_inputs(step: Step, context: Path, stages: Mapping[str, Sequence[Digest]]) -> dict[str, Any]:
+def cache_inputs(step: Step, context: Path, stages: Mapping[str, Sequence[Digest]], prepared: CopyScan | None,
+                 *, contents: bool = True) -> dict[str, Any]:
     """What a step reads besides its own text and its parent layers, as data for its cache key.
 
     A copy from a stage is keyed by that stage's layers (its diff_id chain), which determine
-    every byte it can read.
+    every byte it can read. A copy from the context is keyed by its files (``prepared``), their
+    contents only when ``contents`` (else its shape: see :func:`builder.steps.copy.copy_inputs`).
     """
     if isinstance(step, RootfsStep):
         return rootfs_inputs(step, context)
     if isinstance(step, CopyStep) and step.from_stage:
         return {"stage": [str(d) for d in stages.get(step.from_stage, ())]}
     if isinstance(step, CopyStep):
-        return {"files": copy_inputs(step, context)}
+        return {"files": copy_inputs(step, prepared or scan_copy(step, context), contents=contents)}
     return {}
 
 

@@ -11,14 +11,16 @@ reach the image. Hardlinked files stay hardlinked.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import InputError
 from builder.fs.patterns import Excluder
-from builder.layer.entry import Change, Entry, Kind, is_whiteout_name
+from builder.layer.entry import WH_PREFIX, Change, Entry, HostFile, Kind
 from builder.oci.digest import sha256_file
 from builder.recipe.model import CopyStep
 from builder.sandbox import secure_join
@@ -48,21 +50,13 @@ def _sources(step: CopyStep, context: Path) -> list[Path]:
     return found
 
 
-def _file_opener(path: str):  # type: ignore[no-untyped-def]
-    return lambda: open(path, "rb")
-
-
-def _default_mode(st: os.stat_result) -> int:
-    if stat.S_ISDIR(st.st_mode) or st.st_mode & stat.S_IXUSR:
-        return 0o755
-    return 0o644
-
-
 class _Walker:
     """Turns host files into entries under one destination, tracking hardlinks by (dev, ino)."""
 
-    def __init__(self, step: CopyStep, uid: int, gid: int, epoch: int, *, preserve: bool = False) -> None:
+    def __init__(self, step: CopyStep, uid: int, gid: int, epoch: int, *, preserve: bool = False,
+                 digests: dict[str, str] | None = None) -> None:
         self.uid, self.gid, self.epoch = uid, gid, epoch
+        self.digests = digests  # where the tar writer records content digests (see HostFile)
         self.preserve = preserve  # from a stage: keep owners, modes, devices, clamped times
         self.keep_owner = preserve and step.owner is None
         self.mode = step.mode
@@ -70,40 +64,48 @@ class _Walker:
         self.inodes: dict[tuple[int, int], str] = {}
 
     def entry(self, host: str, dest: str, st: os.stat_result) -> Entry | None:
+        # positional Entry(...) arguments throughout: this runs for every file of a context
         name = dest.rpartition("/")[2]
-        if is_whiteout_name(name):
+        if name.startswith(WH_PREFIX):
             raise InputError(f"a file named {name!r} cannot be stored in an image (.wh. names mark deletions): "
                              f"{host!r}")
+        st_mode = st.st_mode
         if self.mode is not None:
             mode = self.mode
+        elif self.preserve:
+            mode = stat.S_IMODE(st_mode)
         else:
-            mode = stat.S_IMODE(st.st_mode) if self.preserve else _default_mode(st)
-        common = {"uid": st.st_uid if self.keep_owner else self.uid, "gid": st.st_gid if self.keep_owner else self.gid,
-                  "mtime": min(int(st.st_mtime), self.epoch) if self.preserve else self.epoch}
-        fmt = stat.S_IFMT(st.st_mode)
-        if fmt == stat.S_IFDIR:
-            return Entry(dest, Kind.DIR, mode, **common)  # type: ignore[arg-type]
-        if fmt == stat.S_IFLNK:
-            return Entry(dest, Kind.SYMLINK, 0o777, link=os.readlink(host), **common)  # type: ignore[arg-type]
+            mode = 0o755 if stat.S_ISDIR(st_mode) or st_mode & stat.S_IXUSR else 0o644
+        if self.preserve:
+            uid, gid = (st.st_uid, st.st_gid) if self.keep_owner else (self.uid, self.gid)
+            mtime = min(int(st.st_mtime), self.epoch)
+        else:
+            uid, gid, mtime = self.uid, self.gid, self.epoch
+        fmt = stat.S_IFMT(st_mode)
         if fmt == stat.S_IFREG:
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in self.inodes:
-                return Entry(dest, Kind.HARDLINK, mode, link=self.inodes[key], **common)  # type: ignore[arg-type]
             if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                first = self.inodes.get(key)
+                if first is not None:
+                    return Entry(dest, Kind.HARDLINK, mode, uid, gid, 0, mtime, first)
                 self.inodes[key] = dest
-            return Entry(dest, Kind.FILE, mode, size=st.st_size, content=_file_opener(host),
-                         **common)  # type: ignore[arg-type]
+            return Entry(dest, Kind.FILE, mode, uid, gid, st.st_size, mtime, "", 0, 0, (),
+                         HostFile(host, self.digests))
+        if fmt == stat.S_IFDIR:
+            return Entry(dest, Kind.DIR, mode, uid, gid, 0, mtime)
+        if fmt == stat.S_IFLNK:
+            return Entry(dest, Kind.SYMLINK, 0o777, uid, gid, 0, mtime, os.readlink(host))
         if fmt == stat.S_IFIFO:
-            return Entry(dest, Kind.FIFO, mode, **common)  # type: ignore[arg-type]
+            return Entry(dest, Kind.FIFO, mode, uid, gid, 0, mtime)
         if self.preserve and fmt in (stat.S_IFCHR, stat.S_IFBLK):
             kind = Kind.CHAR if fmt == stat.S_IFCHR else Kind.BLOCK
-            return Entry(dest, kind, mode, devmajor=os.major(st.st_rdev), devminor=os.minor(st.st_rdev),
-                         **common)  # type: ignore[arg-type]
+            return Entry(dest, kind, mode, uid, gid, 0, mtime, "", os.major(st.st_rdev), os.minor(st.st_rdev))
         return None  # sockets, and device nodes on the host, are not image content
 
-    def walk(self, top: Path, dest: str, rel: str = "") -> Iterator[Entry]:
-        """Entries below ``top`` (not ``top`` itself); symlinks are never followed."""
-        with os.scandir(top / rel if rel else top) as it:
+    def scan(self, top: Path, rel: str = "") -> Iterator[tuple[str, str, os.stat_result]]:
+        """``(relative path, host path, lstat)`` of everything below ``top`` that is not excluded,
+        parents before children, names in byte order; symlinks are never followed."""
+        with os.scandir(os.path.join(top, rel) if rel else top) as it:
             items = sorted(it, key=lambda d: d.name)
         for de in items:
             sub = f"{rel}/{de.name}" if rel else de.name
@@ -113,11 +115,15 @@ class _Walker:
             if excluded and not (is_dir and self.excluder.has_negations):
                 continue
             if not excluded:
-                e = self.entry(de.path, _join(dest, sub), st)
-                if e is not None:
-                    yield e
+                yield sub, de.path, st
             if is_dir:
-                yield from self.walk(top, dest, sub)
+                yield from self.scan(top, sub)
+
+    def entries(self, items: list[tuple[str, str, os.stat_result]], dest: str) -> Iterator[Entry]:
+        for rel, host, st in items:
+            e = self.entry(host, _join(dest, rel), st)
+            if e is not None:
+                yield e
 
 
 def _join(base: str, rel: str) -> str:
@@ -140,21 +146,53 @@ def _stage_sources(step: CopyStep, root: Path) -> list[Path]:
     return found
 
 
-def copy_changes(step: CopyStep, ctx: StepContext) -> list[Change]:
+@dataclass
+class CopyScan:
+    """What a copy from the build context reads, walked once for both the cache key and the layer.
+
+    ``sources`` holds each source with its stat and, for a directory, its entries' relative paths,
+    host paths and stats. ``digests`` maps host paths to content sha256s: the tar writer fills it
+    while it copies (see :class:`HostFile`), so a cold build reads every file once; only a cache
+    probe that must decide between a hit and a miss (:func:`copy_inputs` with ``read``) hashes
+    files before the layer is built.
+    """
+
+    root: Path
+    sources: list[tuple[Path, os.stat_result, list[tuple[str, str, os.stat_result]]]]
+    digests: dict[str, str] = field(default_factory=dict)
+    rows: list[tuple[list[object], str]] | None = None
+    """The key rows (digests blank) with the host path of each regular file: made once."""
+
+
+def scan_copy(step: CopyStep, context: Path) -> CopyScan:
+    """Walk a copy step's sources in the build context (never for a copy from a stage)."""
+    walker = _Walker(step, 0, 0, 0)
+    sources = []
+    for src in _sources(step, context):
+        st = os.stat(src)
+        sources.append((src, st, list(walker.scan(src)) if stat.S_ISDIR(st.st_mode) else []))
+    return CopyScan(context.resolve(), sources)
+
+
+def copy_changes(step: CopyStep, ctx: StepContext, scan: CopyScan | None = None) -> list[Change]:
     if step.from_stage is not None:
         if ctx.stage_root is None:
             raise InputError(f"stage {step.from_stage!r} is not available here")
-        sources = _stage_sources(step, ctx.stage_root(step.from_stage))
+        walker = _Walker(step, *ctx.owner(step.owner), ctx.epoch, preserve=True)
+        sources = []
+        for src in _stage_sources(step, ctx.stage_root(step.from_stage)):
+            st = os.lstat(src)
+            sources.append((src, st, list(walker.scan(src)) if stat.S_ISDIR(st.st_mode) else []))
     else:
-        sources = _sources(step, ctx.context)
+        scan = scan or scan_copy(step, ctx.context)
+        walker = _Walker(step, *ctx.owner(step.owner), ctx.epoch, digests=scan.digests)
+        sources = scan.sources
     dest = ctx.image_path(step.to)
     to_dir = step.to.endswith("/") or len(sources) > 1 or ctx.tree.is_dir(ctx.tree.resolve(dest))
     if to_dir:
         dest = ctx.tree.resolve(dest)
-    walker = _Walker(step, *ctx.owner(step.owner), ctx.epoch, preserve=step.from_stage is not None)
     changes: dict[str, Change] = {}
-    for src in sources:
-        st = os.lstat(src) if step.from_stage else os.stat(src)
+    for src, st, items in sources:
         if stat.S_ISDIR(st.st_mode):
             # the destination directory itself: created like the source's contents, but an
             # existing one keeps its owner and mode unless the step sets them
@@ -162,7 +200,7 @@ def copy_changes(step: CopyStep, ctx: StepContext) -> list[Change]:
                 top = walker.entry(str(src), dest, st)
                 if top is not None:
                     changes[dest] = top
-            for e in walker.walk(src, dest):
+            for e in walker.entries(items, dest):
                 changes[e.path] = e
         else:
             target = _join(dest, src.name) if to_dir else dest
@@ -174,23 +212,36 @@ def copy_changes(step: CopyStep, ctx: StepContext) -> list[Change]:
     return finish(changes.values(), ctx)
 
 
-def copy_inputs(step: CopyStep, context: Path) -> list[list[object]]:
+_EMPTY_SHA256 = hashlib.sha256().hexdigest()
+
+
+def copy_inputs(step: CopyStep, scan: CopyScan, *, contents: bool) -> list[list[object]]:
     """What a copy reads, for the layer cache key: per source, every entry's relative path, type,
     layer mode, size, link target and content digest. mtimes, owners on disk and inode numbers
     never reach the layer, so they are left out (hardlink grouping is kept via the link target).
+
+    With ``contents`` False the digests are left blank: that is the step's *shape*, known without
+    reading a file (see :meth:`builder.cache.LayerCache.knows_shape`). With ``contents`` True they
+    come from ``scan.digests`` (recorded while the layer was written) or, for files not read yet,
+    by hashing them now.
     """
-    walker = _Walker(step, 0, 0, 0)
-    out: list[list[object]] = []
-    for src in _sources(step, context):
-        st = os.stat(src)
-        if stat.S_ISDIR(st.st_mode):
-            entries = list(walker.walk(src, ""))
-        else:
-            single = walker.entry(str(src), src.name, st)
-            entries = [single] if single is not None else []
-        out.append([str(src.relative_to(context.resolve())), stat.S_ISDIR(st.st_mode)])
-        for e in entries:
-            host = src / e.path if stat.S_ISDIR(st.st_mode) else src
-            digest = str(sha256_file(host)[0]) if e.kind is Kind.FILE else ""
-            out.append([e.path, str(e.kind), e.mode, e.size, e.link, digest])
-    return out
+    if scan.rows is None:
+        walker = _Walker(step, 0, 0, 0)
+        scan.rows = []
+        for src, st, items in scan.sources:
+            is_dir = stat.S_ISDIR(st.st_mode)
+            pairs = [(host, walker.entry(host, rel, est)) for rel, host, est in items] if is_dir \
+                else [(str(src), walker.entry(str(src), src.name, st))]
+            scan.rows.append(([str(src.relative_to(scan.root)), is_dir], ""))
+            scan.rows.extend(([e.path, str(e.kind), e.mode, e.size, e.link, ""], host if e.kind is Kind.FILE else "")
+                             for host, e in pairs if e is not None)
+    if not contents:
+        return [row for row, _ in scan.rows]
+    return [[*row[:5], f"sha256:{_content_digest(scan, host, row[3])}"] if host else row for row, host in scan.rows]
+
+
+def _content_digest(scan: CopyScan, host: str, size: object) -> str:
+    known = scan.digests.get(host)
+    if known is None:
+        known = _EMPTY_SHA256 if size == 0 else sha256_file(host)[0].hex
+    return known

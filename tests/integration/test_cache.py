@@ -166,3 +166,54 @@ def test_concurrent_builds_share_one_cache(ctx, tmp_path):
     assert {manifest_digest(tmp_path / "out", f"t{n}") for n in range(3)} == {results[0][0].strip()}
     oci_check(tmp_path / "out")
     assert all(cached_flags(build(ctx, tmp_path / "again", cache)))
+
+
+@pytest.fixture
+def pre_reads(monkeypatch):
+    """Paths of context files hashed *before* their layer is written (a second read of the context)."""
+    import builder.steps.copy
+
+    reads: list[str] = []
+    real = builder.steps.copy.sha256_file
+
+    def spy(path, *args, **kwargs):
+        reads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(builder.steps.copy, "sha256_file", spy)
+    return reads
+
+
+def test_a_cold_build_reads_the_context_once(ctx, tmp_path, pre_reads):
+    """No cache entry of the copy's shape: a certain miss, so its digests come from the tar writer."""
+    cold = build(ctx, tmp_path / "a", tmp_path / "cache")
+    assert pre_reads == []
+    nocache = build(ctx, tmp_path / "b", tmp_path / "cache2", "--no-cache")
+    assert pre_reads == []
+    assert cold["digest"] == nocache["digest"]
+    warm = build(ctx, tmp_path / "c", tmp_path / "cache")  # now the shape is known: files are hashed to probe
+    assert all(cached_flags(warm)) and pre_reads
+
+
+def test_same_shape_different_content_is_a_miss(ctx, tmp_path):
+    """Same names, modes and sizes, one byte different: the shape is known, the full key is not."""
+    cache = tmp_path / "cache"
+    first = build(ctx, tmp_path / "a", cache)
+    big = ctx / "app" / "big.bin"
+    data = bytearray(big.read_bytes())
+    data[len(data) // 2] ^= 1
+    big.write_bytes(bytes(data))
+    second = build(ctx, tmp_path / "b", cache)
+    assert cached_flags(second)[1] is False and second["digest"] != first["digest"]
+    third = build(ctx, tmp_path / "c", cache)  # and the new content is now cached under its own key
+    assert all(cached_flags(third)) and third["digest"] == second["digest"]
+
+
+def test_prune_to_zero_forgets_shapes(ctx, tmp_path, pre_reads, capsys):
+    cache = tmp_path / "cache"
+    build(ctx, tmp_path / "a", cache)
+    assert list((cache / "layers" / "shapes").iterdir())
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--max-size", "0"]) == 0
+    assert not list((cache / "layers" / "shapes").iterdir())
+    again = build(ctx, tmp_path / "b", cache)
+    assert not any(cached_flags(again)) and pre_reads == []

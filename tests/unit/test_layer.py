@@ -200,3 +200,34 @@ def test_fast_header_is_byte_identical_to_tarfile(parts, type_, mode, uid, gid, 
     fast = _ustar(ti)
     if fast is not None:
         assert fast == ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _reference_key(change):  # the canonical order as layer.md states it: component by component
+    def enc(name: str) -> bytes:
+        return name.encode("utf-8", "surrogateescape")
+
+    if isinstance(change, Opaque):
+        parts = change.path.split("/") if change.path else []
+        return (*((2, enc(p)) for p in parts), (0, b""))
+    parts = change.path.split("/")
+    return (*((2, enc(p)) for p in parts[:-1]), (1 if isinstance(change, Whiteout) else 2, enc(parts[-1])))
+
+
+_NAME = st.lists(st.sampled_from(["a", "b", "-", ".", "~", " ", "é", "\udcff", "\u00ff", "z0"]),
+                 min_size=1, max_size=4).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["entry", "whiteout", "opaque"]),
+                          st.lists(_NAME, min_size=0, max_size=4)), min_size=2, max_size=30))
+def test_sort_key_orders_as_the_component_by_component_definition(items):
+    from builder.layer.order import sort_key
+
+    changes = []
+    for kind, parts in items:
+        path = "/".join(parts)
+        if kind == "opaque":
+            changes.append(Opaque(path))
+        elif path:
+            changes.append(Whiteout(path) if kind == "whiteout" else Entry(path, Kind.DIR, 0o755))
+    assert sorted(changes, key=sort_key) == sorted(changes, key=_reference_key)
