@@ -16,24 +16,6 @@ Opener = Callable[[], BinaryIO]
 """Returns a fresh reader of a file's content each time it is called (go-containerregistry's Opener)."""
 
 
-class HostFile:
-    """The Opener of a regular file on the host (a build context file).
-
-    The tar writer recognises it and reads the file with plain ``os`` calls, which for the small
-    files that dominate real contexts costs a third of a buffered ``open``; and, when ``digests``
-    is given, records the content's sha256 there (by ``path``) as it copies, so the layer cache
-    key of a ``copy`` step costs no second read of the context.
-    """
-
-    __slots__ = ("digests", "path")
-
-    def __init__(self, path: str, digests: dict[str, str] | None = None) -> None:
-        self.path = path
-        self.digests = digests
-
-    def __call__(self) -> BinaryIO:
-        return open(self.path, "rb")
-
 WH_PREFIX = ".wh."
 WH_OPAQUE = ".wh..wh..opq"
 

@@ -24,12 +24,12 @@ from builder.layer.entry import (
     WH_PREFIX,
     Change,
     Entry,
-    HostFile,
     Kind,
     Opaque,
     Whiteout,
     is_whiteout_name,
 )
+from builder.layer.hostfile import HostFile
 
 _TYPES = {
     Kind.FILE: tarfile.REGTYPE,
@@ -59,9 +59,9 @@ def _split(path: str) -> tuple[str, str]:
 _NUL = b"\0"
 
 
-def _dev(ti: tarfile.TarInfo, number: int) -> bytes:
-    """Device numbers only for device nodes; NUL-filled otherwise (as tarfile writes them)."""
-    return b"%07o\0" % number if ti.type in (tarfile.CHRTYPE, tarfile.BLKTYPE) else _NUL * 8
+_DEVICES = (tarfile.CHRTYPE, tarfile.BLKTYPE)
+_USTAR_TAIL = tarfile.POSIX_MAGIC + _NUL * 64  # magic, version, empty uname and gname
+_LIMIT7, _LIMIT11 = 8**7, 8**11
 
 
 def _ustar(ti: tarfile.TarInfo) -> bytes | None:
@@ -71,19 +71,27 @@ def _ustar(ti: tarfile.TarInfo) -> bytes | None:
     links of at most 100 bytes, small numbers, no xattrs), an order of magnitude faster; anything
     else returns None and goes through ``tarfile``. tests/unit/test_layer.py checks the equality.
     """
-    name = ti.name + "/" if ti.type == tarfile.DIRTYPE and not ti.name.endswith("/") else ti.name
-    link = ti.linkname
-    if (ti.pax_headers or len(name) > 100 or len(link) > 100 or not name.isascii() or not link.isascii()
-            or not 0 <= ti.size < 8**11 or not 0 <= ti.mtime < 8**11 or not 0 <= ti.uid < 8**7
-            or not 0 <= ti.gid < 8**7 or not 0 <= ti.devmajor < 8**7 or not 0 <= ti.devminor < 8**7):
+    if ti.pax_headers:
         return None
-    head = b"".join((
-        name.encode().ljust(100, _NUL), b"%07o\0" % (ti.mode & 0o7777), b"%07o\0" % ti.uid, b"%07o\0" % ti.gid,
-        b"%011o\0" % ti.size, b"%011o\0" % int(ti.mtime), b"        ", ti.type, link.encode().ljust(100, _NUL),
-        tarfile.POSIX_MAGIC, _NUL * 64, _dev(ti, ti.devmajor), _dev(ti, ti.devminor), _NUL * 167,
-    ))  # fmt: skip
-    chksum = sum(head)
-    return head[:148] + b"%06o\0" % chksum + head[155:]
+    return _fast_header(ti.name, ti.mode, ti.uid, ti.gid, ti.size, int(ti.mtime), ti.type, ti.linkname,
+                        ti.devmajor, ti.devminor)
+
+
+def _fast_header(name: str, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes, link: str,
+                 devmajor: int, devminor: int) -> bytes | None:
+    """:func:`_ustar` from the fields themselves (no TarInfo): the per-entry cost of every layer."""
+    if typeflag == tarfile.DIRTYPE and not name.endswith("/"):
+        name += "/"
+    if (len(name) > 100 or len(link) > 100 or not name.isascii() or not link.isascii()
+            or not 0 <= size < _LIMIT11 or not 0 <= mtime < _LIMIT11 or not 0 <= uid < _LIMIT7
+            or not 0 <= gid < _LIMIT7 or not 0 <= devmajor < _LIMIT7 or not 0 <= devminor < _LIMIT7):
+        return None
+    dev = b"%07o\0%07o\0" % (devmajor, devminor) if typeflag in _DEVICES else _NUL * 16
+    head = b"%s%07o\0%07o\0%07o\0%011o\0%011o\0        %s%s%s%s" % (
+        name.encode().ljust(100, _NUL), mode & 0o7777, uid, gid, size, mtime, typeflag,
+        link.encode().ljust(100, _NUL), _USTAR_TAIL, dev,
+    ) + _NUL * 167
+    return head[:148] + b"%06o\0" % sum(head) + head[155:]
 
 
 class LayerTarWriter:
@@ -142,40 +150,44 @@ class LayerTarWriter:
             raise InputError(f"'/{e.path}' is both deleted and added in one layer")
         if e.path in self._seen:
             raise InputError(f"two entries for one path in a layer: '/{e.path}'")
-        ti = _header(e.path, min(int(e.mtime), self._epoch))
-        ti.type = _TYPES[e.kind]
-        ti.mode = e.mode & 0o7777
-        ti.uid, ti.gid = e.uid, e.gid
-        if e.kind is Kind.HARDLINK:
+        kind = e.kind
+        link = ""
+        if kind is Kind.HARDLINK:
             if self._seen.get(e.link) is not False:
                 what = "is a directory" if self._seen.get(e.link) else "is not earlier in the same layer"
                 raise InputError(f"hardlink '/{e.path}' -> '/{e.link}': the target {what}")
-            ti.linkname = e.link
-        elif e.kind is Kind.SYMLINK:
-            ti.linkname = e.link
-        elif e.kind in (Kind.CHAR, Kind.BLOCK):
-            ti.devmajor, ti.devminor = e.devmajor, e.devminor
-        if e.xattrs:
-            ti.pax_headers = {
-                f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in sorted(e.xattrs)
-            }
-        self._seen[e.path] = e.kind is Kind.DIR
+            link = e.link
+        elif kind is Kind.SYMLINK:
+            link = e.link
+        devmajor, devminor = (e.devmajor, e.devminor) if kind in (Kind.CHAR, Kind.BLOCK) else (0, 0)
+        size = e.size if kind is Kind.FILE else 0
+        mtime = min(int(e.mtime), self._epoch)
+        header = None if e.xattrs else _fast_header(e.path, e.mode, e.uid, e.gid, size, mtime, _TYPES[kind], link,
+                                                    devmajor, devminor)
+        if header is None:
+            ti = _header(e.path, mtime)
+            ti.type, ti.mode, ti.uid, ti.gid, ti.size, ti.linkname = _TYPES[kind], e.mode & 0o7777, e.uid, e.gid, size, link
+            ti.devmajor, ti.devminor = devmajor, devminor
+            if e.xattrs:
+                ti.pax_headers = {
+                    f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in sorted(e.xattrs)
+                }
+            header = ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        self._seen[e.path] = kind is Kind.DIR
         self.count += 1
-        if e.kind is Kind.FILE and e.size:
+        if size:
             if e.content is None:
                 raise InputError(f"no content for '/{e.path}'")
-            ti.size = e.size
             if isinstance(e.content, HostFile):
-                self._copy_host(_ustar(ti) or ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), e.content,
-                                e.size, e.path)
+                self._copy_host(header, e.content, size, e.path)
             else:
-                self._addfile(ti)
+                self._write(header)
                 with e.content() as src:
-                    self._copy(src, e.size, e.path)
+                    self._copy(src, size, e.path)
             if self._progress:
-                self._progress(e.size)
+                self._progress(size)
         else:
-            self._addfile(ti)
+            self._write(header)
 
     def _copy(self, src: BinaryIO, size: int, path: str) -> None:
         left = size
@@ -190,36 +202,26 @@ class LayerTarWriter:
 
     def _copy_host(self, header: bytes, src: HostFile, size: int, path: str) -> None:
         """Header, content and padding of a host file; one write when it is small (most are)."""
-        try:
-            fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise InputError(f"cannot read {src.path!r}: {exc.strerror}") from exc
         pad = _NUL * (-size % tarfile.BLOCKSIZE)
+        if size <= COPY_BUFSIZE:
+            self._write(header + src.read_all(size, path) + pad)
+            return
+        fd = src.open_fd()
         h = hashlib.sha256() if src.digests is not None else None
         try:
-            if size <= COPY_BUFSIZE:
-                data = os.read(fd, size)
-                while len(data) < size and (more := os.read(fd, size - len(data))):
-                    data += more
-                if len(data) < size:
+            self._write(header)
+            left = size
+            while left:
+                chunk = os.read(fd, min(left, COPY_BUFSIZE))
+                if not chunk:
                     raise InputError(f"'/{path}' changed size while it was read")
                 if h is not None:
-                    h.update(data)
-                self._write(header + data + pad)
-            else:
-                self._write(header)
-                left = size
-                while left:
-                    chunk = os.read(fd, min(left, COPY_BUFSIZE))
-                    if not chunk:
-                        raise InputError(f"'/{path}' changed size while it was read")
-                    if h is not None:
-                        h.update(chunk)
-                    self._write(chunk)
-                    left -= len(chunk)
-                self._write(pad)
+                    h.update(chunk)
+                self._write(chunk)
+                left -= len(chunk)
+            self._write(pad)
         except OSError as exc:
-            raise InputError(f"cannot read {src.path!r}: {exc.strerror}") from exc
+            raise src.unreadable(exc) from exc
         finally:
             os.close(fd)
         if h is not None and src.digests is not None:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from builder.errors import InputError
 from builder.fs.patterns import Excluder
-from builder.layer.entry import WH_PREFIX, Change, Entry, HostFile, Kind
+from builder.layer.entry import WH_PREFIX, Change, Entry, Kind
+from builder.layer.hostfile import HostFile
 from builder.oci.digest import sha256_file
 from builder.recipe.model import CopyStep
 from builder.sandbox import secure_join

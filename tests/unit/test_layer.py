@@ -231,3 +231,24 @@ def test_sort_key_orders_as_the_component_by_component_definition(items):
         elif path:
             changes.append(Whiteout(path) if kind == "whiteout" else Entry(path, Kind.DIR, 0o755))
     assert sorted(changes, key=sort_key) == sorted(changes, key=_reference_key)
+
+
+def test_zstd_bytes_do_not_depend_on_the_worker_count(monkeypatch):
+    """The layer digest must not depend on the machine's core count (compress.py picks cores - 1)."""
+    import os
+
+    from builder.layer.compress import compressor
+
+    data = (os.urandom(1 << 20) + b"layer" * 400_000) * 6  # several zstd jobs
+
+    def blob(cores: int) -> bytes:
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        out = io.BytesIO()
+        w = compressor(Compression.ZSTD, out)
+        for i in range(0, len(data), 1 << 20):
+            w.write(data[i:i + (1 << 20)])
+        w.close()
+        return out.getvalue()
+
+    one = blob(2)
+    assert blob(3) == one and blob(8) == one and zstandard.ZstdDecompressor().decompressobj().decompress(one) == data
