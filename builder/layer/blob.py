@@ -45,12 +45,16 @@ class ChunkPipe:
         self._error = error
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = len(data)
+        self._pos += n
+        if n >= CHUNK and not self._buf and isinstance(data, bytes):
+            self._put(data)  # a large write goes through as it is: no copy
+            return n
         self._buf += data
-        self._pos += len(data)
         if len(self._buf) >= CHUNK:
             self._put(bytes(self._buf))
             self._buf.clear()
-        return len(data)
+        return n
 
     def tell(self) -> int:
         return self._pos
