@@ -232,20 +232,23 @@ class StageBuilder:
 
     def _build_step(self, step: Step, layers: list[LayerBlob], config: dict[str, Any],
                     prepared: CopyScan | None) -> LayerBlob | None:
-        tree = self._tree(layers)
+        # a run step reads its working root filesystem, never the metadata tree: the tree is not
+        # brought up to date for it (reading every lower layer again), and catches up when needed
+        is_run = isinstance(step, RunStep)
+        tree = FsTree() if is_run else self._tree(layers)
         ctx = StepContext(context=self.context, tree=tree, epoch=self.options.epoch, stage_root=self.stage_root)
         run_ctx = None
-        if isinstance(step, RunStep):
+        if is_run:
             run_ctx = RunContext(
                 rootfs=self.workspace.sync(layers), platform=self.platform, env=_run_env(config, self.recipe), workdir=_workdir(config),
                 secrets=self.options.secrets, cache_dir=self.options.cache_dir or default_cache_dir(),
                 on_output=self.reporter.step_output,
             )
         blob, applied = self.layerer.layer(changes_for(step, ctx, run_ctx, prepared))
-        if blob is not None:
+        if blob is not None and is_run:
+            self.workspace.applied = len(layers) + 1  # its changes are on disk already
+        elif blob is not None:
             self.pending = applied  # the tree has ``layers``; the new layer's changes wait until needed
-            if isinstance(step, RunStep):
-                self.workspace.applied = len(layers) + 1  # its changes are on disk already
         return blob
 
 

@@ -103,6 +103,39 @@ def test_deterministic_run_gives_identical_layers(pybuild, ctx: Path, tmp_path: 
     assert sorted(layer) == ["bin", "bin/.wh.cat", "opt", "opt/x", "opt/x/f"]
 
 
+def test_file_steps_after_a_run_see_what_it_did(pybuild, ctx: Path, tmp_path: Path, runc) -> None:
+    """Run steps skip the metadata tree; the next file step must still see the run's user, symlink
+    and directory (and the copy before the run), as if the tree had followed every layer."""
+    (ctx / "note.txt").write_text("note\n")
+    (ctx / "pybuild.yaml").write_text("""\
+version: 1
+tag: t
+steps:
+  - rootfs: rootfs.tar.gz
+  - copy: note.txt
+    to: /opt/before/
+  - run: |
+      mkdir -p /srv/real && ln -s /srv/real /link
+      echo 'svc:x:4242:4242::/srv:/bin/sh' >> /etc/passwd && echo 'svc:x:4242:' >> /etc/group
+      rm /opt/before/note.txt
+  - copy: note.txt
+    to: /link/
+    owner: svc
+  - mkdir: /opt/before/again
+config:
+  cmd: ["/bin/sh", "-c", "stat -c '%u:%g %n' /srv/real/note.txt; ls -A /opt/before"]
+""")
+    out = tmp_path / "out"
+    built = pybuild(ctx / "pybuild.yaml", "-o", out, "-q")
+    assert built.returncode == 0, describe(built)
+    copied = layer_members(out, "t", 3)
+    assert "srv/real/note.txt" in copied, sorted(copied)
+    assert "link/note.txt" not in copied  # resolved through the run's symlink, not replacing it
+    assert (copied["srv/real/note.txt"].uid, copied["srv/real/note.txt"].gid) == (4242, 4242)
+    ran = runc.run(out, "t")
+    assert ran.stdout.splitlines() == ["4242:4242 /srv/real/note.txt", "again"], describe(ran)
+
+
 def test_failing_command_stops_the_build_with_its_status(pybuild, ctx: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     (ctx / "ok.yaml").write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n")
