@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Protocol, cast
 import zstandard
 
 from builder.layer.pgzip import ParallelGzipWriter
+from builder.layer.xzblocks import parallel_chunks
 from builder.oci.digest import Writable
 from builder.oci.mediatypes import MediaType
 
@@ -164,13 +165,29 @@ def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
             yield data
 
 
-def _stream_chunks(raw: BinaryIO, make: Callable[[], Any], trailing_error: type[Exception]) -> Iterator[bytes]:
+def _stream_chunks(raw: BinaryIO, make: Callable[[], Any], trailing_error: type[Exception], *,
+                   padding: bool = False) -> Iterator[bytes]:
     """Decoded xz or bzip2 streams, one after another, as LZMAFile and BZ2File read them (data after
-    the last stream that is not a stream is ignored), in 1 MiB steps (see :func:`_gzip_chunks`)."""
+    the last stream that is not a stream is ignored), in 1 MiB steps (see :func:`_gzip_chunks`).
+
+    With ``padding`` (xz), zero bytes between streams in groups of four are stream padding, as the
+    xz format and ``xz -d`` have them (LZMAFile would stop there); so the serial and the parallel
+    (:mod:`builder.layer.xzblocks`) decoders give the same bytes for every file.
+    """
     d = make()
     while True:
         if d.eof:
             rest = d.unused_data or raw.read(_IN)
+            zeros = 0
+            while padding and rest and not rest.lstrip(b"\0"):  # all padding so far: read on
+                zeros += len(rest)
+                rest = raw.read(_IN)
+            if padding and rest:
+                stripped = rest.lstrip(b"\0")
+                zeros += len(rest) - len(stripped)
+                if zeros % 4:
+                    return  # not padding: trailing data, ignored as LZMAFile does
+                rest = stripped
             if not rest:
                 return
             d = make()
@@ -190,7 +207,9 @@ def _stream_chunks(raw: BinaryIO, make: Callable[[], Any], trailing_error: type[
 
 
 def _xz_chunks(raw: BinaryIO) -> Iterator[bytes]:
-    return _stream_chunks(raw, lzma.LZMADecompressor, lzma.LZMAError)
+    """Blocks decoded on every core when the file is multi-block (see :mod:`builder.layer.xzblocks`)."""
+    parallel = parallel_chunks(raw, os.cpu_count() or 1)
+    return parallel if parallel is not None else _stream_chunks(raw, lzma.LZMADecompressor, lzma.LZMAError, padding=True)
 
 
 def _bzip2_chunks(raw: BinaryIO) -> Iterator[bytes]:
@@ -283,6 +302,9 @@ class ReadAhead(io.RawIOBase):
         if not self.closed:
             self._stop.set()
             self._thread.join()
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()  # a decoder's own threads (see xzblocks) stop now, not when collected
         super().close()
 
 

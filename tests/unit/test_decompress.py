@@ -8,6 +8,8 @@ import gzip
 import io
 import lzma
 import os
+import shutil
+import subprocess
 import threading
 import zlib
 from collections.abc import Iterator
@@ -110,3 +112,89 @@ def test_the_decoder_runs_ahead_of_the_reader_but_boundedly() -> None:
         threading.Event().wait(0.01)
     assert 4 <= len(produced) <= 6  # one being read, three queued, one waiting to be put
     ahead.close()
+
+
+# --- multi-block xz, decoded in parallel (builder/layer/xzblocks.py) ---------------------------
+
+def _xz_file(tmp_path, data: bytes, name: str = "f.xz"):  # type: ignore[no-untyped-def]
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def _decode_file(path) -> bytes:  # type: ignore[no-untyped-def]
+    out = bytearray()
+    with open(path, "rb") as raw, open_decompressed(raw) as stream:
+        while chunk := stream.read(1 << 20):
+            out += chunk
+    return bytes(out)
+
+
+PARTS = [os.urandom(1 << 20) + b"a" * (3 << 20), b"b" * 100, os.urandom(5000) * 300]
+
+
+def test_concatenated_streams_decode_in_parallel_and_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from builder.layer import xzblocks
+
+    data = lzma.compress(PARTS[0]) + b"\0" * 8 + lzma.compress(PARTS[1]) + lzma.compress(PARTS[2])
+    path = _xz_file(tmp_path, data)
+    with open(path, "rb") as f:
+        found = xzblocks.blocks(f.fileno(), len(data))
+    assert found is not None and [b.uncompressed for b in found] == [len(p) for p in PARTS]
+    assert _decode_file(path) == b"".join(PARTS)
+    serial = bytearray()  # the serial decoder (a non-seekable source) agrees, padding included
+    with open_decompressed(io.BytesIO(data)) as stream:
+        while chunk := stream.read(1 << 20):
+            serial += chunk
+    assert bytes(serial) == b"".join(PARTS)
+
+
+@pytest.mark.skipif(not shutil.which("xz"), reason="xz not installed")
+def test_xz_threaded_blocks_decode_like_xz(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from builder.layer import xzblocks
+
+    raw = b"".join(PARTS) * 3
+    made = subprocess.run(["xz", "-T2", "--block-size=1MiB", "-c"], input=raw, capture_output=True, check=True)
+    path = _xz_file(tmp_path, made.stdout)
+    with open(path, "rb") as f:
+        found = xzblocks.blocks(f.fileno(), len(made.stdout))
+    assert found is not None and len(found) > 4
+    assert _decode_file(path) == raw
+
+
+def test_a_corrupt_block_is_an_error_after_the_blocks_before_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first, second = lzma.compress(PARTS[0]), bytearray(lzma.compress(PARTS[2]))
+    second[len(second) // 2] ^= 0x55
+    path = _xz_file(tmp_path, first + bytes(second))
+    got = bytearray()
+    with pytest.raises(lzma.LZMAError), open(path, "rb") as raw, open_decompressed(raw) as stream:
+        while chunk := stream.read(1 << 20):
+            got += chunk
+    assert bytes(got[: len(PARTS[0])]) == PARTS[0]
+
+
+def test_an_index_that_lies_about_a_size_is_an_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from builder.layer import xzblocks
+
+    second = bytearray(lzma.compress(PARTS[1]))  # index: 0x00, count 1, unpadded, uncompressed=100
+    backward = (int.from_bytes(second[-8:-4], "little") + 1) * 4
+    start = len(second) - 12 - backward
+    index = bytearray(second[start:start + backward])
+    assert index[:2] == b"\0\x01"
+    _, at = xzblocks._read_mbi(bytes(index), 2)
+    assert index[at] == 100
+    index[at] = 101  # one byte more than the block holds
+    index[-4:] = xzblocks._crc(bytes(index[:-4]))
+    second[start:start + backward] = index
+    path = _xz_file(tmp_path, lzma.compress(PARTS[0]) + bytes(second))
+    with open(path, "rb") as f:
+        assert xzblocks.blocks(f.fileno(), path.stat().st_size) is not None  # well-formed, so parallel
+    with pytest.raises(lzma.LZMAError):
+        _decode_file(path)
+
+
+def test_truncated_or_trailing_garbage_falls_back_to_the_serial_decoder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = lzma.compress(PARTS[0]) + lzma.compress(PARTS[2])
+    with pytest.raises(EOFError):
+        _decode_file(_xz_file(tmp_path, data[:-100], "t.xz"))
+    assert _decode_file(_xz_file(tmp_path, data + b"junk after", "g.xz")) == PARTS[0] + PARTS[2]
