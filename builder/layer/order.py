@@ -36,9 +36,9 @@ def sort_key(change: Change) -> bytes:
 def canonical(changes: Iterable[Change]) -> list[Change]:
     """Sort a change set canonically; reject duplicates; re-root hardlink groups."""
     ordered = sorted(changes, key=sort_key)
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[bool, str]] = set()
     for change in ordered:
-        tag = ("opq" if isinstance(change, Opaque) else "path", change.path)
+        tag = (change.__class__ is Opaque, change.path)
         if tag in seen:
             raise InputError(f"two entries for one path in a layer: '/{change.path}'")
         seen.add(tag)
@@ -46,16 +46,18 @@ def canonical(changes: Iterable[Change]) -> list[Change]:
 
 
 def _reroot_hardlinks(ordered: list[Change]) -> list[Change]:
+    links = [c for c in ordered if isinstance(c, Entry) and c.kind is Kind.HARDLINK]
+    if not links:
+        return ordered
     by_path = {c.path: c for c in ordered if isinstance(c, Entry)}
     groups: dict[str, list[str]] = {}
-    for c in ordered:
-        if isinstance(c, Entry) and c.kind is Kind.HARDLINK:
-            root = c.link
-            seen = {c.path}
-            while (t := by_path.get(root)) is not None and t.kind is Kind.HARDLINK and root not in seen:
-                seen.add(root)
-                root = t.link
-            groups.setdefault(root, []).append(c.path)
+    for c in links:
+        root = c.link
+        seen = {c.path}
+        while (t := by_path.get(root)) is not None and t.kind is Kind.HARDLINK and root not in seen:
+            seen.add(root)
+            root = t.link
+        groups.setdefault(root, []).append(c.path)
     if not groups:
         return ordered
     replace: dict[str, Entry] = {}

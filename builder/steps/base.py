@@ -9,7 +9,7 @@ from pathlib import Path
 from builder.errors import InputError
 from builder.fs.tree import FsTree
 from builder.fs.users import resolve_owner
-from builder.layer.entry import Change, Entry, Kind, canon, parents
+from builder.layer.entry import Change, Entry, Kind, Opaque, canon
 from builder.layer.order import canonical
 
 
@@ -55,11 +55,13 @@ class StepContext:
 
 def finish(changes: Iterable[Change], ctx: StepContext) -> list[Change]:
     """Add the parent directories every change needs, then order canonically."""
-    out = {(type(c).__name__ == "Opaque", c.path): c for c in changes}
+    out = {(isinstance(c, Opaque), c.path): c for c in changes}
     have = {path for _, path in out}
     for _, path in list(out):
-        for parent in parents(path):
-            if parent not in have:
-                have.add(parent)
-                out[(False, parent)] = ctx.parent_entry(parent)
+        # climb only until an ancestor that is there: its own ancestors are seen to when it is
+        parent = path.rpartition("/")[0]
+        while parent and parent not in have:
+            have.add(parent)
+            out[(False, parent)] = ctx.parent_entry(parent)
+            parent = parent.rpartition("/")[0]
     return canonical(out.values())

@@ -76,7 +76,7 @@ class _Walker:
         elif self.preserve:
             mode = stat.S_IMODE(st_mode)
         else:
-            mode = 0o755 if stat.S_ISDIR(st_mode) or st_mode & stat.S_IXUSR else 0o644
+            mode = _normal_mode(st_mode)
         if self.preserve:
             uid, gid = (st.st_uid, st.st_gid) if self.keep_owner else (self.uid, self.gid)
             mtime = min(int(st.st_mtime), self.epoch)
@@ -127,6 +127,11 @@ class _Walker:
                 yield e
 
 
+def _normal_mode(st_mode: int) -> int:
+    """A context file's mode in the layer: 0755 for directories and owner-executable files, else 0644."""
+    return 0o755 if stat.S_ISDIR(st_mode) or st_mode & stat.S_IXUSR else 0o644
+
+
 def _join(base: str, rel: str) -> str:
     return f"{base}/{rel}" if base else rel
 
@@ -161,8 +166,8 @@ class CopyScan:
     root: Path
     sources: list[tuple[Path, os.stat_result, list[tuple[str, str, os.stat_result]]]]
     digests: dict[str, str] = field(default_factory=dict)
-    rows: list[tuple[list[object], str]] | None = None
-    """The key rows (digests blank) with the host path of each regular file: made once."""
+    rows: list[tuple[str, str, int]] | None = None
+    """The key's lines (without content digests), host path and size of each regular file: made once."""
 
 
 def scan_copy(step: CopyStep, context: Path) -> CopyScan:
@@ -216,32 +221,56 @@ def copy_changes(step: CopyStep, ctx: StepContext, scan: CopyScan | None = None)
 _EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
 
-def copy_inputs(step: CopyStep, scan: CopyScan, *, contents: bool) -> list[list[object]]:
-    """What a copy reads, for the layer cache key: per source, every entry's relative path, type,
-    layer mode, size, link target and content digest. mtimes, owners on disk and inode numbers
-    never reach the layer, so they are left out (hardlink grouping is kept via the link target).
+def copy_inputs(step: CopyStep, scan: CopyScan, *, contents: bool) -> str:
+    """What a copy reads, for the layer cache key, as one digest: per source, every entry's
+    relative path, type, layer mode, size, link target and content digest. mtimes, owners on disk
+    and inode numbers never reach the layer, so they are left out (hardlink grouping is kept via
+    the link target).
 
-    With ``contents`` False the digests are left blank: that is the step's *shape*, known without
-    reading a file (see :meth:`builder.cache.LayerCache.knows_shape`). With ``contents`` True they
-    come from ``scan.digests`` (recorded while the layer was written) or, for files not read yet,
-    by hashing them now.
+    With ``contents`` False the content digests are left out: that is the step's *shape*, known
+    without reading a file (see :meth:`builder.cache.LayerCache.knows_shape`). With ``contents``
+    True they come from ``scan.digests`` (recorded while the layer was written) or, for files not
+    read yet, by hashing them now. One text line per entry, hashed: this runs for every file of
+    a context, twice per build.
     """
     if scan.rows is None:
-        walker = _Walker(step, 0, 0, 0)
-        scan.rows = []
-        for src, st, items in scan.sources:
-            is_dir = stat.S_ISDIR(st.st_mode)
-            pairs = [(host, walker.entry(host, rel, est)) for rel, host, est in items] if is_dir \
-                else [(str(src), walker.entry(str(src), src.name, st))]
-            scan.rows.append(([str(src.relative_to(scan.root)), is_dir], ""))
-            scan.rows.extend(([e.path, str(e.kind), e.mode, e.size, e.link, ""], host if e.kind is Kind.FILE else "")
-                             for host, e in pairs if e is not None)
-    if not contents:
-        return [row for row, _ in scan.rows]
-    return [[*row[:5], f"sha256:{_content_digest(scan, host, row[3])}"] if host else row for row, host in scan.rows]
+        scan.rows = _key_rows(step, scan)
+    if contents:
+        lines = [f"{row}\0{_content_digest(scan, host, size)}" if host else row for row, host, size in scan.rows]
+    else:
+        lines = [row for row, _, _ in scan.rows]
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _content_digest(scan: CopyScan, host: str, size: object) -> str:
+def _key_rows(step: CopyStep, scan: CopyScan) -> list[tuple[str, str, int]]:
+    """``(line, host path of a regular file or "", size)`` per entry, as :meth:`_Walker.entry`
+    would make the entry (same kinds, modes, hardlink grouping), without making it."""
+    rows: list[tuple[str, str, int]] = []
+    inodes: dict[tuple[int, int], str] = {}
+    for src, st, items in scan.sources:
+        is_dir = stat.S_ISDIR(st.st_mode)
+        rows.append((f"source\0{src.relative_to(scan.root)}\0{is_dir}", "", 0))
+        for rel, host, est in items if is_dir else [(src.name, str(src), st)]:
+            st_mode = est.st_mode
+            fmt = stat.S_IFMT(st_mode)
+            mode = step.mode if step.mode is not None else _normal_mode(st_mode)
+            if fmt == stat.S_IFREG:
+                if est.st_nlink > 1:
+                    first = inodes.setdefault((est.st_dev, est.st_ino), rel)
+                    if first != rel:
+                        rows.append((f"{rel}\0hardlink\0{mode}\0{first}", "", 0))
+                        continue
+                rows.append((f"{rel}\0file\0{mode}\0{est.st_size}", host, est.st_size))
+            elif fmt == stat.S_IFDIR:
+                rows.append((f"{rel}\0dir\0{mode}", "", 0))
+            elif fmt == stat.S_IFLNK:
+                rows.append((f"{rel}\0symlink\0{os.readlink(host)}", "", 0))
+            elif fmt == stat.S_IFIFO:
+                rows.append((f"{rel}\0fifo\0{mode}", "", 0))
+    return rows
+
+
+def _content_digest(scan: CopyScan, host: str, size: int) -> str:
     known = scan.digests.get(host)
     if known is None:
         known = _EMPTY_SHA256 if size == 0 else sha256_file(host)[0].hex

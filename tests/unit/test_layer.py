@@ -252,3 +252,17 @@ def test_zstd_bytes_do_not_depend_on_the_worker_count(monkeypatch):
 
     one = blob(2)
     assert blob(3) == one and blob(8) == one and zstandard.ZstdDecompressor().decompressobj().decompress(one) == data
+
+
+def test_fast_header_checksum_at_its_largest():
+    """The adler32 shortcut for the checksum holds while the byte sum stays below 65521: the
+    largest header it is used for (100-byte names and links of DEL, every number all 7s)."""
+    for type_ in (tarfile.SYMTYPE, tarfile.CHRTYPE, tarfile.REGTYPE):
+        ti = tarfile.TarInfo("\x7f" * 100)
+        ti.type, ti.mode, ti.uid, ti.gid, ti.mtime = type_, 0o7777, 8**7 - 1, 8**7 - 1, 8**11 - 1
+        ti.uname = ti.gname = ""
+        ti.size = 8**11 - 1 if type_ == tarfile.REGTYPE else 0
+        ti.linkname = "\x7f" * 100 if type_ == tarfile.SYMTYPE else ""
+        ti.devmajor = ti.devminor = 8**7 - 1
+        fast = _ustar(ti)
+        assert fast is not None and fast == ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
