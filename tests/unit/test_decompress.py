@@ -53,6 +53,8 @@ def test_gzip_members_and_zero_padding_as_gzip_reads_them() -> None:
 
 def test_gzip_garbage_after_a_member_is_an_error() -> None:
     with pytest.raises(zlib.error):
+        _read_all(gzip.compress(b"one") + b"garbage, more than a header's worth")
+    with pytest.raises(EOFError):  # shorter than a gzip header: a truncated member
         _read_all(gzip.compress(b"one") + b"garbage")
 
 
