@@ -32,7 +32,7 @@ import zstandard
 
 from builder.errors import InputError, IntegrityError, OutputError
 from builder.image import LayerBlob
-from builder.layer.compress import open_decompressed
+from builder.layer.decompress import open_decompressed
 from builder.layer.entry import WH_OPAQUE, WH_PREFIX, canon
 from builder.layer.tarstream import tar_members
 from builder.oci.digest import HashingReader

@@ -13,7 +13,7 @@ import zstandard
 from builder.errors import InputError, IntegrityError
 from builder.fs.tree import WATCHED, FsTree
 from builder.image import LayerBlob
-from builder.layer.compress import open_decompressed
+from builder.layer.decompress import open_decompressed
 from builder.layer.entry import WH_OPAQUE, WH_PREFIX, Change, Entry, Kind, Opaque, Whiteout, canon
 from builder.layer.tarstream import tar_members
 from builder.oci.digest import HashingReader

@@ -31,7 +31,7 @@ import zstandard
 
 from builder.errors import InputError
 from builder.fs.tree import WATCHED
-from builder.layer.compress import open_decompressed
+from builder.layer.decompress import open_decompressed
 from builder.layer.entry import Change, Entry, Kind, Opener, canon, is_whiteout_name, parents
 from builder.layer.tarstream import tar_members
 from builder.oci.digest import sha256_file

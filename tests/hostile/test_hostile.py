@@ -58,7 +58,7 @@ import pytest
 import zstandard
 
 from builder.image import Image, LayerBlob
-from builder.layer.compress import open_decompressed
+from builder.layer.decompress import open_decompressed
 from builder.layer.tarstream import tar_members
 from builder.oci.canonical import canonical_json
 from builder.oci.config import append_layer, empty_config, rfc3339

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import zstandard
 
-from builder.layer.compress import ReadAhead, open_decompressed
+from builder.layer.decompress import ReadAhead, open_decompressed
 
 PAYLOAD = os.urandom(3 << 20) + b"tar" * 2_000_000  # incompressible and compressible parts, > several chunks
 

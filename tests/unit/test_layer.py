@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from builder.errors import InputError
 from builder.layer.blob import write_layer_blob
-from builder.layer.compress import Compression, sniff
+from builder.layer.compress import Compression
+from builder.layer.decompress import sniff
 from builder.layer.entry import Entry, Kind, Opaque, Whiteout, canon
 from builder.layer.order import canonical
 from builder.layer.tarwriter import _ustar, write_tar
