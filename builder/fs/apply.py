@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import errno
 import io
-import lzma
 import os
 import shutil
 import stat
 import tarfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-import zstandard
-
 from builder.errors import InputError, IntegrityError, OutputError
 from builder.image import LayerBlob
-from builder.layer.decompress import open_decompressed
+from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.entry import WH_OPAQUE, WH_PREFIX, canon
 from builder.layer.tarstream import tar_members
 from builder.oci.digest import HashingReader
@@ -47,7 +43,6 @@ _XATTR = "SCHILY.xattr."
 # host artefacts, dropped as the rootfs step does (overlay xattrs would act if the tree became a lower dir)
 _DROPPED_XATTRS = ("security.selinux", "trusted.overlay.", "user.overlay.")
 _AUFS_META = WH_PREFIX + WH_PREFIX  # ".wh..wh.plnk" etc.: aufs bookkeeping in old Docker layers, skipped
-_READ_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error, zstandard.ZstdError)
 
 
 class _Reader(HashingReader):
@@ -61,7 +56,7 @@ class _Reader(HashingReader):
     def read(self, n: int = -1) -> bytes:
         try:
             return super().read(n)
-        except _READ_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise InputError(f"{self._label}: unreadable layer data ({exc})") from exc
 
 

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import lzma
 import tarfile
-import zlib
 from collections.abc import Sequence
 from typing import BinaryIO
-
-import zstandard
 
 from builder.errors import InputError, IntegrityError
 from builder.fs.tree import WATCHED, FsTree
 from builder.image import LayerBlob
-from builder.layer.decompress import open_decompressed
+from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.entry import WH_OPAQUE, WH_PREFIX, Change, Entry, Kind, Opaque, Whiteout, canon
 from builder.layer.tarstream import tar_members
 from builder.oci.digest import HashingReader
 
 _KINDS = {tarfile.DIRTYPE: Kind.DIR, tarfile.SYMTYPE: Kind.SYMLINK, tarfile.LNKTYPE: Kind.HARDLINK,
           tarfile.CHRTYPE: Kind.CHAR, tarfile.BLKTYPE: Kind.BLOCK, tarfile.FIFOTYPE: Kind.FIFO}
+
+_READ_ERRORS: tuple[type[Exception], ...] = (tarfile.TarError, *DECODE_ERRORS)
 
 
 def _layer_changes(blob: LayerBlob) -> tuple[list[Change], dict[str, bytes]]:
@@ -31,8 +29,7 @@ def _layer_changes(blob: LayerBlob) -> tuple[list[Change], dict[str, bytes]]:
             with open_decompressed(reader) as stream:  # type: ignore[arg-type]
                 _read_members(stream, blob, changes, watched)
             reader.drain()  # hash any trailing bytes after the tar end marker (the decoding thread has stopped)
-        except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError,
-                zstandard.ZstdError) as exc:
+        except _READ_ERRORS as exc:
             raise InputError(f"base layer {blob.digest.short}: unreadable ({exc})") from exc
     if reader.digest() != blob.digest:
         raise IntegrityError(f"base layer blob {blob.digest} does not match its digest "

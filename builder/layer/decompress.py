@@ -39,6 +39,12 @@ def sniff(head: bytes) -> str:
     return "none"
 
 
+DECODE_ERRORS: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError,
+                                              zstandard.ZstdError)
+"""What reading a stream from :func:`open_decompressed` can raise for damaged or truncated input
+(bzip2 reports through OSError), so every reader of archives catches the same set."""
+
+
 def open_decompressed(raw: BinaryIO) -> BinaryIO:
     """Wrap a (possibly compressed) binary stream so reads return the uncompressed bytes.
 

@@ -8,11 +8,14 @@ the main thread busy on tar headers the reader spent its time waiting for the GI
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from typing import BinaryIO
+from collections.abc import Iterator
+from typing import BinaryIO, cast
 
 from builder.errors import InputError
+from builder.oci.digest import HashingReader
 
 
 class HostFile:
@@ -41,6 +44,19 @@ class HostFile:
 
     def unreadable(self, exc: OSError) -> InputError:
         return InputError(f"cannot read {self.path!r}: {exc.strerror}")
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[BinaryIO]:
+        """The content as an unbuffered reader (for a large file), hashed as it is read when
+        ``digests`` is given; the digest is recorded once the reader was used without error."""
+        try:
+            with open(self.open_fd(), "rb", buffering=0) as f:
+                reader = HashingReader(f) if self.digests is not None else f
+                yield cast(BinaryIO, reader)
+        except OSError as exc:
+            raise self.unreadable(exc) from exc
+        if self.digests is not None and isinstance(reader, HashingReader):
+            self.digests[self.path] = reader.digest().hex
 
     def read_all(self, size: int, label: str) -> bytes:
         """The whole content of a small file (``size`` bytes, as scanned), its digest recorded."""

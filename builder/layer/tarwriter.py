@@ -12,8 +12,6 @@ The writer also enforces what a layer must never contain: duplicate paths, files
 
 from __future__ import annotations
 
-import hashlib
-import os
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable
@@ -205,30 +203,12 @@ class LayerTarWriter:
 
     def _copy_host(self, header: bytes, src: HostFile, size: int, path: str) -> None:
         """Header, content and padding of a host file; one write when it is small (most are)."""
-        pad = _NUL * (-size % tarfile.BLOCKSIZE)
         if size <= COPY_BUFSIZE:
-            self._write(header + src.read_all(size, path) + pad)
+            self._write(header + src.read_all(size, path) + _NUL * (-size % tarfile.BLOCKSIZE))
             return
-        fd = src.open_fd()
-        h = hashlib.sha256() if src.digests is not None else None
-        try:
-            self._write(header)
-            left = size
-            while left:
-                chunk = os.read(fd, min(left, COPY_BUFSIZE))
-                if not chunk:
-                    raise InputError(f"'/{path}' changed size while it was read")
-                if h is not None:
-                    h.update(chunk)
-                self._write(chunk)
-                left -= len(chunk)
-            self._write(pad)
-        except OSError as exc:
-            raise src.unreadable(exc) from exc
-        finally:
-            os.close(fd)
-        if h is not None and src.digests is not None:
-            src.digests[src.path] = h.hexdigest()
+        self._write(header)
+        with src.stream() as reader:
+            self._copy(reader, size, path)
 
     def close(self) -> None:
         """Write the end-of-archive marker (two zero blocks, padded to a record), as tarfile does."""

@@ -64,44 +64,54 @@ class _Walker:
         self.excluder = Excluder.from_patterns(step.exclude)
         self.inodes: dict[tuple[int, int], str] = {}
 
-    def entry(self, host: str, dest: str, st: os.stat_result) -> Entry | None:
-        # positional Entry(...) arguments throughout: this runs for every file of a context
-        name = dest.rpartition("/")[2]
-        if name.startswith(WH_PREFIX):
-            raise InputError(f"a file named {name!r} cannot be stored in an image (.wh. names mark deletions): "
-                             f"{host!r}")
+    def classify(self, host: str, dest: str, st: os.stat_result) -> tuple[Kind, int, int, str] | None:
+        """Kind, layer mode, size and link target of ``host`` copied to ``dest`` (a hardlink's
+        target is the first ``dest`` seen for its inode); None for what an image cannot hold.
+        The one place these rules live: the layer's entries and the cache key both come from it."""
         st_mode = st.st_mode
         if self.mode is not None:
             mode = self.mode
         elif self.preserve:
             mode = stat.S_IMODE(st_mode)
         else:
-            mode = _normal_mode(st_mode)
+            mode = 0o755 if stat.S_ISDIR(st_mode) or st_mode & stat.S_IXUSR else 0o644  # dirs, owner-executables
+        fmt = stat.S_IFMT(st_mode)
+        if fmt == stat.S_IFREG:
+            if st.st_nlink > 1:
+                first = self.inodes.setdefault((st.st_dev, st.st_ino), dest)
+                if first != dest:
+                    return Kind.HARDLINK, mode, 0, first
+            return Kind.FILE, mode, st.st_size, ""
+        if fmt == stat.S_IFDIR:
+            return Kind.DIR, mode, 0, ""
+        if fmt == stat.S_IFLNK:
+            return Kind.SYMLINK, 0o777, 0, os.readlink(host)
+        if fmt == stat.S_IFIFO:
+            return Kind.FIFO, mode, 0, ""
+        if self.preserve and fmt in (stat.S_IFCHR, stat.S_IFBLK):
+            return (Kind.CHAR if fmt == stat.S_IFCHR else Kind.BLOCK), mode, 0, ""
+        return None  # sockets, and device nodes on the host, are not image content
+
+    def entry(self, host: str, dest: str, st: os.stat_result) -> Entry | None:
+        # positional Entry(...) arguments: this runs for every file of a context
+        name = dest.rpartition("/")[2]
+        if name.startswith(WH_PREFIX):
+            raise InputError(f"a file named {name!r} cannot be stored in an image (.wh. names mark deletions): "
+                             f"{host!r}")
+        found = self.classify(host, dest, st)
+        if found is None:
+            return None
+        kind, mode, size, link = found
         if self.preserve:
             uid, gid = (st.st_uid, st.st_gid) if self.keep_owner else (self.uid, self.gid)
             mtime = min(int(st.st_mtime), self.epoch)
         else:
             uid, gid, mtime = self.uid, self.gid, self.epoch
-        fmt = stat.S_IFMT(st_mode)
-        if fmt == stat.S_IFREG:
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                first = self.inodes.get(key)
-                if first is not None:
-                    return Entry(dest, Kind.HARDLINK, mode, uid, gid, 0, mtime, first)
-                self.inodes[key] = dest
-            return Entry(dest, Kind.FILE, mode, uid, gid, st.st_size, mtime, "", 0, 0, (),
-                         HostFile(host, self.digests))
-        if fmt == stat.S_IFDIR:
-            return Entry(dest, Kind.DIR, mode, uid, gid, 0, mtime)
-        if fmt == stat.S_IFLNK:
-            return Entry(dest, Kind.SYMLINK, 0o777, uid, gid, 0, mtime, os.readlink(host))
-        if fmt == stat.S_IFIFO:
-            return Entry(dest, Kind.FIFO, mode, uid, gid, 0, mtime)
-        if self.preserve and fmt in (stat.S_IFCHR, stat.S_IFBLK):
-            kind = Kind.CHAR if fmt == stat.S_IFCHR else Kind.BLOCK
+        if kind is Kind.FILE:
+            return Entry(dest, kind, mode, uid, gid, size, mtime, "", 0, 0, (), HostFile(host, self.digests))
+        if kind is Kind.CHAR or kind is Kind.BLOCK:
             return Entry(dest, kind, mode, uid, gid, 0, mtime, "", os.major(st.st_rdev), os.minor(st.st_rdev))
-        return None  # sockets, and device nodes on the host, are not image content
+        return Entry(dest, kind, mode, uid, gid, 0, mtime, link)
 
     def scan(self, top: Path, rel: str = "") -> Iterator[tuple[str, str, os.stat_result]]:
         """``(relative path, host path, lstat)`` of everything below ``top`` that is not excluded,
@@ -125,11 +135,6 @@ class _Walker:
             e = self.entry(host, _join(dest, rel), st)
             if e is not None:
                 yield e
-
-
-def _normal_mode(st_mode: int) -> int:
-    """A context file's mode in the layer: 0755 for directories and owner-executable files, else 0644."""
-    return 0o755 if stat.S_ISDIR(st_mode) or st_mode & stat.S_IXUSR else 0o644
 
 
 def _join(base: str, rel: str) -> str:
@@ -243,30 +248,18 @@ def copy_inputs(step: CopyStep, scan: CopyScan, *, contents: bool) -> str:
 
 
 def _key_rows(step: CopyStep, scan: CopyScan) -> list[tuple[str, str, int]]:
-    """``(line, host path of a regular file or "", size)`` per entry, as :meth:`_Walker.entry`
-    would make the entry (same kinds, modes, hardlink grouping), without making it."""
+    """``(line, host path of a regular file or "", size)`` per entry, by the entries' own rules
+    (:meth:`_Walker.classify`), without making the entries."""
+    walker = _Walker(step, 0, 0, 0)
     rows: list[tuple[str, str, int]] = []
-    inodes: dict[tuple[int, int], str] = {}
     for src, st, items in scan.sources:
         is_dir = stat.S_ISDIR(st.st_mode)
         rows.append((f"source\0{src.relative_to(scan.root)}\0{is_dir}", "", 0))
         for rel, host, est in items if is_dir else [(src.name, str(src), st)]:
-            st_mode = est.st_mode
-            fmt = stat.S_IFMT(st_mode)
-            mode = step.mode if step.mode is not None else _normal_mode(st_mode)
-            if fmt == stat.S_IFREG:
-                if est.st_nlink > 1:
-                    first = inodes.setdefault((est.st_dev, est.st_ino), rel)
-                    if first != rel:
-                        rows.append((f"{rel}\0hardlink\0{mode}\0{first}", "", 0))
-                        continue
-                rows.append((f"{rel}\0file\0{mode}\0{est.st_size}", host, est.st_size))
-            elif fmt == stat.S_IFDIR:
-                rows.append((f"{rel}\0dir\0{mode}", "", 0))
-            elif fmt == stat.S_IFLNK:
-                rows.append((f"{rel}\0symlink\0{os.readlink(host)}", "", 0))
-            elif fmt == stat.S_IFIFO:
-                rows.append((f"{rel}\0fifo\0{mode}", "", 0))
+            found = walker.classify(host, rel, est)
+            if found is not None:
+                kind, mode, size, link = found
+                rows.append((f"{rel}\0{kind}\0{mode}\0{size}\0{link}", host if kind is Kind.FILE else "", size))
     return rows
 
 

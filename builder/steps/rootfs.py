@@ -18,20 +18,16 @@ host artefacts and are dropped.
 from __future__ import annotations
 
 import io
-import lzma
 import tarfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-import zstandard
-
 from builder.errors import InputError
 from builder.fs.tree import WATCHED
-from builder.layer.decompress import open_decompressed
+from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.entry import Change, Entry, Kind, Opener, canon, is_whiteout_name, parents
 from builder.layer.tarstream import tar_members
 from builder.oci.digest import sha256_file
@@ -49,7 +45,7 @@ _KINDS = {
     tarfile.BLKTYPE: Kind.BLOCK,
     tarfile.FIFOTYPE: Kind.FIFO,
 }
-_READ_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zstandard.ZstdError)
+_READ_ERRORS: tuple[type[Exception], ...] = (tarfile.TarError, *DECODE_ERRORS)
 _DROP_XATTR_PREFIXES = ("security.selinux", "trusted.overlay.", "user.overlay.")
 
 
