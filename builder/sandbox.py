@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from builder import confine
 from builder.errors import StepError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -47,12 +48,27 @@ _MAX_LINKS = 40
 
 @dataclass(frozen=True)
 class Bind:
-    """A host path bound into the sandbox at ``target`` (an absolute path inside the image)."""
+    """A host path bound into the sandbox at ``target`` (relative to the rootfs, resolved inside it)."""
 
     source: str
     target: str
     readonly: bool
     is_dir: bool
+    nodev: bool = False
+    """Also ``nosuid,nodev``: for directories the build writes (cache mounts), never for device binds."""
+    checked_fd: int = -1
+    """An fd of ``source`` the parent opened and checked (without following symlinks) and handed down
+    (``run(..., fds=[N])``). The kernel binds only paths of the caller's mount namespace, so the child
+    opens ``source`` again and binds it only if it is the very inode the parent checked: a path
+    swapped for a symlink meanwhile cannot redirect the mount."""
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A host file copied into the sandbox (into one of its tmpfs): secrets, never bound."""
+
+    source: str
+    target: str
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,9 @@ class RunSpec:
     network: str
     binds: list[Bind] = field(default_factory=list)
     tmpfs: list[str] = field(default_factory=list)
-    """Canonical paths (relative to the rootfs) that get an empty tmpfs, e.g. run/secrets."""
+    """Canonical paths (relative to the rootfs) that get a private tmpfs, filled with ``copies`` and then
+    made read-only, e.g. run/secrets."""
+    copies: list[Copy] = field(default_factory=list)
 
 
 def secure_join(root: Path, path: str, follow_last: bool = True) -> Path:
@@ -150,11 +168,27 @@ def _unshare_argv(network: str, rootless: bool) -> list[str]:
     return argv
 
 
-def run(spec: RunSpec, on_output: Callable[[str], None], tail: int = 20) -> tuple[int, list[str]]:
-    """Run ``spec`` isolated; stream its merged output line by line to ``on_output``.
+def _check_strings(spec: RunSpec) -> None:
+    """What execve(2) cannot take is a clean error here, not a traceback from the child."""
+    for text in [*spec.argv, *spec.env.values()]:
+        if "\0" in text:
+            raise StepError(f"a NUL character cannot be passed to a command: {text[:40]!r}")
+    for name in spec.env:
+        if not name or "\0" in name or "=" in name:
+            raise StepError(f"not a valid environment variable name: {name[:40]!r}")
 
-    Returns (exit status, the last ``tail`` lines). A status above 128 is a signal (128 + N).
+
+def run(spec: RunSpec, on_output: Callable[[str], None], tail: int = 20,
+        fds: tuple[int, ...] = ()) -> tuple[int, list[str]]:
+    """Run ``spec`` isolated and confined; stream its merged output line by line to ``on_output``.
+
+    ``fds`` are kept open for the child (the ``/proc/self/fd/N`` sources of its binds). Returns
+    (exit status, the last ``tail`` lines). A status above 128 is a signal (128 + N).
     """
+    _check_strings(spec)
+    missing = confine.available()
+    if missing is not None:
+        raise StepError(missing)
     rootless = os.geteuid() != 0
     argv = [*_unshare_argv(spec.network, rootless), sys.executable, "-m", "builder.sandbox"]
     payload = json.dumps(asdict(spec))
@@ -162,7 +196,7 @@ def run(spec: RunSpec, on_output: Callable[[str], None], tail: int = 20) -> tupl
     last: collections.deque[str] = collections.deque(maxlen=tail)
     try:
         proc = subprocess.Popen([*argv, payload], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=False)
+                                stderr=subprocess.STDOUT, env=env, start_new_session=False, pass_fds=fds)
     except OSError as exc:
         raise StepError(f"cannot start the sandbox: {exc.strerror}") from exc
     assert proc.stdout is not None
@@ -198,10 +232,46 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
         raise OSError(err, f"mount {fstype or 'bind'} on {target}: {os.strerror(err)}")
 
 
-def _bind(source: str, target: str, readonly: bool) -> None:
+def _bind(source: str, target: str, readonly: bool, nodev: bool = False) -> None:
     _mount(source, target, None, MS_BIND | MS_REC)
-    if readonly:
-        _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    if readonly or nodev:
+        extra = (MS_RDONLY if readonly else 0) | MS_NOSUID | MS_NODEV
+        _mount(None, target, None, MS_REMOUNT | MS_BIND | extra | _locked_flags(target))
+
+
+#: statvfs f_flag bits -> the mount flags a remount must repeat (inside a user namespace the kernel
+#: refuses a remount that would clear a flag the outer mount had: it is locked).
+_STATVFS_TO_MS = {os.ST_RDONLY: MS_RDONLY, os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV,
+                  os.ST_NOEXEC: MS_NOEXEC, os.ST_NOATIME: 1024, os.ST_NODIRATIME: 2048, os.ST_RELATIME: 1 << 21}
+
+
+def _locked_flags(path: str) -> int:
+    have = os.statvfs(path).f_flag
+    return sum(ms for st, ms in _STATVFS_TO_MS.items() if have & st)
+
+
+def _confine_proc(root: str) -> None:
+    """Mask and write-protect the /proc and /sys paths runc masks (``confine.MASKED_PATHS``...)."""
+    for rel in confine.MASKED_PATHS:
+        path = f"{root}/{rel}"
+        if os.path.isdir(path) and not os.path.islink(path):
+            _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0k,mode=555")
+        elif os.path.exists(path) and not os.path.islink(path):
+            _bind("/dev/null", path, readonly=False)
+    for rel in confine.READONLY_PATHS:
+        path = f"{root}/{rel}"
+        if os.path.exists(path) and not os.path.islink(path):
+            _mount(path, path, None, MS_BIND | MS_REC)
+            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+                   | _locked_flags(path))
+
+
+def _copy_in(copy: Copy, root: str) -> None:
+    """A secret as a copy on the private tmpfs: nothing the command does can reach the host file."""
+    target = f"{root}/{copy.target}"
+    with open(copy.source, "rb") as src, open(target, "xb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.chmod(target, 0o444)
 
 
 def _loopback_up() -> None:
@@ -234,6 +304,13 @@ def _setup_dev(root: str) -> None:
 
 def _enter_root(root: str) -> None:
     _mount(root, root, None, MS_BIND | MS_REC)
+    # nodev: a device node in the image (a hostile base's block device, or one a command makes) can be
+    # created and kept in a layer, never opened. Inside a user namespace no device can be made anyway.
+    try:
+        _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_NODEV | _locked_flags(root))
+    except OSError:
+        if os.getuid() == 0 and not _in_user_namespace():
+            raise
     os.chdir(root)
     number = _PIVOT_ROOT.get(platform.machine())
     if number is not None and _libc.syscall(number, b".", b".") == 0:
@@ -244,22 +321,48 @@ def _enter_root(root: str) -> None:
     os.chdir("/")
 
 
+def _checked_source(bind: Bind) -> str:
+    if bind.checked_fd < 0:
+        return bind.source
+    fd = os.open(bind.source, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)  # stays open until exec (cloexec)
+    got, want = os.fstat(fd), os.fstat(bind.checked_fd)
+    if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+        raise OSError(errno.ESTALE, f"{bind.source} was replaced while being mounted")
+    return f"/proc/self/fd/{fd}"
+
+
+def _in_user_namespace() -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
 def child(spec: RunSpec) -> None:
-    """Inside the namespaces: mounts, root switch, user switch, exec. Never returns."""
+    """Inside the namespaces: mounts, root switch, confinement, user switch, exec. Never returns."""
     root = spec.rootfs
+    seccomp = confine.Filter.build()  # libseccomp is loaded from the host, before the root switch
+    last_cap = confine.last_cap()
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     with contextlib.suppress(OSError):
         _mount("sysfs", f"{root}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _setup_dev(root)
+    _confine_proc(root)
     for rel in spec.tmpfs:
-        _mount("tmpfs", f"{root}/{rel}", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=65536k")
+        _mount("tmpfs", f"{root}/{rel}", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755,size=65536k")
+    for copy in spec.copies:
+        _copy_in(copy, root)
+    for rel in spec.tmpfs:
+        _mount(None, f"{root}/{rel}", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+               "mode=755,size=65536k")
     for bind in spec.binds:
         target = f"{root}/{bind.target}"
         if not bind.is_dir and not os.path.exists(target):
             with open(target, "w"):
                 pass  # a file mount point inside a tmpfs made just now
-        _bind(bind.source, target, bind.readonly)
+        _bind(_checked_source(bind), target, bind.readonly, bind.nodev)
     if spec.network == "none":
         _loopback_up()
     with contextlib.suppress(OSError):
@@ -269,6 +372,8 @@ def child(spec: RunSpec) -> None:
         os.chdir(spec.workdir)
     except OSError as exc:
         raise SystemExit(f"pybuild-sandbox: cannot enter workdir {spec.workdir}: {exc.strerror}") from exc
+    os.umask(0o022)  # what a step creates must not depend on the umask pybuild was started with
+    confine.drop_capabilities(last_cap)
     try:
         os.setgroups(spec.groups)
     except PermissionError:
@@ -277,6 +382,8 @@ def child(spec: RunSpec) -> None:
             raise
     os.setgid(spec.gid)
     os.setuid(spec.uid)
+    confine.no_new_privs()
+    seccomp.load()
     sys.stdout.flush()
     try:
         os.execve(spec.argv[0], spec.argv, spec.env)
@@ -290,12 +397,13 @@ def child(spec: RunSpec) -> None:
 def _spec_from_json(text: str) -> RunSpec:
     data: dict[str, Any] = json.loads(text)
     data["binds"] = [Bind(**b) for b in data.get("binds", [])]
+    data["copies"] = [Copy(**c) for c in data.get("copies", [])]
     return RunSpec(**data)
 
 
 if __name__ == "__main__":
     try:
         child(_spec_from_json(sys.argv[1]))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         sys.stderr.write(f"pybuild-sandbox: {exc}\n")
         sys.exit(126)

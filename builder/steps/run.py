@@ -9,8 +9,11 @@ from both, so none of it can reach the layer.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,7 @@ from builder.fs.users import resolve_user
 from builder.layer.entry import Change, Entry, canon
 from builder.oci.platform import Platform
 from builder.recipe.model import RunStep
-from builder.sandbox import DEFAULT_PATH, Bind, MountPoints, RunSpec, run, secure_join
+from builder.sandbox import DEFAULT_PATH, Bind, Copy, MountPoints, RunSpec, run, secure_join
 from builder.steps.base import StepContext
 
 ALWAYS_EXCLUDED = ("proc", "sys", "dev")
@@ -44,13 +47,47 @@ class RunContext:
     on_output: Callable[[str], None] = lambda line: None
 
 
-def _cache_source(cache_dir: Path | None, target: str) -> str:
+def _open_own_dir(parent: int, name: str, shown: str) -> int:
+    """``name`` under the directory fd ``parent``, created if missing, opened without following a symlink.
+
+    A shared or restored cache directory is not trusted: an entry planted as a symlink, or a
+    directory someone else owns, would otherwise be bound writable into the sandbox.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o755, dir_fd=parent)
+        os.chmod(name, 0o755, dir_fd=parent, follow_symlinks=False)  # not the umask's choice
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except OSError as exc:
+        why = "it is a symbolic link" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else exc.strerror
+        raise StepError(f"refusing the cache mount directory {shown!r}: {why}") from exc
+    st = os.fstat(fd)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise StepError(f"refusing the cache mount directory {shown!r}: it is owned by uid {st.st_uid}, "
+                        f"not by this build (uid {os.geteuid()})")
+    return fd
+
+
+def _cache_key(target: str) -> str:
+    return hashlib.sha256(target.encode()).hexdigest()[:16]
+
+
+def _cache_fd(cache_dir: Path | None, target: str) -> int:
+    """An fd of the cache mount's directory (``CACHE/mounts/KEY``), checked; the sandbox binds the fd."""
     if cache_dir is None:
         raise InputError("cache mounts need a cache directory (--cache-dir)")
-    key = hashlib.sha256(target.encode()).hexdigest()[:16]
-    path = cache_dir / "mounts" / key
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
+    key = _cache_key(target)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    top = os.open(cache_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the user's own choice: followed
+    try:
+        mounts = _open_own_dir(top, "mounts", str(cache_dir / "mounts"))
+    finally:
+        os.close(top)
+    try:
+        return _open_own_dir(mounts, key, str(cache_dir / "mounts" / key))
+    finally:
+        os.close(mounts)
 
 
 def _excluded(step: RunStep, root: Path) -> set[str]:
@@ -64,33 +101,46 @@ def _excluded(step: RunStep, root: Path) -> set[str]:
     return out
 
 
-def _plan_mounts(step: RunStep, rc: RunContext, points: MountPoints) -> tuple[list[Bind], list[str]]:
-    """Create mount points; returns the binds and the tmpfs paths for the sandbox."""
+@dataclass
+class _Mounts:
+    binds: list[Bind] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
+    copies: list[Copy] = field(default_factory=list)
+    fds: list[int] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def _plan_mounts(step: RunStep, rc: RunContext, points: MountPoints, out: _Mounts) -> None:
+    """Create mount points, and fill ``out`` with the binds, tmpfs, copies and fds for the sandbox."""
     for name in ALWAYS_EXCLUDED:  # the sandbox mounts at these very paths, and mount(2) follows symlinks
         if points.ensure(name, is_dir=True) != name:
             raise StepError(f"cannot mount at '/{name}': it is a symbolic link in the image (as runc, pybuild "
                             "refuses to mount /proc, /sys or /dev through one)")
-    binds: list[Bind] = []
-    tmpfs: list[str] = []
     if step.network == "host":
         for name in ("etc/resolv.conf", "etc/hosts"):
             if os.path.isfile(f"/{name}"):
                 rel = points.ensure(name, is_dir=False)
-                binds.append(Bind(f"/{name}", rel, readonly=True, is_dir=False))
+                out.binds.append(Bind(f"/{name}", rel, readonly=True, is_dir=False))
     secrets = [m for m in step.mounts if m.kind == "secret"]
     if secrets:
         rel = points.ensure(SECRETS_DIR, is_dir=True)
-        tmpfs.append(rel)
+        out.tmpfs.append(rel)
         for mount in secrets:
             src = rc.secrets.get(mount.value)
             if src is None:
                 raise InputError(f"secret {mount.value!r} was not given (--secret id={mount.value},src=PATH)")
-            binds.append(Bind(str(src), f"{rel}/{mount.value}", readonly=True, is_dir=False))
+            out.copies.append(Copy(str(src), f"{rel}/{mount.value}"))
     for mount in step.mounts:
         if mount.kind == "cache":
             rel = points.ensure(mount.value, is_dir=True)
-            binds.append(Bind(_cache_source(rc.cache_dir, mount.value), rel, readonly=False, is_dir=True))
-    return binds, tmpfs
+            fd = _cache_fd(rc.cache_dir, mount.value)
+            out.fds.append(fd)
+            source = str(rc.cache_dir / "mounts" / _cache_key(mount.value)) if rc.cache_dir else ""
+            out.binds.append(Bind(source, rel, readonly=False, is_dir=True, nodev=True, checked_fd=fd))
 
 
 def _map_rootless(changes: list[Change]) -> list[Change]:
@@ -128,6 +178,18 @@ def check_can_execute(platform: Platform) -> None:
                         f"{str(handler)!r} is registered (install qemu-user-static, or build without run steps)")
 
 
+def _make_workdir(root: Path, wd: Path) -> None:
+    """As Docker's WORKDIR: created in this step's layer, 0755 whatever pybuild's umask."""
+    missing = []
+    probe = wd
+    while probe != root and not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        path.mkdir(mode=0o755)
+        path.chmod(0o755)
+
+
 def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]:
     """Run the step's script in the working rootfs and return what it changed."""
     check_can_execute(rc.platform)
@@ -141,22 +203,24 @@ def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]
     env = {"PATH": DEFAULT_PATH, "HOME": user.home, **rc.env, **step.env}
     excluded = _excluded(step, root)
     points = MountPoints(root)
+    mounts = _Mounts()
     try:
         # mount points exist in both snapshots, so neither they nor their parents' times are a change
-        binds, tmpfs = _plan_mounts(step, rc, points)
+        _plan_mounts(step, rc, points, mounts)
         before = snapshot(root, excluded)
         wd = secure_join(root, step.workdir or rc.workdir or "/")
         if not wd.is_dir():
-            wd.mkdir(parents=True, mode=0o755)  # as Docker's WORKDIR: part of this step's layer
+            _make_workdir(root, wd)
         spec = RunSpec(rootfs=str(root), argv=[*shell, step.script], env=env, uid=user.uid, gid=user.gid,
                        groups=sorted({user.gid, *user.additional_gids}), workdir="/" + canon(str(wd.relative_to(root))),
-                       network=step.network, binds=binds, tmpfs=tmpfs)
-        status, tail = run(spec, rc.on_output)
+                       network=step.network, binds=mounts.binds, tmpfs=mounts.tmpfs, copies=mounts.copies)
+        status, tail = run(spec, rc.on_output, fds=tuple(mounts.fds))
         if status != 0:
             what = f"was killed by signal {status - 128}" if status > 128 else f"exited with status {status}"
             raise StepError(f"command {what}", detail="\n".join(f"  | {line}" for line in tail) or None)
         after = snapshot(root, excluded)
     finally:
+        mounts.close()
         points.remove_created()
     changes = diff(root, before, after, ctx.epoch)
     return _map_rootless(changes) if os.geteuid() != 0 else changes
