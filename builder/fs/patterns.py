@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from builder.errors import InputError
+
 
 def _translate(pattern: str) -> re.Pattern[str]:
     out = []
@@ -35,7 +37,9 @@ def _translate(pattern: str) -> re.Pattern[str]:
                 out.append(re.escape(c))
                 i += 1
             else:
-                body = p[i + 1 : end].replace("\\", "\\\\")
+                # literal inside the class: a backslash, and what Python's re would read as a
+                # nested set or set operation ("[[:alpha:]]", "&&", "~~", "||")
+                body = re.sub(r"([\\\[&~|])", r"\\\1", p[i + 1 : end])
                 if body.startswith("!"):
                     body = "^" + body[1:]
                 out.append(f"[{body}]")
@@ -44,7 +48,10 @@ def _translate(pattern: str) -> re.Pattern[str]:
             out.append(re.escape(c))
             i += 1
     # a pattern naming a directory also excludes everything below it
-    return re.compile("".join(out) + "(?:/.*)?")
+    try:
+        return re.compile("".join(out) + "(?:/.*)?")
+    except re.error as exc:  # "[z-a]", "[]": a user's typo, not a bug
+        raise InputError(f"bad exclude pattern {pattern!r}: {exc.msg}") from None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,13 @@ A recipe arg's default may use args declared before it (``IMAGE: "app:${VERSION}
 Only the ``${NAME}`` form is special, plus ``$$`` for a literal ``$``. A bare ``$HOME`` is left alone
 so that shell-looking values (``PATH: $PATH:/opt/bin``) pass through; a malformed ``${`` is an error
 rather than silently kept, because it is almost always a typo.
+
+Substitution multiplies: ``A1: "${A0}${A0}"``, ``A2: "${A1}${A1}"``, ... doubles per line, so a
+25-line recipe asks for gigabytes. So one substituted string is at most :data:`MAX_VALUE`
+characters and one recipe's substitutions produce at most :data:`MAX_TOTAL` in all (a
+:class:`Budget`); both are checked while the string is built, before the next value is added to it,
+so the refused string never exists. Strings without a ``${NAME}`` are not counted: they cannot be
+longer than the recipe file.
 """
 
 from __future__ import annotations
@@ -18,18 +25,45 @@ from builder.errors import Location, RecipeError
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+MAX_VALUE = 1 << 20
+"""Characters in one string after substitution (1 MiB of ASCII): far above any real path, label or
+file content written inline, far below what hurts."""
+MAX_TOTAL = 16 << 20
+"""Characters produced by substitution in one recipe: bounds many references to a large value."""
 
-def substitute(text: str, args: Mapping[str, str], where: Location) -> str:
-    """``text`` with ``${NAME}`` replaced and ``$$`` turned into ``$``; errors are located at ``where``."""
+
+class Budget:
+    """What substitution may still produce in one recipe (see the module docstring)."""
+
+    def __init__(self, total: int = MAX_TOTAL) -> None:
+        self.left = total
+
+    def spend(self, size: int, where: Location) -> None:
+        """Take ``size`` characters, or refuse the string at ``where`` when the recipe's budget is gone."""
+        if size > self.left:
+            raise RecipeError(
+                f"substituted values add up to more than {MAX_TOTAL} characters in this recipe "
+                f"({MAX_TOTAL >> 20} MiB): reference large arguments fewer times",
+                where,
+            )
+        self.left -= size
+
+
+def substitute(text: str, args: Mapping[str, str], where: Location, budget: Budget | None = None) -> str:
+    """``text`` with ``${NAME}`` replaced and ``$$`` turned into ``$``; errors are located at ``where``.
+
+    A result longer than :data:`MAX_VALUE` is refused before the value that would make it so is
+    added; a result that used a ``${NAME}`` is charged to ``budget``."""
     if "$" not in text:
         return text
     out: list[str] = []
+    size = 0  # the length of "".join(out)
+    expanded = False
     pos = 0
     while (dollar := text.find("$", pos)) >= 0:
-        out.append(text[pos:dollar])
-        after = text[dollar + 1 : dollar + 2]
+        piece, after = text[pos:dollar], text[dollar + 1 : dollar + 2]
         if after == "$":
-            out.append("$")
+            piece += "$"
             pos = dollar + 2
         elif after == "{":
             end = text.find("}", dollar + 2)
@@ -46,12 +80,31 @@ def substitute(text: str, args: Mapping[str, str], where: Location) -> str:
                 raise RecipeError(
                     f"undefined argument ${{{name}}} (define it in args: or pass --build-arg {name}=...)", where
                 )
-            out.append(args[name])
+            if size + len(piece) + len(args[name]) > MAX_VALUE:
+                raise RecipeError(
+                    f"${{{name}}} makes this value longer than {MAX_VALUE} characters ({MAX_VALUE >> 20} MiB), "
+                    "the limit for one substituted string",
+                    where,
+                )
+            piece += args[name]
+            expanded = True
             pos = end + 1
         else:
-            out.append("$")
+            piece += "$"
             pos = dollar + 1
-    out.append(text[pos:])
+        out.append(piece)
+        size += len(piece)
+    tail = text[pos:]
+    if expanded:
+        if size + len(tail) > MAX_VALUE:
+            raise RecipeError(
+                f"this value is longer than {MAX_VALUE} characters ({MAX_VALUE >> 20} MiB) after substitution, "
+                "the limit for one substituted string",
+                where,
+            )
+        if budget is not None:
+            budget.spend(size + len(tail), where)
+    out.append(tail)
     return "".join(out)
 
 
@@ -59,6 +112,7 @@ def resolve(
     declared: Sequence[tuple[str, str | None, Location]],
     build_args: Mapping[str, str] | None,
     builtin_args: Mapping[str, str] | None,
+    budget: Budget | None = None,
 ) -> dict[str, str]:
     """The value of every argument.
 
@@ -70,7 +124,7 @@ def resolve(
     values.update(given)
     for name, default, where in declared:
         if name not in given and default is not None:
-            values[name] = substitute(default, values, where)
+            values[name] = substitute(default, values, where, budget)
     # Written order for readers of the model: builtins, the recipe's own, then extra --build-args.
     order = [*(builtin_args or {}), *(name for name, _, _ in declared), *given]
     return {name: values[name] for name in dict.fromkeys(order) if name in values}

@@ -70,6 +70,10 @@ _ID_PART = re.compile(r"[^\s:/]+")
 _PORT = re.compile(r"([0-9]{1,5})(?:/(tcp|udp|sctp))?")
 _SIGNAL = re.compile(r"(?:SIG)?[A-Z][A-Z0-9]*(?:[+-][0-9]+)?|[1-9][0-9]?")
 _PLATFORM_PART = re.compile(r"[a-z0-9_.-]+")
+# Linux's NAME_MAX and PATH_MAX - 1: a name or path longer than these can be written into a tar, but
+# no runtime can create it when it unpacks the layer (ENAMETOOLONG), so the recipe is refused.
+_NAME_MAX = 255
+_PATH_MAX = 4095
 # The docker/distribution reference grammar, restricted to sha256 digests.
 _DOMAIN_PART = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -114,6 +118,7 @@ class _Parser:
         self.stage_names: tuple[str, ...] = ()
         self.current: str | None = None  # the stage being parsed; None for the main steps
         self.edges: dict[str, list[tuple[str, Location]]] = {}
+        self.budget = argsmod.Budget()  # what ${ARGS} may still produce in this recipe
 
     # -- the recipe -------------------------------------------------------------------------
 
@@ -122,7 +127,7 @@ class _Parser:
     ) -> Recipe:
         check_keys(root, _TOP_KEYS, ("version",))
         self.version(root.entries["version"].value)
-        self.args = argsmod.resolve(self.declared_args(root.get("args")), build_args, builtin_args)
+        self.args = argsmod.resolve(self.declared_args(root.get("args")), build_args, builtin_args, self.budget)
         stages_node = root.get("stages")
         stages_map = expect_map(stages_node, "a mapping of stage names") if stages_node is not None else None
         self.stage_names = self.check_stage_names(stages_map) if stages_map else ()
@@ -372,6 +377,8 @@ class _Parser:
         text = self.text(target)
         if not text or "\0" in text:
             raise RecipeError("must be a non-empty path", target.where)
+        if len(text.encode("utf-8", "surrogateescape")) > _PATH_MAX:
+            raise RecipeError(f"a link target is at most {_PATH_MAX} bytes (Linux's PATH_MAX)", target.where)
         return SymlinkStep(
             path=self.image_path(kind.value, root_ok=False),
             target=text,
@@ -478,7 +485,7 @@ class _Parser:
     def text(self, node: Node, expected: str = "a string") -> str:
         """A scalar's text as written, with ``${ARGS}`` substituted."""
         scalar = expect_scalar(node, expected)
-        return argsmod.substitute(scalar.text, self.args, scalar.where)
+        return argsmod.substitute(scalar.text, self.args, scalar.where, self.budget)
 
     def items(self, node: Node | None, expected: str) -> tuple[Node, ...]:
         return expect_seq(node, expected).items if node is not None else ()
@@ -510,6 +517,7 @@ class _Parser:
         if "\0" in text:
             raise RecipeError("a path cannot contain a NUL character", node.where)
         norm = "/" + posixpath.normpath(text).lstrip("/")
+        _check_length(norm, node.where)
         if norm == "/" and not root_ok:
             raise RecipeError("cannot be '/' itself", node.where)
         if keep_slash and text.endswith("/") and norm != "/":
@@ -527,6 +535,7 @@ class _Parser:
         norm = posixpath.normpath(text)
         if norm == ".." or norm.startswith("../"):
             raise RecipeError(f"escapes the build context: {text!r}", where)
+        _check_length(norm, where)
         return text
 
     def mode(self, node: Node | None) -> int | None:
@@ -555,6 +564,20 @@ class _Parser:
         if any(p.isdigit() and int(p) >= 2**32 - 1 for p in parts):
             raise RecipeError(f"user and group ids must be below 4294967295, got {text!r}", node.where)
         return text
+
+
+def _check_length(path: str, where: Location) -> None:
+    """Refuse a path with a component over NAME_MAX or a total over PATH_MAX bytes (see _NAME_MAX)."""
+    raw = path.encode("utf-8", "surrogateescape")
+    if len(raw) > _PATH_MAX:
+        raise RecipeError(f"a path is at most {_PATH_MAX} bytes (Linux's PATH_MAX), this one has {len(raw)}", where)
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > _NAME_MAX:
+        shown = longest[:24].decode("utf-8", "replace")
+        raise RecipeError(
+            f"a path component is at most {_NAME_MAX} bytes (Linux's NAME_MAX), {shown!r}... has {len(longest)}",
+            where,
+        )
 
 
 def _check_cycles(edges: Mapping[str, list[tuple[str, Location]]]) -> None:

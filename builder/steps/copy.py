@@ -3,9 +3,15 @@
 Sources are relative to the context and never leave it: a source that resolves (through
 ``..`` or a symlink) outside the context is refused. Inside a copied directory, symlinks are
 copied as links, never followed, so they cannot pull host files in. Times are the build
-epoch and modes are normalised (0755 for directories and owner-executable files, 0644
-otherwise, unless ``mode`` is given) so that neither mtimes nor the umask of the checkout
-reach the image. Hardlinked files stay hardlinked.
+epoch. Modes are the file's own permission bits, setuid/setgid/sticky included (as Docker's
+COPY keeps them), with only the group and other *write* bits cleared (:data:`_UMASK_BITS`):
+a 0600 key stays 0600 and is never made readable, while a checkout made under umask 002
+(0664/0775) gives the same image as one under 022 (0644/0755). ``mode`` overrides. Hardlinked
+files stay hardlinked.
+
+A copy ``from:`` a stage reads that stage's materialised filesystem: sources are resolved and
+globbed inside it as in a chroot (:mod:`builder.fs.safepath`), and everything is kept as it is
+there (owners, modes, devices), since it is image content already.
 """
 
 from __future__ import annotations
@@ -20,14 +26,17 @@ from pathlib import Path
 
 from builder.errors import InputError
 from builder.fs.patterns import Excluder
+from builder.fs.safepath import glob_in_root, resolve_in_root
 from builder.layer.entry import WH_PREFIX, Change, Entry, Kind
 from builder.layer.hostfile import HostFile
 from builder.oci.digest import sha256_file
 from builder.recipe.model import CopyStep
-from builder.sandbox import secure_join
 from builder.steps.base import StepContext, finish
 
 _GLOB_CHARS = set("*?[")
+_UMASK_BITS = 0o022
+"""Cleared from context modes: what umask 002 adds over 022 (group write), and other write, which
+no checkout means to hand to every user of the image."""
 
 
 def _sources(step: CopyStep, context: Path) -> list[Path]:
@@ -74,7 +83,7 @@ class _Walker:
         elif self.preserve:
             mode = stat.S_IMODE(st_mode)
         else:
-            mode = 0o755 if stat.S_ISDIR(st_mode) or st_mode & stat.S_IXUSR else 0o644  # dirs, owner-executables
+            mode = stat.S_IMODE(st_mode) & ~_UMASK_BITS  # never more permissive than on disk
         fmt = stat.S_IFMT(st_mode)
         if fmt == stat.S_IFREG:
             if st.st_nlink > 1:
@@ -142,18 +151,19 @@ def _join(base: str, rel: str) -> str:
 
 
 def _stage_sources(step: CopyStep, root: Path) -> list[Path]:
-    """Sources inside a stage's filesystem: absolute image paths, resolved as in a chroot."""
+    """Sources inside a stage's filesystem: absolute image paths, resolved and globbed as in a
+    chroot (:mod:`builder.fs.safepath`), so a link in the stage can never make the host's
+    directories decide what is copied."""
     found = []
     for src in step.sources:
-        matches = sorted(glob.glob(src.lstrip("/"), root_dir=root, include_hidden=True)) if _GLOB_CHARS & set(src) \
-            else [src]
-        if not matches:
+        matches = glob_in_root(root, src) if _GLOB_CHARS & set(src) else [src]
+        resolved = [resolve_in_root(root, match) for match in matches]  # a source that is a link: its target
+        if not resolved:
             raise InputError(f"no such file or directory in stage {step.from_stage!r}: {src!r}")
-        for match in matches:
-            path = secure_join(root, match)
-            if not os.path.lexists(path):
+        for rel in resolved:
+            if rel is None or not os.path.lexists(root.joinpath(rel)):
                 raise InputError(f"no such file or directory in stage {step.from_stage!r}: {src!r}")
-            found.append(path)
+            found.append(root.joinpath(rel))
     return found
 
 

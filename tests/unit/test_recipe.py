@@ -455,6 +455,36 @@ BAD: list[tuple[str, str | bytes, str]] = [
         V + "config:\n  stop_signal: term\n",
         "recipe.yaml:3: config.stop_signal: must be a signal name like SIGTERM or a number, got 'term'",
     ),
+    # --- bounds: names no runtime can unpack, substitution that multiplies
+    (
+        "component-over-name-max",
+        V + "steps:\n  - mkdir: /a/" + "n" * 256 + "\n",
+        (
+            "recipe.yaml:3: steps[0].mkdir: a path component is at most 255 bytes (Linux's NAME_MAX), "
+            "'nnnnnnnnnnnnnnnnnnnnnnnn'... has 256"
+        ),
+    ),
+    (
+        "path-over-path-max",
+        V + "steps:\n  - remove: [" + "/d" * 2048 + "]\n",
+        "recipe.yaml:3: steps[0].remove[0]: a path is at most 4095 bytes (Linux's PATH_MAX), this one has 4096",
+    ),
+    (
+        "substituted-over-cap",
+        V + 'args:\n  A: "' + "x" * (1 << 19) + '"\n  B: "${A}${A}${A}"\n',
+        (
+            "recipe.yaml:4: args.B: ${A} makes this value longer than 1048576 characters (1 MiB), "
+            "the limit for one substituted string"
+        ),
+    ),
+    (
+        "substituted-tail-over-cap",
+        V + 'args:\n  A: "x"\n  B: "${A}' + "y" * (1 << 20) + '"\n',
+        (
+            "recipe.yaml:4: args.B: this value is longer than 1048576 characters (1 MiB) after substitution, "
+            "the limit for one substituted string"
+        ),
+    ),
 ]
 
 

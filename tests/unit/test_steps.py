@@ -64,8 +64,8 @@ def test_copy_dir_contents_into_to(context):
     got = by_path(changes(copy(["app/"], "/opt/app/"), context))
     assert set(got) == {"opt", "opt/app", "opt/app/run.sh", "opt/app/data.txt", "opt/app/sub",
                         "opt/app/sub/x.pyc", "opt/app/top.pyc", "opt/app/link", "opt/app/sub/hard.txt"}
-    assert got["opt/app/run.sh"].mode == 0o755  # normalised from 0700: umask never leaks
-    assert got["opt/app/data.txt"].mode == 0o644
+    assert got["opt/app/run.sh"].mode == 0o700  # as on disk: never more permissive in the image
+    assert got["opt/app/data.txt"].mode == 0o600
     assert got["opt/app/link"].kind is Kind.SYMLINK and got["opt/app/link"].link == "/etc/shadow"
     assert all(c.mtime == 42 for c in got.values() if c.path.startswith("opt/app"))
     # hardlinks stay hardlinks, the first in canonical order carries the content
@@ -169,3 +169,28 @@ def test_tree_capture_for_written_passwd(tmp_path):
     entry = Entry("etc/passwd", Kind.FILE, content=lambda: io.BytesIO(PASSWD))
     tree.apply([entry])
     assert tree.get("etc").kind is Kind.DIR  # parents are implied
+
+
+def test_safepath_resolves_and_globs_as_in_a_chroot(tmp_path: Path) -> None:
+    from builder.fs.safepath import glob_in_root, resolve_in_root
+
+    root = tmp_path / "root"
+    (root / "dir").mkdir(parents=True)
+    for name in ("na", "nb", ".nhidden", "other"):
+        (root / "dir" / name).write_text(name)
+    (root / "abs").symlink_to("/")
+    (root / "up").symlink_to("../../../../../../..")
+    (root / "dir" / "nlink").symlink_to("/dir/na")
+    (root / "dir" / "ndangling").symlink_to("/nowhere")
+    (root / "file").write_text("f")
+    assert resolve_in_root(root, "/abs/dir/na") == "dir/na"
+    assert resolve_in_root(root, "/up/up/dir/../../dir/nb") == "dir/nb"  # '..' stops at the root
+    assert resolve_in_root(root, "/dir/nlink") == "dir/na"
+    assert resolve_in_root(root, "/dir/nlink", follow_last=False) == "dir/nlink"
+    assert resolve_in_root(root, "/dir/missing") == "dir/missing"  # the last part may be missing
+    assert resolve_in_root(root, "/missing/x") is None and resolve_in_root(root, "/file/x") is None
+    # links on the way resolve inside the root; a matched link (even a dangling one) stays itself
+    assert glob_in_root(root, "/abs/dir/n*") == ["dir/na", "dir/nb", "dir/ndangling", "dir/nlink"]
+    assert glob_in_root(root, "/up/dir/.n*") == ["dir/.nhidden"]
+    assert glob_in_root(root, "/*/na") == ["dir/na"]  # 'file' is no directory; /abs/na is /na: missing
+    assert glob_in_root(root, "/dir/[!n]*") == ["dir/.nhidden", "dir/other"]  # dot files too, as include_hidden

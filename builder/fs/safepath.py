@@ -1,0 +1,107 @@
+"""Paths and globs inside a directory that stands for an image's root (a stage's materialised
+filesystem), resolved as inside a chroot and never on the host.
+
+Why not ``os.path.realpath`` or ``glob.glob(root_dir=root)``: both follow symlinks the host's way,
+so a stage's ``evil -> /`` makes ``/evil/dir/n*`` list the host's ``/dir``, and the host decides
+what the image gets. Here every component is looked at with ``lstat`` below ``root`` and every
+symlink is resolved as the image would: an absolute target restarts at ``root``, ``..`` stops
+there. A result is a canonical path relative to ``root`` ("" for the root itself) whose parents are
+real directories, never links, so joining it to ``root`` names a path inside ``root``.
+
+The root is pybuild's own build directory, not shared with a running process: a path checked here
+is not swapped for a link before it is read.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from pathlib import Path
+
+from builder.errors import InputError
+
+MAX_LINKS = 40
+"""Symlinks followed in one resolution (Linux's limit): a loop is an error, not a hang."""
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _parts(path: str) -> list[str]:
+    return [p for p in path.split("/") if p and p != "."]
+
+
+def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> str | None:
+    """``path`` (absolute or relative to ``root``, both meaning the same) resolved inside ``root``.
+
+    None when a component before the last is missing or not a directory (the path cannot exist);
+    a missing last component is kept, so the caller can say "no such file"."""
+    todo = _parts(path)
+    done: list[str] = []
+    hops = 0
+    while todo:
+        name = todo.pop(0)
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        here = os.path.join(root, *done, name)
+        try:
+            st = os.lstat(here)
+        except (FileNotFoundError, NotADirectoryError):
+            return None if todo else "/".join([*done, name])
+        if stat.S_ISLNK(st.st_mode) and (todo or follow_last):
+            hops += 1
+            if hops > MAX_LINKS:
+                raise InputError(f"too many levels of symbolic links in '/{path.lstrip('/')}'")
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            todo = _parts(target) + todo
+            continue
+        if todo and not stat.S_ISDIR(st.st_mode):
+            return None
+        done.append(name)
+    return "/".join(done)
+
+
+def glob_in_root(root: Path, pattern: str) -> list[str]:
+    """What ``pattern`` matches inside ``root``, sorted by the path as matched: each match as a
+    path relative to ``root`` with its parents resolved but not the match itself (a link stays a
+    link: :func:`resolve_in_root` follows it).
+
+    ``*``, ``?`` and ``[...]`` match within one component, as ``glob.glob`` with ``include_hidden``
+    does (``*`` matches dot files; ``**`` is ``*``); a component without them must exist. Only
+    directories below ``root`` are listed: a link on the way is resolved first, inside ``root``."""
+    parts = _parts(pattern)
+    found: list[tuple[str, str]] = [("", "")]  # (matched so far, resolved so far)
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        step: list[tuple[str, str]] = []
+        for shown, real in found:
+            if _GLOB_CHARS & set(part):
+                try:
+                    with os.scandir(os.path.join(root, real)) as it:  # a directory (checked below)
+                        names = sorted(de.name for de in it if fnmatch.fnmatchcase(de.name, part))
+                except OSError as exc:
+                    raise InputError(f"cannot list '/{real}': {exc.strerror}") from None
+            else:
+                names = [part]
+            for name in names:
+                here = f"{real}/{name}" if real else name
+                match = resolve_in_root(root, here, follow_last=not last)
+                if last:
+                    if match is None or not os.path.lexists(os.path.join(root, match)):
+                        continue
+                elif match is None or not _is_dir(root, match):
+                    continue
+                step.append((f"{shown}/{name}" if shown else name, match))
+        found = step
+    return [match for _, match in sorted(found)]
+
+
+def _is_dir(root: Path, rel: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(os.path.join(root, rel)).st_mode)
+    except OSError:
+        return False
