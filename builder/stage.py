@@ -32,6 +32,7 @@ from builder.progress import Reporter
 from builder.recipe.model import ConfigSpec, Recipe, RunStep, Step
 from builder.steps import CopyScan, RunContext, StepContext, cache_inputs, changes_for, describe, prepare
 from builder.steps.base import RestartLayer
+from builder.steps.run import DEFAULT_SHELL
 
 
 def runtime_spec(spec: ConfigSpec) -> dict[str, Any]:
@@ -179,7 +180,8 @@ class StageBuilder:
              contents: bool) -> str:
         inputs = cache_inputs(step, self.context, self.stage_chains, prepared, contents=contents)
         if isinstance(step, RunStep):
-            inputs = {"env": _run_env(config, self.recipe), "workdir": _workdir(config)}
+            inputs = {"env": _run_env(config, self.recipe), "workdir": _workdir(config),
+                      "shell": list(step.shell or DEFAULT_SHELL)}
         settings = {"platform": str(self.platform), "compression": str(self.options.compression),
                     "level": self.options.level, "epoch": self.options.epoch}
         return step_key([blob.diff_id for blob in layers], step, inputs, settings)

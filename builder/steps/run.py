@@ -30,6 +30,10 @@ from builder.sandbox import DEFAULT_PATH, Bind, Copy, MountPoints, RunSpec, run,
 from builder.steps.base import StepContext
 
 ALWAYS_EXCLUDED = ("proc", "sys", "dev")
+DEFAULT_SHELL = ("/bin/sh", "-e", "-c")
+"""``-e``: a multi-line script stops at its first failing command, so a failed ``apt-get install`` on
+line 2 fails the build instead of giving an image without the package (``sh -c`` alone reports only
+the last line's status). ``shell: ["/bin/sh", "-c"]`` restores the old behaviour."""
 SECRETS_DIR = "run/secrets"
 
 
@@ -194,7 +198,7 @@ def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]
     """Run the step's script in the working rootfs and return what it changed."""
     check_can_execute(rc.platform)
     root = rc.rootfs
-    shell = list(step.shell or ("/bin/sh", "-c"))
+    shell = list(step.shell or DEFAULT_SHELL)
     shell_path = secure_join(root, shell[0])
     if not shell_path.is_file():
         raise StepError(f"the image has no {shell[0]}: a run step needs a shell "

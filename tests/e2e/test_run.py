@@ -154,6 +154,19 @@ def test_failing_command_stops_the_build_with_its_status(pybuild, ctx: Path, tmp
     assert sorted(p.name for p in (out / "blobs" / "sha256").iterdir()) == before
 
 
+def test_a_failing_line_in_the_middle_of_a_script_fails_the_build(pybuild, ctx: Path, tmp_path: Path) -> None:
+    """``sh -e``: an install that fails on line 1 is not hidden by a succeeding line 2."""
+    (ctx / "r.yaml").write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n"
+                                "  - run: |\n      false\n      echo still here > /marker\n")
+    failed = pybuild(ctx / "r.yaml", "-o", tmp_path / "out", "-q")
+    assert failed.returncode == 1 and "command exited with status 1" in failed.stderr, failed.stderr
+    assert not (tmp_path / "out").exists()
+    (ctx / "old.yaml").write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n"
+                                  "  - run: |\n      false\n      echo still here > /marker\n"
+                                  "    shell: [/bin/sh, -c]\n")
+    assert pybuild(ctx / "old.yaml", "-o", tmp_path / "out", "-q").returncode == 0  # asked for: the last status
+
+
 def test_run_without_a_shell_says_so(pybuild, tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text("version: 1\nsteps:\n  - write: /a\n    content: a\n  - run: echo hi\n")
     failed = pybuild(tmp_path / "r.yaml", "-o", tmp_path / "out")

@@ -552,7 +552,7 @@ def test_spec_example(recipe) -> None:
     assert isinstance(remove, RemoveStep) and remove.paths == ("/var/cache/apt", "/usr/share/doc")
     assert isinstance(run, RunStep)
     assert run.script == "apt-get update && apt-get install -y curl\n"
-    assert (run.shell, run.user, run.workdir, run.network) == (("/bin/sh", "-c"), "root", "/", "host")
+    assert (run.shell, run.user, run.workdir, run.network) == (("/bin/sh", "-e", "-c"), "root", "/", "host")
     assert run.env == {"DEBIAN_FRONTEND": "noninteractive"}
     assert [(m.kind, m.value, m.where.keypath) for m in run.mounts] == [
         ("cache", "/var/cache/apt", "steps[6].mounts[0].cache"),
