@@ -6,9 +6,12 @@ Every failure prints one first line ``pybuild: error: ...``; no traceback for us
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +113,8 @@ def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
 @click.option("--push", "push_ref", help="Also push the result to a registry.")
 @click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP.")
 @click.option("--secret", multiple=True, help="id=ID,src=PATH for run steps.")
+@click.option("--allow", "allow", multiple=True, type=click.Choice(["security.insecure"]),
+              help="Let run steps with `security: insecure` run unconfined (all capabilities, no seccomp).")
 @click.option("--digest-file", type=click.Path(path_type=Path), help="Write the image digest here.")
 @click.option("--metadata-file", type=click.Path(path_type=Path), help="Write a JSON summary here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
@@ -117,7 +122,8 @@ def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
 def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tuple[str, ...],
               build_args: tuple[str, ...], context: Path | None, compression: str, compression_level: int | None,
               source_date_epoch: int | None, cache_dir: Path | None, no_cache: bool, push_ref: str | None,
-              insecure_registry: tuple[str, ...], secret: tuple[str, ...], digest_file: Path | None,
+              insecure_registry: tuple[str, ...], secret: tuple[str, ...], allow: tuple[str, ...],
+              digest_file: Path | None,
               metadata_file: Path | None, quiet: bool, progress: str) -> None:
     """Build RECIPE into OUT."""
     kind = Compression(compression)
@@ -134,7 +140,7 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
             context=context, epoch=epoch_from_env(source_date_epoch), compression=kind, level=compression_level,
             platforms=_platforms(platforms), build_args=_parse_kv(build_args, "--build-arg"), tag=tag,
             workdir=workdir, secrets=_secrets(secret), cache_dir=cache_dir, use_cache=not no_cache,
-            insecure=frozenset(insecure_registry),
+            insecure=frozenset(insecure_registry), allow=frozenset(allow),
         )
         result = build(recipe, options, reporter)
         write_output(fmt, out, result.result, result.tag, options.epoch)
@@ -165,11 +171,22 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
 
 
 def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` through a fresh temp file beside it (mkstemp: O_EXCL, a random
+    name), so a link planted at a predictable name in a shared directory is never written through."""
     try:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
+        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600: the mode a plain write would give
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise OutputError(f"cannot write {str(path)!r}: {exc.strerror}") from exc
 
 

@@ -49,6 +49,8 @@ class BuildOptions:
     """False for ``--no-cache``: every step is built (and the cache still refreshed)."""
     insecure: frozenset[str] = frozenset()
     """``--insecure-registry``: hosts reached over plain HTTP / unverified TLS (localhost always is)."""
+    allow: frozenset[str] = frozenset()
+    """``--allow ENTITLEMENT`` (``security.insecure``): what run steps may ask beyond the sandbox."""
 
 
 def default_cache_dir() -> Path:

@@ -88,6 +88,8 @@ class RunSpec:
     """Canonical paths (relative to the rootfs) that get a private tmpfs, filled with ``copies`` and then
     made read-only, e.g. run/secrets."""
     copies: list[Copy] = field(default_factory=list)
+    confined: bool = True
+    """False only for ``security: insecure`` steps (allowed by the CLI): no confine.* at all."""
 
 
 def secure_join(root: Path, path: str, follow_last: bool = True) -> Path:
@@ -349,7 +351,8 @@ def child(spec: RunSpec) -> None:
     with contextlib.suppress(OSError):
         _mount("sysfs", f"{root}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _setup_dev(root)
-    _confine_proc(root)
+    if spec.confined:
+        _confine_proc(root)
     for rel in spec.tmpfs:
         _mount("tmpfs", f"{root}/{rel}", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755,size=65536k")
     for copy in spec.copies:
@@ -373,7 +376,8 @@ def child(spec: RunSpec) -> None:
     except OSError as exc:
         raise SystemExit(f"pybuild-sandbox: cannot enter workdir {spec.workdir}: {exc.strerror}") from exc
     os.umask(0o022)  # what a step creates must not depend on the umask pybuild was started with
-    confine.drop_capabilities(last_cap)
+    if spec.confined:
+        confine.drop_capabilities(last_cap)
     try:
         os.setgroups(spec.groups)
     except PermissionError:
@@ -382,8 +386,9 @@ def child(spec: RunSpec) -> None:
             raise
     os.setgid(spec.gid)
     os.setuid(spec.uid)
-    confine.no_new_privs()
-    seccomp.load()
+    if spec.confined:
+        confine.no_new_privs()
+        seccomp.load()
     sys.stdout.flush()
     try:
         os.execve(spec.argv[0], spec.argv, spec.env)

@@ -244,7 +244,7 @@ class StageBuilder:
             run_ctx = RunContext(
                 rootfs=self.workspace.sync(layers), platform=self.platform, env=_run_env(config, self.recipe), workdir=_workdir(config),
                 secrets=self.options.secrets, cache_dir=self.options.cache_dir or default_cache_dir(),
-                on_output=self.reporter.step_output,
+                allow_insecure="security.insecure" in self.options.allow, on_output=self.reporter.step_output,
             )
         blob, applied = self.layerer.layer(changes_for(step, ctx, run_ctx, prepared))
         if blob is not None and is_run:

@@ -115,6 +115,9 @@ class RunStep:
     network: Literal["host", "none"]
     mounts: tuple[Mount, ...]
     where: Location
+    security: Literal["sandbox", "insecure"] = "sandbox"
+    """``insecure``: no capability, seccomp or /proc confinement (BuildKit's ``security.insecure``);
+    refused unless the build is started with ``--allow security.insecure``."""
 
 
 Step = RootfsStep | CopyStep | WriteStep | MkdirStep | SymlinkStep | RemoveStep | RunStep

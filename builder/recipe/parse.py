@@ -59,7 +59,7 @@ _STEP_KEYS: dict[str, tuple[str, ...]] = {
     "mkdir": ("mode", "owner"),
     "symlink": ("target", "owner"),
     "remove": (),
-    "run": ("shell", "env", "user", "workdir", "network", "mounts"),
+    "run": ("shell", "env", "user", "workdir", "network", "mounts", "security"),
 }
 _REQUIRED = {"copy": ("to",), "write": ("content",), "symlink": ("target",)}
 _CONFIG_KEYS = ("env", "entrypoint", "cmd", "workdir", "user", "ports", "volumes", "labels", "stop_signal")
@@ -403,6 +403,10 @@ class _Parser:
         net = self.text(network) if network is not None else "host"
         if network is not None and net not in ("host", "none"):
             raise RecipeError(f"must be 'host' or 'none', got {net!r}", network.where)
+        security_node = m.get("security")
+        security = self.text(security_node) if security_node is not None else "sandbox"
+        if security_node is not None and security not in ("sandbox", "insecure"):
+            raise RecipeError(f"must be 'sandbox' or 'insecure', got {security!r}", security_node.where)
         return RunStep(
             script=script.text,
             shell=shell,
@@ -412,6 +416,7 @@ class _Parser:
             network="none" if net == "none" else "host",
             mounts=self.mounts(m.get("mounts")),
             where=kind.key_where,
+            security="insecure" if security == "insecure" else "sandbox",
         )
 
     def mounts(self, node: Node | None) -> tuple[Mount, ...]:

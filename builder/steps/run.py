@@ -48,6 +48,8 @@ class RunContext:
     workdir: str
     secrets: Mapping[str, Path] = field(default_factory=dict)
     cache_dir: Path | None = None
+    allow_insecure: bool = False
+    """``--allow security.insecure`` was given."""
     on_output: Callable[[str], None] = lambda line: None
 
 
@@ -197,6 +199,9 @@ def _make_workdir(root: Path, wd: Path) -> None:
 def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]:
     """Run the step's script in the working rootfs and return what it changed."""
     check_can_execute(rc.platform)
+    if step.security == "insecure" and not rc.allow_insecure:
+        raise StepError("`security: insecure` runs the command with every capability and no seccomp filter: "
+                        "start the build with --allow security.insecure to permit it")
     root = rc.rootfs
     shell = list(step.shell or DEFAULT_SHELL)
     shell_path = secure_join(root, shell[0])
@@ -217,7 +222,8 @@ def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]
             _make_workdir(root, wd)
         spec = RunSpec(rootfs=str(root), argv=[*shell, step.script], env=env, uid=user.uid, gid=user.gid,
                        groups=sorted({user.gid, *user.additional_gids}), workdir="/" + canon(str(wd.relative_to(root))),
-                       network=step.network, binds=mounts.binds, tmpfs=mounts.tmpfs, copies=mounts.copies)
+                       network=step.network, binds=mounts.binds, tmpfs=mounts.tmpfs, copies=mounts.copies,
+                       confined=step.security != "insecure")
         status, tail = run(spec, rc.on_output, fds=tuple(mounts.fds))
         if status != 0:
             what = f"was killed by signal {status - 128}" if status > 128 else f"exited with status {status}"

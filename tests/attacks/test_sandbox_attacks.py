@@ -230,3 +230,21 @@ def test_nul_in_run_env_is_a_clean_error(pybuild, busybox_rootfs_tar: Path, tmp_
     built = pybuild(ctx / "pybuild.yaml", "-o", tmp_path / "out", "-q", "--no-cache")
     assert_clean_error(built, "NUL")
     assert "pybuild-sandbox" not in built.stderr
+
+
+def test_insecure_steps_need_the_cli_entitlement(pybuild, probe_rootfs: Path, tmp_path: Path, need) -> None:
+    """``security: insecure`` is the recipe asking; only ``--allow security.insecure`` grants it."""
+    need("unshare", root=True)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    shutil.copy(probe_rootfs, ctx / "rootfs.tar.gz")
+    (ctx / "pybuild.yaml").write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n"
+                                      "  - run: /probe /nonexistent > /probe.out\n    security: insecure\n")
+    refused = pybuild(ctx / "pybuild.yaml", "-o", tmp_path / "out", "-q", "--no-cache")
+    assert_clean_error(refused, "--allow security.insecure")
+    assert not (tmp_path / "out").exists()
+    allowed = pybuild(ctx / "pybuild.yaml", "-o", tmp_path / "out", "-q", "--no-cache",
+                      "--allow", "security.insecure")
+    assert allowed.returncode == 0, describe(allowed)
+    results = parse(last_layer_file(tmp_path / "out", "probe.out"))
+    assert results["mount_tmpfs"] == "ok" and results["unshare_mount"] == "ok", results  # unconfined, as asked
