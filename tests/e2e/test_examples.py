@@ -74,3 +74,29 @@ def test_hello_rootfs_script_is_reproducible(tmp_path: Path) -> None:
         assert result.returncode == 0, describe(result)
         digests.append((tmp_path / name).read_bytes())
     assert digests[0] == digests[1]
+
+
+def readme_recipe() -> str:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    return text.split("## A recipe")[1].split("```yaml\n")[1].split("```")[0]
+
+
+@pytest.mark.needs("bash", "tar", "gzip", "/bin/busybox")
+def test_readme_recipe_builds_and_runs(tmp_path: Path, oci_check, need, runc) -> None:
+    """What README shows a newcomer builds as written, and the image runs as its user."""
+    need("unshare", root=True)
+    ctx = tmp_path / "ctx"
+    (ctx / "app").mkdir(parents=True)
+    (ctx / "app" / "run.sh").write_text('#!/bin/sh\ncat /etc/motd\nid -u\nstat -c %U:%G /opt/app/run.sh\n')
+    (ctx / "app" / "run.sh").chmod(0o755)
+    (ctx / "app" / "stale.pyc").write_text("excluded")
+    made = subprocess.run(["bash", str(REPO / "recipes" / "busybox" / "make-rootfs.sh"), str(ctx / "rootfs.tar.gz")],
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert made.returncode == 0, describe(made)
+    (ctx / "pybuild.yaml").write_text(readme_recipe())
+    built = subprocess.run([sys.executable, "-m", "builder", str(ctx / "pybuild.yaml"), "-o", str(tmp_path / "out"),
+                            "-q"], cwd=ctx, env=script_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert built.returncode == 0, describe(built)
+    assert oci_check(tmp_path / "out", strict=True).returncode == 0
+    ran = runc.run(tmp_path / "out", "1.0")
+    assert ran.stdout.splitlines() == ["hello from pybuild", "1000", "app:app"], describe(ran)
