@@ -7,9 +7,11 @@ Every failure prints one first line ``pybuild: error: ...``; no traceback for us
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -34,14 +36,25 @@ from builder.workdir import work_directory
 if TYPE_CHECKING:
     from builder.registry.reference import Reference
 
-SUBCOMMANDS = ("build", "inspect", "unpack", "push", "pull", "cache")
+SUBCOMMANDS = ("build", "inspect", "unpack", "push", "pull", "cache", "version")
+RECIPE_NAMES = ("pybuild.yaml", "recipe.yaml")
+"""What a directory given as RECIPE is taken to mean, in this order."""
 
 
 class _DefaultBuild(click.Group):
-    """``pybuild RECIPE ...`` means ``pybuild build RECIPE ...``."""
+    """``pybuild RECIPE ...`` means ``pybuild build RECIPE ...``; a mistyped command is not a recipe."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in SUBCOMMANDS and args[0] not in ("--help", "-h", "--version"):
+        if not args:
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        first = args[0]
+        if first not in SUBCOMMANDS and first not in ("--help", "-h", "--version"):
+            if not first.startswith("-") and not os.path.exists(first):
+                close = difflib.get_close_matches(first, SUBCOMMANDS, n=1, cutoff=0.6)
+                if close:
+                    raise click.UsageError(f"no such command or recipe file {first!r} (did you mean "
+                                           f"'pybuild {close[0]}'?)")
             args = ["build", *args]
         return super().parse_args(ctx, args)
 
@@ -53,6 +66,24 @@ def cli() -> None:
 
     pybuild RECIPE -o OUT is the same as pybuild build RECIPE -o OUT.
     """
+
+
+@cli.command("version")
+def version_cmd() -> None:
+    """Print pybuild's version."""
+    click.echo(f"pybuild {__version__}")
+
+
+def _recipe_file(recipe: Path) -> Path:
+    """RECIPE, or for a directory the first of RECIPE_NAMES in it."""
+    if recipe.is_dir():
+        for name in RECIPE_NAMES:
+            if (recipe / name).is_file():
+                return recipe / name
+        raise InputError(f"{str(recipe)!r} is a directory with no {' or '.join(RECIPE_NAMES)} in it")
+    if not recipe.is_file():
+        raise InputError(f"no such recipe file: {str(recipe)!r}")
+    return recipe
 
 
 def _reporter(quiet: bool, progress: str) -> Reporter:
@@ -97,7 +128,8 @@ def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
 
 @cli.command("build")
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Where the image goes.")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path),
+              help="Where the image goes (optional with --push).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="oci",
               show_default=True, help="Layout directory, or one tar file.")
 @click.option("-t", "--tag", help="Name the image is recorded under (default: the recipe's tag, else latest).")
@@ -119,7 +151,7 @@ def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
 @click.option("--metadata-file", type=click.Path(path_type=Path), help="Write a JSON summary here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--progress", type=click.Choice(["auto", "plain", "tty"]), default="auto", show_default=True)
-def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tuple[str, ...],
+def build_cmd(recipe: Path, out: Path | None, fmt: str, tag: str | None, platforms: tuple[str, ...],
               build_args: tuple[str, ...], context: Path | None, compression: str, compression_level: int | None,
               source_date_epoch: int | None, cache_dir: Path | None, no_cache: bool, push_ref: str | None,
               insecure_registry: tuple[str, ...], secret: tuple[str, ...], allow: tuple[str, ...],
@@ -130,12 +162,38 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
     if compression_level is not None and compression_level not in kind.levels:
         raise click.UsageError(f"--compression-level for {kind}: {kind.levels.start}-{kind.levels.stop - 1}")
     push_to = _reference(push_ref, "--push") if push_ref is not None else None
-    if not recipe.is_file():
-        raise InputError(f"no such recipe file: {str(recipe)!r}")
+    if out is None and push_to is None:
+        raise click.UsageError("Missing option '-o' / '--output' (needed unless --push is given).")
+    recipe = _recipe_file(recipe)
     if context is not None and not context.is_dir():
         raise InputError(f"--context: no such directory: {str(context)!r}")
     reporter = _reporter(quiet, progress)
-    with work_directory(out) as workdir:
+    scratch = None
+    if out is None:  # --push alone: the build's blobs live in a private temp dir until pushed
+        scratch = Path(tempfile.mkdtemp(prefix="pybuild-push-"))
+    try:
+        digest, tag = _build_and_write(recipe, out, scratch, fmt, tag, platforms, build_args, context, kind,
+                                       compression_level, source_date_epoch, cache_dir, no_cache, push_to,
+                                       insecure_registry, secret, allow, metadata_file, reporter)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if digest_file is not None:
+        _write_text(digest_file, digest + "\n")
+    if not quiet:
+        where = f"wrote {out} ({fmt})" if out is not None else f"pushed to {push_to}"
+        click.echo(f"pybuild: {where} {tag} {digest}", err=True)
+    click.echo(digest)
+
+
+def _build_and_write(recipe: Path, out: Path | None, scratch: Path | None, fmt: str, tag: str | None,
+                     platforms: tuple[str, ...], build_args: tuple[str, ...], context: Path | None,
+                     kind: Compression, compression_level: int | None, source_date_epoch: int | None,
+                     cache_dir: Path | None, no_cache: bool, push_to: Reference | None,
+                     insecure_registry: tuple[str, ...], secret: tuple[str, ...], allow: tuple[str, ...],
+                     metadata_file: Path | None, reporter: Reporter) -> tuple[str, str]:
+    """The build itself; returns (digest, tag)."""
+    with work_directory(out if out is not None else (scratch or Path()) / "out") as workdir:
         options = BuildOptions(
             context=context, epoch=epoch_from_env(source_date_epoch), compression=kind, level=compression_level,
             platforms=_platforms(platforms), build_args=_parse_kv(build_args, "--build-arg"), tag=tag,
@@ -143,7 +201,8 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
             insecure=frozenset(insecure_registry), allow=frozenset(allow),
         )
         result = build(recipe, options, reporter)
-        write_output(fmt, out, result.result, result.tag, options.epoch)
+        if out is not None:
+            write_output(fmt, out, result.result, result.tag, options.epoch)
         if push_to is not None:  # while the blobs are still in the work directory
             from builder.registry.push import push
             from builder.registry.transport import RegistryOptions
@@ -154,8 +213,6 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
             push(result.result, push_to, RegistryOptions(insecure=options.insecure), reporter.blob_event,
                  mount_from=mount_from)
     digest = str(result.result.digest)
-    if digest_file is not None:
-        _write_text(digest_file, digest + "\n")
     if metadata_file is not None:
         meta = describe(result.result, result.tag)
         meta["cache"] = {"hits": result.cache_hits, "misses": result.cache_misses}
@@ -165,9 +222,7 @@ def build_cmd(recipe: Path, out: Path, fmt: str, tag: str | None, platforms: tup
             for platform, records in result.steps for r in records
         ]
         _write_text(metadata_file, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    if not quiet:
-        click.echo(f"pybuild: wrote {out} ({fmt}) {result.tag} {digest}", err=True)
-    click.echo(digest)
+    return digest, result.tag
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -370,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except (click.Abort, KeyboardInterrupt):
         click.echo("pybuild: error: interrupted", err=True)
-        return 1
+        return 130  # 128 + SIGINT, as shells and every other tool report an interrupt
     except OSError as exc:
         if exc.errno not in _MACHINE_ERRORS:
             raise  # anything else escaping is a bug: keep its traceback

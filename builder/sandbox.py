@@ -202,11 +202,17 @@ def run(spec: RunSpec, on_output: Callable[[str], None], tail: int = 20,
     except OSError as exc:
         raise StepError(f"cannot start the sandbox: {exc.strerror}") from exc
     assert proc.stdout is not None
-    with proc.stdout:
-        for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            last.append(line)
-            on_output(line)
+    try:
+        with proc.stdout:
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                last.append(line)
+                on_output(line)
+    except BaseException:
+        # an interrupt (or a failing reporter): unshare --kill-child takes the whole sandbox with it
+        proc.kill()
+        proc.wait()
+        raise
     status = proc.wait()
     if status < 0:
         status = 128 - status

@@ -236,6 +236,17 @@ def test_build_with_push_flag(plain_registry: Registry, built) -> None:
     assert plain_registry.digest(repo, "pushed") == digest
 
 
+def test_push_without_an_output_directory(plain_registry: Registry, pybuild, ctx: Path, tmp_path: Path) -> None:
+    """``--push`` alone, as with ``buildah bud --push`` / Kaniko: no -o needed, nothing left behind."""
+    repo = unique_repo()
+    (ctx / "pybuild.yaml").write_text(RECIPE)
+    before = set(tmp_path.iterdir())
+    result = pybuild(ctx / "pybuild.yaml", "--push", plain_registry.ref(repo, "only"), "-q")
+    assert result.returncode == 0, describe(result)
+    assert plain_registry.digest(repo, "only") == result.stdout.strip()
+    assert set(tmp_path.iterdir()) == before
+
+
 def test_second_push_uploads_nothing(plain_registry: Registry, built, pybuild, make_proxy) -> None:
     out, digest = built("v1")
     proxy = make_proxy(plain_registry)

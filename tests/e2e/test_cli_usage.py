@@ -1,0 +1,76 @@
+"""What a newcomer types first: mistyped commands, a bare `pybuild`, a directory as the recipe, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import pybuild_env
+
+from .runtimes import describe
+
+
+def test_a_mistyped_command_is_answered_with_did_you_mean(pybuild, tmp_path: Path) -> None:
+    result = pybuild("inpsect", "out")
+    assert result.returncode == 2, describe(result)
+    assert "did you mean 'pybuild inspect'" in result.stderr, describe(result)
+    assert "Missing option" not in result.stderr
+
+
+def test_version_and_bare_pybuild(pybuild) -> None:
+    version = pybuild("version")
+    assert version.returncode == 0 and version.stdout.startswith("pybuild "), describe(version)
+    bare = pybuild()
+    assert bare.returncode == 0 and "Usage:" in bare.stdout and "error" not in bare.stderr, describe(bare)
+
+
+def test_a_directory_as_recipe_means_its_pybuild_yaml(pybuild, tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "pybuild.yaml").write_text("version: 1\nsteps:\n  - write: /hello\n    content: hi\n")
+    built = pybuild(app, "-o", tmp_path / "out", "-q")
+    assert built.returncode == 0, describe(built)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = pybuild(empty, "-o", tmp_path / "out2", "-q")
+    assert missing.returncode == 1 and "no pybuild.yaml or recipe.yaml" in missing.stderr, describe(missing)
+
+
+def test_output_is_required_unless_pushing(pybuild, tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text("version: 1\nsteps:\n  - write: /hello\n    content: hi\n")
+    result = pybuild(tmp_path / "r.yaml")
+    assert result.returncode == 2 and "--output" in result.stderr, describe(result)
+
+
+def test_an_interrupt_exits_130_and_leaves_no_output(busybox_rootfs_tar: Path, tmp_path: Path, need) -> None:
+    need("unshare", root=True)
+    shutil.copy(busybox_rootfs_tar, tmp_path / "rootfs.tar.gz")
+    (tmp_path / "r.yaml").write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n"
+                                     "  - run: echo started; sleep 60\n")
+    proc = subprocess.Popen([sys.executable, "-m", "builder", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "out"),
+                             "--progress", "plain"], cwd=tmp_path, env=pybuild_env(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    seen = ""
+    while "started" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    if "started" not in seen:
+        proc.kill()
+        pytest.fail(f"the run step never started:\n{seen}")
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, seen + err)
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if "pybuild-work" in p.name]
