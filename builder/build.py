@@ -7,6 +7,7 @@ built in one pass), then the config and the manifest. The result is an immutable
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,6 +185,9 @@ def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = 
     first = load_recipe(recipe_path, options.build_args, _builtin_args(options.platforms[0] if options.platforms
                                                                        else Platform.host()))
     platforms = options.platforms or first.platforms or (Platform.host(),)
+    for name in unused_build_args(first, options.build_args):
+        reporter.message(f"warning: --build-arg {name} is not declared in args: nor used as ${{{name}}} "
+                         "by the recipe (a typo?)")
     cache = LayerCache(options.cache_dir or default_cache_dir())
     images: list[Image] = []
     steps: list[tuple[Platform, tuple[StepRecord, ...]]] = []
@@ -201,6 +205,16 @@ def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = 
         return BuildResult(images[0], tag, tuple(steps), base_ref)
     raw_index = canonical_json(image_index([img.descriptor() for img in images]))
     return BuildResult(ImageIndex(raw_index, tuple(images)), tag, tuple(steps), base_ref)
+
+
+def unused_build_args(recipe: Recipe, given: Mapping[str, str]) -> list[str]:
+    """``--build-arg``s the recipe neither declares nor references as ``${NAME}``: most likely a typo
+    (Docker warns of them too, as "build-args were not consumed")."""
+    try:
+        text = recipe.path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [name for name in given if name not in recipe.declared_args and f"${{{name}}}" not in text]
 
 
 def _builtin_args(platform: Platform) -> dict[str, str]:

@@ -163,3 +163,5 @@ class Recipe:
     steps: tuple[Step, ...]
     config: ConfigSpec
     annotations: Mapping[str, str] = field(default_factory=dict)
+    declared_args: frozenset[str] = frozenset()
+    """The names under ``args:`` (``args`` also holds built-ins and extra ``--build-arg``s)."""

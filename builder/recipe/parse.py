@@ -127,7 +127,8 @@ class _Parser:
     ) -> Recipe:
         check_keys(root, _TOP_KEYS, ("version",))
         self.version(root.entries["version"].value)
-        self.args = argsmod.resolve(self.declared_args(root.get("args")), build_args, builtin_args, self.budget)
+        declared = self.declared_args(root.get("args"))
+        self.args = argsmod.resolve(declared, build_args, builtin_args, self.budget)
         stages_node = root.get("stages")
         stages_map = expect_map(stages_node, "a mapping of stage names") if stages_node is not None else None
         self.stage_names = self.check_stage_names(stages_map) if stages_map else ()
@@ -151,6 +152,7 @@ class _Parser:
             steps=self.steps(steps) if steps is not None else (),
             config=self.config(config) if config is not None else ConfigSpec(),
             annotations=dict(self.pairs(annotations)) if annotations is not None else {},
+            declared_args=frozenset(name for name, _, _ in declared),
         )
 
     def version(self, node: Node) -> None:
@@ -207,15 +209,14 @@ class _Parser:
 
     def platform(self, node: Node) -> Platform:
         text = self.text(node)
-        try:
-            platform = Platform.parse(text)
-        except ValueError as exc:
-            raise RecipeError(str(exc), node.where) from None
         if not all(_PLATFORM_PART.fullmatch(p) for p in text.split("/")):
             raise RecipeError(
                 f"platform must be lowercase os/arch[/variant] like linux/amd64, got {text!r}", node.where
             )
-        return platform
+        try:
+            return Platform.parse(text)
+        except ValueError as exc:
+            raise RecipeError(str(exc), node.where) from None
 
     # -- stages and bases -------------------------------------------------------------------
 

@@ -74,3 +74,26 @@ def test_an_interrupt_exits_130_and_leaves_no_output(busybox_rootfs_tar: Path, t
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if "pybuild-work" in p.name]
+
+
+def test_unknown_platforms_are_refused_with_a_suggestion(pybuild, tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text("version: 1\nsteps:\n  - write: /hello\n    content: hi\n")
+    typo = pybuild(tmp_path / "r.yaml", "-o", tmp_path / "out", "--platform", "linux/amd46")
+    assert typo.returncode == 2 and "unknown architecture 'amd46' (did you mean 'amd64'?)" in typo.stderr, describe(typo)
+    (tmp_path / "p.yaml").write_text("version: 1\nplatforms: [linux/arm64/v7]\nsteps:\n  - write: /a\n    content: a\n")
+    variant = pybuild(tmp_path / "p.yaml", "-o", tmp_path / "out")
+    assert variant.returncode == 1 and "p.yaml:2: platforms[0]: unknown variant of arm64 'v7'" in variant.stderr, \
+        describe(variant)
+    assert not (tmp_path / "out").exists()
+    ok = pybuild(tmp_path / "r.yaml", "-o", tmp_path / "out", "-q", "--platform", "linux/arm/v7")
+    assert ok.returncode == 0, describe(ok)
+
+
+def test_an_unused_build_arg_is_warned_about(pybuild, tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text("version: 1\nargs: {USED: a}\nsteps:\n  - write: /hello\n"
+                                     "    content: ${USED}${REFERENCED}\n")
+    result = pybuild(tmp_path / "r.yaml", "-o", tmp_path / "out", "--progress", "plain", "--build-arg", "USED=1",
+                     "--build-arg", "REFERENCED=2", "--build-arg", "VERISON=3")
+    assert result.returncode == 0, describe(result)
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "--build-arg VERISON" in warnings[0], describe(result)
