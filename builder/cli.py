@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from builder.inspect import describe, render_text
 from builder.layer.compress import Compression
 from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir, epoch_from_env
-from builder.progress import NullReporter, PlainReporter, Reporter, TtyReporter, human
+from builder.progress import JsonReporter, NullReporter, PlainReporter, Reporter, TtyReporter, human
 from builder.sinks import FORMATS, read_layout, write_layout, write_output
 from builder.sinks.bundle import write_bundle
 from builder.workdir import work_directory
@@ -89,6 +90,8 @@ def _recipe_file(recipe: Path) -> Path:
 def _reporter(quiet: bool, progress: str) -> Reporter:
     if quiet:
         return NullReporter()
+    if progress == "json":
+        return JsonReporter()
     if progress == "tty" or (progress == "auto" and sys.stderr.isatty()):
         return TtyReporter()
     return PlainReporter()
@@ -150,7 +153,7 @@ def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
 @click.option("--digest-file", type=click.Path(path_type=Path), help="Write the image digest here.")
 @click.option("--metadata-file", type=click.Path(path_type=Path), help="Write a JSON summary here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@click.option("--progress", type=click.Choice(["auto", "plain", "tty"]), default="auto", show_default=True)
+@click.option("--progress", type=click.Choice(["auto", "plain", "tty", "json"]), default="auto", show_default=True)
 def build_cmd(recipe: Path, out: Path | None, fmt: str, tag: str | None, platforms: tuple[str, ...],
               build_args: tuple[str, ...], context: Path | None, compression: str, compression_level: int | None,
               source_date_epoch: int | None, cache_dir: Path | None, no_cache: bool, push_ref: str | None,
@@ -168,6 +171,7 @@ def build_cmd(recipe: Path, out: Path | None, fmt: str, tag: str | None, platfor
     if context is not None and not context.is_dir():
         raise InputError(f"--context: no such directory: {str(context)!r}")
     reporter = _reporter(quiet, progress)
+    started = time.monotonic()
     scratch = None
     if out is None:  # --push alone: the build's blobs live in a private temp dir until pushed
         scratch = Path(tempfile.mkdtemp(prefix="pybuild-push-"))
@@ -180,9 +184,8 @@ def build_cmd(recipe: Path, out: Path | None, fmt: str, tag: str | None, platfor
             shutil.rmtree(scratch, ignore_errors=True)
     if digest_file is not None:
         _write_text(digest_file, digest + "\n")
-    if not quiet:
-        where = f"wrote {out} ({fmt})" if out is not None else f"pushed to {push_to}"
-        click.echo(f"pybuild: {where} {tag} {digest}", err=True)
+    where = f"wrote {out} ({fmt})" if out is not None else f"pushed to {push_to}"
+    reporter.message(f"pybuild: {where} {tag} {digest} in {time.monotonic() - started:.1f}s")
     click.echo(digest)
 
 
@@ -342,7 +345,7 @@ def _reference(text: str, what: str) -> Reference:
 @click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP / unverified TLS.")
 @click.option("--digest-file", type=click.Path(path_type=Path), help="Write the pushed digest here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@click.option("--progress", type=click.Choice(["auto", "plain", "tty"]), default="auto", show_default=True)
+@click.option("--progress", type=click.Choice(["auto", "plain", "tty", "json"]), default="auto", show_default=True)
 def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], digest_file: Path | None, quiet: bool,
              progress: str) -> None:
     """Push an image (or a multi-platform index) from a layout to a registry."""
@@ -358,8 +361,7 @@ def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], digest_fil
     digest = push(image, target, RegistryOptions(insecure=frozenset(insecure_registry)), reporter.blob_event)
     if digest_file is not None:
         _write_text(digest_file, f"{digest}\n")
-    if not quiet:
-        click.echo(f"pybuild: pushed {target} {digest}", err=True)
+    reporter.message(f"pybuild: pushed {target} {digest}")
     click.echo(str(digest))
 
 
@@ -371,7 +373,7 @@ def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], digest_fil
 @click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP / unverified TLS.")
 @click.option("--digest-file", type=click.Path(path_type=Path), help="Write the pulled digest here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@click.option("--progress", type=click.Choice(["auto", "plain", "tty"]), default="auto", show_default=True)
+@click.option("--progress", type=click.Choice(["auto", "plain", "tty", "json"]), default="auto", show_default=True)
 def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, insecure_registry: tuple[str, ...],
              digest_file: Path | None, quiet: bool, progress: str) -> None:
     """Pull an image from a registry into an OCI layout (every blob verified)."""
@@ -387,8 +389,7 @@ def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, in
         write_layout(out, image, tag or source.tag or "latest")
     if digest_file is not None:
         _write_text(digest_file, f"{image.digest}\n")
-    if not quiet:
-        click.echo(f"pybuild: pulled {source} into {out} {image.digest}", err=True)
+    reporter.message(f"pybuild: pulled {source} into {out} {image.digest}")
     click.echo(str(image.digest))
 
 

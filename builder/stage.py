@@ -28,7 +28,7 @@ from builder.oci import config as cfgmod
 from builder.oci.digest import Digest
 from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir
-from builder.progress import Reporter
+from builder.progress import Reporter, human
 from builder.recipe.model import ConfigSpec, Recipe, RunStep, Step
 from builder.steps import CopyScan, RunContext, StepContext, cache_inputs, changes_for, describe, prepare
 from builder.steps.base import RestartLayer
@@ -82,10 +82,15 @@ class _Workspace:
         self.path = path
         self.applied = 0
 
-    def sync(self, layers: list[LayerBlob]) -> Path:
+    def sync(self, layers: list[LayerBlob], reporter: Reporter) -> Path:
         self.path.mkdir(parents=True, exist_ok=True)
-        for blob in layers[self.applied:]:
-            apply_blob(self.path, blob)
+        todo = layers[self.applied:]
+        if todo:
+            size = sum(blob.uncompressed_size or 0 for blob in todo)
+            reporter.message(f"      preparing the root filesystem: {len(todo)} layer{'s' * (len(todo) > 1)}"
+                             + (f", {human(size)}" if size else ""))
+        for blob in todo:
+            apply_blob(self.path, blob, reporter.step_progress)
         self.applied = len(layers)
         return self.path
 
@@ -242,7 +247,7 @@ class StageBuilder:
         run_ctx = None
         if is_run:
             run_ctx = RunContext(
-                rootfs=self.workspace.sync(layers), platform=self.platform, env=_run_env(config, self.recipe), workdir=_workdir(config),
+                rootfs=self.workspace.sync(layers, self.reporter), platform=self.platform, env=_run_env(config, self.recipe), workdir=_workdir(config),
                 secrets=self.options.secrets, cache_dir=self.options.cache_dir or default_cache_dir(),
                 allow_insecure="security.insecure" in self.options.allow, on_output=self.reporter.step_output,
             )

@@ -22,7 +22,7 @@ import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -49,19 +49,26 @@ class _Reader(HashingReader):
     """A HashingReader whose read failures are InputError (a BadGzipFile is an OSError, which would
     otherwise read as a failed write)."""
 
-    def __init__(self, raw: BinaryIO, label: str, algorithm: str) -> None:
+    def __init__(self, raw: BinaryIO, label: str, algorithm: str,
+                 on_progress: Callable[[int], None] | None = None) -> None:
         super().__init__(raw, algorithm)
         self._label = label
+        self._on_progress = on_progress
 
     def read(self, n: int = -1) -> bytes:
         try:
-            return super().read(n)
+            data = super().read(n)
         except DECODE_ERRORS as exc:
             raise InputError(f"{self._label}: unreadable layer data ({exc})") from exc
+        if self._on_progress is not None and data:
+            self._on_progress(len(data))
+        return data
 
 
-def apply_blob(root: Path, blob: LayerBlob) -> None:
+def apply_blob(root: Path, blob: LayerBlob, on_progress: Callable[[int], None] | None = None) -> None:
     """Apply one layer blob (compression detected by content) onto ``root``, checking digest and diff_id.
+
+    ``on_progress`` gets the uncompressed bytes as they are read (a large base takes seconds).
 
     Every byte is hashed, trailing bytes too. When applying fails the digest is still checked, so
     a corrupt blob says IntegrityError, not some tar error. Entries land before the digests are
@@ -73,7 +80,7 @@ def apply_blob(root: Path, blob: LayerBlob) -> None:
         with open(blob.path, "rb") as f:
             raw = _Reader(f, label, blob.digest.algorithm)
             decoded = open_decompressed(raw)  # type: ignore[arg-type]
-            tar = _Reader(decoded, label, blob.diff_id.algorithm)
+            tar = _Reader(decoded, label, blob.diff_id.algorithm, on_progress)
             try:
                 try:
                     apply_layer(root, tar, label=label)  # type: ignore[arg-type]

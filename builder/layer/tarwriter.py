@@ -185,8 +185,6 @@ class LayerTarWriter:
                 self._write(header)
                 with e.content() as src:
                     self._copy(src, size, e.path)
-            if self._progress:
-                self._progress(size)
         else:
             self._write(header)
 
@@ -198,6 +196,8 @@ class LayerTarWriter:
                 raise InputError(f"'/{path}' changed size while it was read")
             self._write(chunk)
             left -= len(chunk)
+            if self._progress:  # per chunk: a 1 GB file is not seconds of silence
+                self._progress(len(chunk))
         if size % tarfile.BLOCKSIZE:
             self._write(_NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
 
@@ -205,6 +205,8 @@ class LayerTarWriter:
         """Header, content and padding of a host file; one write when it is small (most are)."""
         if size <= COPY_BUFSIZE:
             self._write(header + src.read_all(size, path) + _NUL * (-size % tarfile.BLOCKSIZE))
+            if self._progress:
+                self._progress(size)
             return
         self._write(header)
         with src.stream() as reader:

@@ -97,3 +97,19 @@ def test_an_unused_build_arg_is_warned_about(pybuild, tmp_path: Path) -> None:
     assert result.returncode == 0, describe(result)
     warnings = [line for line in result.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "--build-arg VERISON" in warnings[0], describe(result)
+
+
+def test_progress_json_is_only_json_lines(pybuild, busybox_rootfs_tar: Path, tmp_path: Path, need) -> None:
+    need("unshare", root=True)
+    import json
+
+    shutil.copy(busybox_rootfs_tar, tmp_path / "rootfs.tar.gz")
+    (tmp_path / "r.yaml").write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n"
+                                     "  - run: |\n      echo one\n      printf 'a\\rb\\n'\n")
+    result = pybuild(tmp_path / "r.yaml", "-o", tmp_path / "out", "--progress", "json", "--no-cache")
+    assert result.returncode == 0, describe(result)
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("step") == 2 and kinds.count("step_done") == 2, kinds
+    assert [e["line"] for e in events if e["event"] == "output"] == ["one", "a\rb"]
+    assert events[-1]["event"] == "message" and result.stdout.strip() in events[-1]["text"]
