@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-import builder.progress as progress
+from builder import progress
 from builder.layer.entry import Entry, Kind
 from builder.layer.tarwriter import write_tar
 from builder.progress import JsonReporter, PlainReporter, headline, terminal_line
