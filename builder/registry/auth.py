@@ -16,6 +16,11 @@ set of scopes, by GET with Basic credentials or by an OAuth2 refresh-token POST 
 an identity token). It is shared by the transport's threads, so one lock guards its cache and
 token fetches are not duplicated when several requests are refused at once.
 
+Everything read is bounded (``wire.py``): a credentials file is read up to
+:data:`MAX_AUTH_FILE`, a helper's output up to :data:`MAX_HELPER_OUTPUT`, a token reply up to
+:data:`MAX_TOKEN_REPLY` and within :data:`TOKEN_DEADLINE` seconds (redirects included, each one
+checked as the realm is), and all their JSON goes through ``json_value``'s depth and size checks.
+
 Secrets (passwords, identity tokens, bearer tokens, Basic strings) never reach an exception
 message, a repr or a log: :class:`Credentials` redacts its repr, messages name users, hosts, scopes
 and statuses only, and text quoted from a server is scrubbed of every secret we hold.
@@ -30,11 +35,13 @@ import ipaddress
 import json
 import os
 import re
+import selectors
 import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +50,19 @@ from urllib.parse import urlsplit
 import requests
 
 from builder.errors import InputError, RegistryError
+from builder.oci.canonical import json_object, json_value
 from builder.registry.reference import DOCKER_HUB, DOCKER_HUB_API, LEGACY_DOCKER_HUB
+from builder.registry.wire import (
+    MAX_REDIRECTS,
+    REDIRECT_CODES,
+    Deadline,
+    DeadlineError,
+    KiB,
+    MiB,
+    read_body,
+    redirect_target,
+    size_text,
+)
 
 #: The OAuth2 ``client_id`` sent with refresh-token grants (registries log it; some require one).
 CLIENT_ID = "pybuild"
@@ -51,6 +70,14 @@ CLIENT_ID = "pybuild"
 HELPER_TIMEOUT = 60
 #: Seconds for a token request (connect and read).
 TOKEN_TIMEOUT = 30
+#: Seconds for a whole token request, redirects included (the default of ``Authenticator(deadline=...)``).
+TOKEN_DEADLINE = 60
+#: Bytes of a token reply: tokens are sent back in a header, so a huge one is refused, not stored.
+MAX_TOKEN_REPLY = MiB
+#: Bytes of a credentials file (config.json, auth.json); real ones are a few KiB.
+MAX_AUTH_FILE = 4 * MiB
+#: Bytes of a credential helper's output (stdout and stderr each).
+MAX_HELPER_OUTPUT = MiB
 #: A token's lifetime when the endpoint does not say (the Docker token spec's default).
 DEFAULT_EXPIRES_IN = 60
 #: Stop handing out a token this many seconds before it expires, so it does not expire in flight.
@@ -174,34 +201,70 @@ def run_credential_helper(name: str, server: str, environ: Mapping[str, str] | N
     if exe is None:
         raise RegistryError(f"credential helper {program} not found on PATH (it is named in the docker config)")
     try:
-        proc = subprocess.run(
-            [exe, "get"],
-            input=server.encode(),
-            capture_output=True,
-            timeout=HELPER_TIMEOUT,
-            env=None if environ is None else dict(environ),
-            check=False,
-        )
+        returncode, stdout, stderr = _run_bounded([exe, "get"], server.encode(), environ)
     except subprocess.TimeoutExpired:
         raise RegistryError(f"credential helper {program} did not answer within {HELPER_TIMEOUT} s") from None
     except OSError as exc:
         raise RegistryError(f"credential helper {program} could not be run: {exc.strerror}") from None
-    out = proc.stdout.decode(errors="replace").strip()
-    if proc.returncode != 0:
-        said = out or proc.stderr.decode(errors="replace").strip()
+    if returncode is None:
+        raise RegistryError(f"credential helper {program} wrote more than {size_text(MAX_HELPER_OUTPUT)} for {server}")
+    out = stdout.decode(errors="replace").strip()
+    if returncode != 0:
+        said = out or stderr.decode(errors="replace").strip()
         if _NOT_FOUND in said.lower():
             return {}
         line = said.splitlines()[0][:_MESSAGE_MAX] if said and not said.lstrip().startswith("{") else ""
         raise RegistryError(
-            f"credential helper {program} failed for {server} (exit status {proc.returncode})" + (f": {line}" if line else "")
+            f"credential helper {program} failed for {server} (exit status {returncode})" + (f": {line}" if line else "")
         )
     try:
-        answer = json.loads(out)
+        answer = json_value(stdout)
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
         raise RegistryError(f"credential helper {program} gave a malformed answer for {server}")
     return answer
+
+
+def _run_bounded(argv: list[str], stdin: bytes, environ: Mapping[str, str] | None) -> tuple[int | None, bytes, bytes]:
+    """Run a helper: (exit status, stdout, stderr), or (None, ...) if it wrote more than MAX_HELPER_OUTPUT.
+
+    ``subprocess.run`` would keep everything a helper writes; this reads both pipes as they fill
+    and kills the helper at the cap or at HELPER_TIMEOUT (``subprocess.TimeoutExpired``).
+    """
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=None if environ is None else dict(environ)) as proc:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        try:
+            proc.stdin.write(stdin)  # a server name: far below a pipe's capacity, so this cannot block
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the helper did not read it; its exit status says the rest
+        until = time.monotonic() + HELPER_TIMEOUT
+        output = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+        with selectors.DefaultSelector() as selector:
+            for fd in output:
+                selector.register(fd, selectors.EVENT_READ)
+            while selector.get_map():
+                left = until - time.monotonic()
+                if left <= 0:
+                    proc.kill()
+                    raise subprocess.TimeoutExpired(argv, HELPER_TIMEOUT)
+                for key, _ in selector.select(left):
+                    chunk = os.read(key.fd, 64 * KiB)
+                    if not chunk:
+                        selector.unregister(key.fd)
+                        continue
+                    output[key.fd] += chunk
+                    if len(output[key.fd]) > MAX_HELPER_OUTPUT:
+                        proc.kill()
+                        return None, b"", b""
+        try:
+            returncode = proc.wait(max(0.0, until - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        return returncode, bytes(output[proc.stdout.fileno()]), bytes(output[proc.stderr.fileno()])
 
 
 def _load_config(path: Path, named: bool) -> dict[str, Any] | None:
@@ -212,26 +275,30 @@ def _load_config(path: Path, named: bool) -> dict[str, Any] | None:
     is an error.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_AUTH_FILE + 1)
     except FileNotFoundError:
         return None
     except PermissionError as exc:
         if not named:
             return None
         raise InputError(f"{path}: cannot read credentials file ({exc.strerror})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-        raise InputError(f"{path}: cannot read credentials file ({reason})") from None
-    if not text.strip():
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read credentials file ({exc.strerror})") from None
+    if len(data) > MAX_AUTH_FILE:
+        raise InputError(f"{path}: credentials file is larger than {size_text(MAX_AUTH_FILE)}")
+    if not data.strip():
         return None
     try:
-        config = json.loads(text)
+        value = json_value(data)
     except json.JSONDecodeError as exc:
         # the decoder's message names a position, never the content
         raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(config, dict):
+    except ValueError as exc:  # not UTF-8, too deeply nested: json_value's messages quote nothing either
+        raise InputError(f"{path}: cannot read credentials file ({exc})") from None
+    if not isinstance(value, dict):
         raise InputError(f"{path}: expected a JSON object")
-    return config
+    return value
 
 
 def _section(config: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
@@ -434,12 +501,14 @@ class Authenticator:
     """
 
     def __init__(
-        self, registry: str, credentials: Credentials | None, session: requests.Session, *, insecure: bool = False
+        self, registry: str, credentials: Credentials | None, session: requests.Session, *, insecure: bool = False,
+        deadline: float = TOKEN_DEADLINE,
     ) -> None:
         self.registry = registry
         self._credentials = credentials
         self._session = session
         self._insecure = insecure
+        self._deadline = deadline
         self._lock = threading.Lock()
         self._tokens: dict[frozenset[str], _Token] = {}
         self._strikes: dict[frozenset[str], int] = {}
@@ -555,9 +624,9 @@ class Authenticator:
             if scopes:
                 form["scope"] = " ".join(scopes)
             # no redirects: a 307/308 would carry the refresh token in the body to wherever it points
-            resp = self._request("POST", realm, shown, data=form, allow_redirects=False)
-            if resp.status_code not in (404, 405):
-                return self._token_from(resp, shown, key)
+            answer = self._request("POST", realm, shown, data=form, follow=False)
+            if answer[0] not in (404, 405):
+                return self._token_from(answer, shown, key)
         query = [("service", service)] if service else []
         query += [("scope", s) for s in scopes]
         headers = {}
@@ -566,33 +635,72 @@ class Authenticator:
             headers["Authorization"] = basic
             if creds.username:
                 query.append(("account", creds.username))
-        resp = self._request("GET", realm, shown, params=query, headers=headers)
-        return self._token_from(resp, shown, key)
+        answer = self._request("GET", realm, shown, params=query, headers=headers)
+        return self._token_from(answer, shown, key)
 
-    def _request(self, method: str, url: str, shown: str, **kw: Any) -> requests.Response:
-        """One token request (requests drops the Basic header if a GET is redirected to another host).
+    def _request(
+        self, method: str, url: str, shown: str, *, params: list[tuple[str, str]] | None = None,
+        data: dict[str, str] | None = None, headers: dict[str, str] | None = None, follow: bool = True,
+    ) -> _Answer:
+        """One token request: (status, Content-Type, body of at most MAX_TOKEN_REPLY bytes), within the deadline.
 
-        TLS is verified unless the realm is on the insecure registry's own host: ``--insecure-registry``
-        names that host, and credentials must not go unverified to any other.
+        Redirects of a GET are followed by hand, each target checked as a realm is (https unless
+        insecure, no user name, no link-local address), and Authorization goes only to the realm's
+        own origin. TLS is verified unless the host is the insecure registry's own:
+        ``--insecure-registry`` names that host, and credentials must not go unverified to any other.
         """
-        verify = not (self._insecure and _same_host(urlsplit(url).hostname or "", self.registry))
-        try:
-            return self._session.request(method, url, timeout=TOKEN_TIMEOUT, verify=verify, **kw)
-        except requests.RequestException as exc:
-            # requests' messages quote URLs and reasons; keep ours to names we chose
-            raise RegistryError(f"{self.registry}: token endpoint {shown} unreachable ({type(exc).__name__})") from None
+        origin = _origin(url)
+        send = dict(headers or {})
+        with Deadline(self._deadline) as deadline:
+            try:
+                for _ in range(MAX_REDIRECTS + 1):
+                    deadline.check()
+                    verify = not (self._insecure and _same_host(urlsplit(url).hostname or "", self.registry))
+                    if _origin(url) != origin:
+                        send.pop("Authorization", None)
+                    with deadline.watching():
+                        resp = self._session.request(method, url, params=params, data=data, headers=send,
+                                                     timeout=TOKEN_TIMEOUT, verify=verify, allow_redirects=False,
+                                                     stream=True)
+                    with closing(resp):
+                        location = resp.headers.get("Location")
+                        if follow and resp.status_code in REDIRECT_CODES and location:
+                            target = redirect_target(resp.url or url, location)
+                            if target is None:
+                                raise RegistryError(f"{self.registry}: token endpoint {shown} redirected to a URL that "
+                                                    "is not http(s) or is malformed")
+                            self._check_realm(target)
+                            deadline.detach()
+                            url, params, method, data = target, None, "GET", None
+                            continue
+                        what = f"{self.registry}: token endpoint {shown}: the answer"
+                        body = read_body(resp, MAX_TOKEN_REPLY, what, truncate=resp.status_code != 200)
+                        deadline.check()
+                        deadline.detach()
+                        return resp.status_code, resp.headers.get("Content-Type", ""), body
+            # ValueError: a plain requests.Session (not new_session's) parses a redirect's Location itself
+            except (requests.RequestException, DeadlineError, ValueError) as exc:
+                if deadline.expired:
+                    raise RegistryError(f"{self.registry}: token endpoint {shown} gave no complete answer within "
+                                        f"{self._deadline:g} s") from None
+                # requests' messages quote URLs and reasons; keep ours to names we chose
+                raise RegistryError(f"{self.registry}: token endpoint {shown} unreachable ({type(exc).__name__})") from None
+        raise RegistryError(f"{self.registry}: token endpoint {shown}: more than {MAX_REDIRECTS} redirects")
 
-    def _token_from(self, resp: requests.Response, shown: str, key: frozenset[str]) -> _Token:
-        if resp.status_code != 200:
-            detail = self._server_message(resp)
-            answer = f"{resp.status_code} {_phrase(resp.status_code)}".rstrip() + (f": {detail}" if detail else "")
-            if resp.status_code in (401, 403):
-                raise RegistryError(f"{self.registry}: token endpoint {shown} refused {self._who()} ({answer})")
-            raise RegistryError(f"{self.registry}: token endpoint {shown} answered {answer}")
+    def _token_from(self, answer: _Answer, shown: str, key: frozenset[str]) -> _Token:
+        status, content_type, body = answer
+        if status != 200:
+            detail = self._server_message(content_type, body)
+            text = f"{status} {_phrase(status)}".rstrip() + (f": {detail}" if detail else "")
+            if status in (401, 403):
+                raise RegistryError(f"{self.registry}: token endpoint {shown} refused {self._who()} ({text})")
+            raise RegistryError(f"{self.registry}: token endpoint {shown} answered {text}")
         try:
-            doc = resp.json()
-        except ValueError:
+            doc = json_object(body)
+        except json.JSONDecodeError:
             doc = None
+        except ValueError as exc:  # not UTF-8, or nested too deep: say which, the content stays out
+            raise RegistryError(f"{self.registry}: token endpoint {shown} answered unusable JSON ({exc})") from None
         if not isinstance(doc, dict):
             raise RegistryError(f"{self.registry}: token endpoint {shown} answered something other than a JSON object")
         value = doc.get("access_token") or doc.get("token")
@@ -649,11 +757,11 @@ class Authenticator:
             + f"){scope_text} as {self._who()}"
         )
 
-    def _server_message(self, resp: requests.Response) -> str:
+    def _server_message(self, content_type: str, body: bytes) -> str:
         """The error text an endpoint gave (distribution, OAuth2 and Docker Hub shapes), scrubbed."""
         text = ""
         try:
-            doc = resp.json()
+            doc = json_value(body)
         except ValueError:
             doc = None
         if isinstance(doc, dict):
@@ -663,8 +771,8 @@ class Authenticator:
             for name in ("error_description", "details", "message", "error"):
                 if not text and isinstance(doc.get(name), str):
                     text = doc[name]
-        elif "json" not in resp.headers.get("Content-Type", "") and len(resp.content) <= 1024:
-            text = resp.text
+        elif "json" not in content_type and len(body) <= 1024:
+            text = body.decode(errors="replace")
         return self._scrub(" ".join(text.split()))[:_MESSAGE_MAX]
 
     def _scrub(self, text: str) -> str:
@@ -673,6 +781,14 @@ class Authenticator:
         for secret in sorted(secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
         return text
+
+
+_Answer = tuple[int, str, bytes]  # a token endpoint's status, Content-Type and body
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _same_host(hostname: str, registry: str) -> bool:

@@ -18,7 +18,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Literal, Self, TypeVar
 from urllib.parse import quote, urljoin, urlsplit, urlunsplit
@@ -31,19 +31,12 @@ from builder.oci.digest import Digest
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES, MediaType
 from builder.registry.auth import Authenticator, Credentials, find_credentials, scope_for
 from builder.registry.reference import Reference
-from builder.registry.transport import (
-    TRANSIENT_ERRORS,
-    Body,
-    MiB,
-    RegistryOptions,
-    RetryableError,
-    Transport,
-    new_session,
-)
+from builder.registry.transport import TRANSIENT_ERRORS, Body, RegistryOptions, Reply, RetryableError, Transport
+from builder.registry.wire import MiB, new_session
 
 ACCEPTED = (MediaType.OCI_MANIFEST, MediaType.OCI_INDEX, MediaType.DOCKER_MANIFEST, MediaType.DOCKER_LIST)
 MANIFEST_ACCEPT = ", ".join(ACCEPTED)  # without Accept, some registries answer with schema 1
-MAX_MANIFEST = 8 * MiB  # the spec asks registries to take at least 4 MB; twice that is refused, not loaded
+MAX_MANIFEST = 4 * MiB  # the distribution spec's cap (registries refuse larger ones with 413): more is not read
 SCHEMA1_TYPES = frozenset({
     "application/vnd.docker.distribution.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
@@ -81,7 +74,8 @@ class RegistryClient:
         creds = find_credentials(ref.registry) if credentials is FIND_CREDENTIALS else credentials
         session = new_session()
         insecure = self.options.is_insecure(ref.api_host) or self.options.is_insecure(ref.registry)
-        self.authenticator = Authenticator(ref.registry, creds, session, insecure=insecure)
+        self.authenticator = Authenticator(ref.registry, creds, session, insecure=insecure,
+                                           deadline=self.options.deadline)
         self.transport = Transport(ref.registry, ref.api_host, self.authenticator, self.options, session=session)
         self.repo = ref.repository
         self.scopes = (scope_for(ref.repository, "pull,push" if push else "pull"),)
@@ -111,13 +105,9 @@ class RegistryClient:
         want = identifier if isinstance(identifier, Digest) else _as_digest(identifier)
         name = self._name(identifier)
 
-        def fetch() -> tuple[bytes, requests.structures.CaseInsensitiveDict[str]]:
-            resp = self.transport.request("GET", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
-                                          headers={"Accept": MANIFEST_ACCEPT}, stream=True)
-            with closing(resp):
-                return _read_capped(resp, MAX_MANIFEST, f"{name}: manifest"), resp.headers
-
-        raw, headers = self._retrying("GET", f"{self.repo}/manifests/{identifier}", fetch)
+        reply = self.transport.request("GET", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
+                                       headers={"Accept": MANIFEST_ACCEPT}, limit=MAX_MANIFEST, what="manifest")
+        raw, headers = reply.body, reply.headers
         if want is not None:
             _check_bytes(raw, want, f"{name}: manifest")
             digest = want
@@ -130,21 +120,19 @@ class RegistryClient:
 
     def manifest_digest(self, identifier: str | Digest) -> Digest | None:
         """The digest the registry has under ``identifier`` (HEAD), or None if it has nothing there."""
-        resp = self.transport.request("HEAD", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
-                                      headers={"Accept": MANIFEST_ACCEPT}, ok=(200, 404))
-        with closing(resp):
-            if resp.status_code == 404:
-                return None
-            return _header_digest(resp.headers) or (identifier if isinstance(identifier, Digest) else None)
+        reply = self.transport.request("HEAD", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
+                                       headers={"Accept": MANIFEST_ACCEPT}, ok=(200, 404))
+        if reply.status == 404:
+            return None
+        return _header_digest(reply.headers) or (identifier if isinstance(identifier, Digest) else None)
 
     def put_manifest(self, identifier: str | Digest, raw: bytes, media_type: str) -> Digest:
         """Store ``raw`` exactly as given under a tag or its digest; the registry's digest must be ours."""
         digest = Digest.of(raw)
-        resp = self.transport.request("PUT", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
-                                      headers={"Content-Type": media_type}, data=raw, ok=(200, 201, 202),
-                                      repeatable=True)
-        with closing(resp):
-            header = _header_digest(resp.headers)
+        reply = self.transport.request("PUT", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
+                                       headers={"Content-Type": media_type}, data=raw, ok=(200, 201, 202),
+                                       repeatable=True)
+        header = _header_digest(reply.headers)
         if header is not None:
             _check_bytes(raw, header, f"{self._name(identifier)}: manifest as stored by the registry")
         return digest
@@ -152,24 +140,29 @@ class RegistryClient:
     # ---- blobs -----------------------------------------------------------------------------
 
     def blob_exists(self, digest: Digest) -> bool:
-        resp = self.transport.request("HEAD", f"{self.repo}/blobs/{digest}", scopes=self.scopes, ok=(200, 404))
-        resp.close()
-        return resp.status_code == 200
+        return self.transport.request("HEAD", f"{self.repo}/blobs/{digest}", scopes=self.scopes, ok=(200, 404)).status == 200
 
     def fetch_blob(self, digest: Digest, size: int | None, dest: Path, on_progress: Progress | None = None) -> None:
-        """Download a blob to ``dest``: streamed to a temp file beside it, hashed, renamed only if it is right."""
+        """Download a blob to ``dest``: streamed to a temp file beside it, hashed, renamed only if it is right.
+
+        A blob has no overall deadline (it may be gigabytes), but a minimum throughput: each MiB
+        must arrive within ``options.timeout`` seconds of the one before (see transport.py).
+        """
         dest.parent.mkdir(parents=True, exist_ok=True)
         name = f"{self.ref.registry}/{self.repo}@{digest}"
 
         def fetch() -> None:
             tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
             try:
-                resp = self.transport.request("GET", f"{self.repo}/blobs/{digest}", scopes=self.scopes,
-                                              headers={"Accept-Encoding": "identity"}, stream=True)
-                with closing(resp), open(tmp, "xb") as out:
+                with self.transport.stream("GET", f"{self.repo}/blobs/{digest}", scopes=self.scopes,
+                                           headers={"Accept-Encoding": "identity"}) as (resp, deadline), \
+                        open(tmp, "xb") as out:
                     hasher = hashlib.new(digest.algorithm)
                     count = 0
+                    rule = f"the blob arrives slower than 1 MiB per {self.options.timeout:g} s"
+                    deadline.restart(self.options.timeout, rule)
                     for block in resp.iter_content(MiB):
+                        deadline.restart(self.options.timeout, rule)
                         count += len(block)
                         if size is not None and count > size:
                             raise IntegrityError(f"{name}: blob is larger than the {size} bytes its descriptor says")
@@ -197,17 +190,16 @@ class RegistryClient:
         scopes = (*self.scopes, scope_for(from_repo, "pull"))
         path = f"{self.repo}/blobs/uploads/?mount={quote(str(digest), safe='')}&from={quote(from_repo, safe='/')}"
         try:
-            resp = self.transport.request("POST", path, scopes=scopes, ok=(201, 202))
+            reply = self.transport.request("POST", path, scopes=scopes, ok=(201, 202))
         except RegistryError:
             return False
-        with closing(resp):
-            if resp.status_code == 201:
-                return True
-            location = resp.headers.get("Location")
+        if reply.status == 201:
+            return True
+        location = reply.headers.get("Location")
         if location:
             with contextlib.suppress(RegistryError):  # an abandoned session expires on its own
-                self.transport.request("DELETE", urljoin(resp.url, location), scopes=self.scopes,
-                                       ok=(200, 202, 204, 404)).close()
+                self.transport.request("DELETE", urljoin(reply.url, location), scopes=self.scopes,
+                                       ok=(200, 202, 204, 404))
         return False
 
     def upload_blob(self, source: Path | bytes, digest: Digest, size: int, on_progress: Progress | None = None) -> None:
@@ -234,35 +226,32 @@ class RegistryClient:
             if actual != size:
                 raise IntegrityError(f"{source if isinstance(source, Path) else name}: {actual} bytes, "
                                      f"the descriptor of {digest} says {size}")
-            resp = self.transport.request("POST", f"{self.repo}/blobs/uploads/", scopes=self.scopes, ok=(202,))
-            with closing(resp):
-                location = _location(resp, None, name)
-                min_chunk = _int_header(resp, "OCI-Chunk-Min-Length")
+            reply = self.transport.request("POST", f"{self.repo}/blobs/uploads/", scopes=self.scopes, ok=(202,))
+            location = _location(reply, None, name)
+            min_chunk = _int_header(reply, "OCI-Chunk-Min-Length")
             headers = {"Content-Type": OCTET_STREAM}
             if size <= self.options.chunk_size:
                 data: bytes | Body = Body(file, 0, size, on_progress) if size else b""
-                resp = self.transport.request("PUT", with_query(location, "digest", str(digest)), scopes=self.scopes,
-                                              headers={**headers, "Content-Length": str(size)}, data=data,
-                                              ok=(201,))
+                reply = self.transport.request("PUT", with_query(location, "digest", str(digest)),
+                                               scopes=self.scopes, headers={**headers, "Content-Length": str(size)},
+                                               data=data, ok=(201,))
             else:
                 chunk = max(self.options.chunk_size, min_chunk)
                 offset = 0
                 while offset < size:
                     end = min(offset + chunk, size) - 1
-                    resp = self.transport.request(
+                    reply = self.transport.request(
                         "PATCH", location, scopes=self.scopes, data=Body(file, offset, end - offset + 1, on_progress),
                         headers={**headers, "Content-Range": f"{offset}-{end}", "Content-Length": str(end - offset + 1)},
                         ok=(202, 204, 201, 416),
                     )
-                    with closing(resp):
-                        if resp.status_code == 416:  # the registry has a different idea of the offset
-                            raise RetryableError(f"{name}: the registry refused chunk {offset}-{end} (416)")
-                        location = _location(resp, location, name)
-                        offset = _acknowledged(resp, offset, end, name)
-                resp = self.transport.request("PUT", with_query(location, "digest", str(digest)), scopes=self.scopes,
-                                              headers=headers, ok=(201,))
-            with closing(resp):
-                header = _header_digest(resp.headers)
+                    if reply.status == 416:  # the registry has a different idea of the offset
+                        raise RetryableError(f"{name}: the registry refused chunk {offset}-{end} (416)")
+                    location = _location(reply, location, name)
+                    offset = _acknowledged(reply, offset, end, name)
+                reply = self.transport.request("PUT", with_query(location, "digest", str(digest)),
+                                               scopes=self.scopes, headers=headers, ok=(201,))
+            header = _header_digest(reply.headers)
             if header is not None and header != digest:
                 raise IntegrityError(f"{name}: the registry stored the blob as {header}")
 
@@ -315,19 +304,22 @@ def with_query(url: str, name: str, value: str) -> str:
     return urlunsplit(parts._replace(query=f"{parts.query}&{item}" if parts.query else item))
 
 
-def _location(resp: requests.Response, default: str | None, name: str) -> str:
+def _location(reply: Reply, default: str | None, name: str) -> str:
     """The upload session's next URL, absolute; relative Locations are resolved against the request URL."""
-    location = resp.headers.get("Location")
+    location = reply.headers.get("Location")
     if location:
-        return urljoin(resp.url, location)
+        try:
+            return urljoin(reply.url, location)
+        except ValueError:
+            raise RegistryError(f"{name}: the registry answered a malformed upload Location") from None
     if default is None:
         raise RegistryError(f"{name}: the registry started an upload without a Location")
     return default
 
 
-def _acknowledged(resp: requests.Response, start: int, end: int, name: str) -> int:
+def _acknowledged(reply: Reply, start: int, end: int, name: str) -> int:
     """Where the next chunk starts: after ``end``, or after what the registry's ``Range`` says it has."""
-    value = resp.headers.get("Range", "").rpartition("-")[2].strip()
+    value = reply.headers.get("Range", "").rpartition("-")[2].strip()
     if not value.isdigit():
         return end + 1
     have = int(value) + 1
@@ -336,8 +328,8 @@ def _acknowledged(resp: requests.Response, start: int, end: int, name: str) -> i
     return have
 
 
-def _int_header(resp: requests.Response, header: str) -> int:
-    value = resp.headers.get(header, "").strip()
+def _int_header(reply: Reply, header: str) -> int:
+    value = reply.headers.get(header, "").strip()
     return int(value) if value.isdigit() else 0
 
 
@@ -359,18 +351,6 @@ def _check_bytes(data: bytes, digest: Digest, what: str) -> None:
         raise IntegrityError(f"{what}: content is {digest.algorithm}:{actual}, expected {digest}")
 
 
-def _read_capped(resp: requests.Response, limit: int, what: str) -> bytes:
-    length = resp.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > limit:
-        raise RegistryError(f"{what}: {length} bytes is too large (limit {limit})")
-    data = bytearray()
-    for block in resp.iter_content(64 << 10):
-        data += block
-        if len(data) > limit:
-            raise RegistryError(f"{what}: larger than {limit} bytes")
-    return bytes(data)
-
-
 def _media_type(raw: bytes, content_type: str, name: str) -> str:
     """The manifest's media type: the Content-Type when it names one, else the document's own ``mediaType``.
 
@@ -379,7 +359,7 @@ def _media_type(raw: bytes, content_type: str, name: str) -> str:
     """
     ctype = content_type.split(";")[0].strip().lower()
     try:
-        doc = json_object(raw)
+        doc = json_object(raw, limit=MAX_MANIFEST)
     except ValueError as exc:
         raise RegistryError(f"{name}: manifest is not valid JSON: {exc}") from exc
     if ctype in SCHEMA1_TYPES or doc.get("schemaVersion") == 1:

@@ -28,9 +28,10 @@ from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
 from builder.registry.client import MAX_MANIFEST, RegistryClient, run_all
 from builder.registry.reference import Reference
-from builder.registry.transport import MiB, RegistryOptions
+from builder.registry.transport import RegistryOptions
+from builder.registry.wire import MiB
 
-MAX_CONFIG = 64 * MiB  # as the layout reader's limit for JSON documents
+MAX_CONFIG = 8 * MiB  # as the layout reader's limit for JSON documents (sinks/layout.py MAX_JSON)
 EventSink = Callable[[str, Digest, int], None]
 
 
@@ -86,7 +87,7 @@ def pull(
 
 
 def _children(raw: bytes, ref: Reference) -> list[Descriptor]:
-    doc = _json(raw, f"{ref}: index")
+    doc = _json(raw, f"{ref}: index", MAX_MANIFEST)
     entries = doc.get("manifests")
     if not isinstance(entries, list):
         raise RegistryError(f"{ref}: index has no manifests list")
@@ -111,7 +112,7 @@ def _fetch_manifest(client: RegistryClient, desc: Descriptor, ref: Reference, em
 
 
 def _parse_manifest(desc: Descriptor, raw: bytes, ref: Reference) -> _Manifest:
-    doc = _json(raw, f"{ref}: manifest {desc.digest}")
+    doc = _json(raw, f"{ref}: manifest {desc.digest}", MAX_MANIFEST)
     try:
         config = Descriptor.from_json(doc["config"])
         layers = tuple(Descriptor.from_json(d) for d in doc.get("layers") or [])
@@ -146,7 +147,7 @@ def _fetch_blobs(client: RegistryClient, manifests: Sequence[_Manifest], dest: P
 
 def _image(manifest: _Manifest, dest: Path, ref: Reference) -> Image:
     raw_config = blob_path(dest, manifest.config.digest).read_bytes()
-    config = _json(raw_config, f"{ref}: config {manifest.config.digest}")
+    config = _json(raw_config, f"{ref}: config {manifest.config.digest}", MAX_CONFIG)
     desc = manifest.desc
     try:
         ids = diff_ids(config)
@@ -168,8 +169,8 @@ def blob_path(root: Path, digest: Digest) -> Path:
     return root / "blobs" / digest.algorithm / digest.hex
 
 
-def _json(raw: bytes, what: str) -> dict[str, Any]:
+def _json(raw: bytes, what: str, limit: int) -> dict[str, Any]:
     try:
-        return json_object(raw)
+        return json_object(raw, limit=limit)
     except ValueError as exc:
         raise RegistryError(f"{what}: invalid JSON: {exc}") from exc

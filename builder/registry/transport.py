@@ -15,6 +15,16 @@ so that the client reads like the distribution spec:
   follow them to another origin (distribution-spec), and each hop gets TLS verification for
   its own host (an insecure registry does not make its CDN insecure), which requests' own
   redirect handling, with one ``verify`` for the whole chain, cannot do.
+- Redirects go to http(s) URLs only; anything else (``file:``, ``gopher:``, a malformed URL) is
+  a RegistryError, never something requests is asked to open.
+- Every answer is read within bounds (``wire.py``): a small request (manifests, HEADs, upload
+  steps, and every error body) has one wall-clock deadline, ``RegistryOptions.deadline``, for
+  all its hops, and its body is read up to a cap (``limit``; 64 KiB unless the caller needs
+  more) before ``request`` returns. Blob downloads (:meth:`Transport.stream`) cannot have a
+  fixed deadline, as a blob may be gigabytes: their hops get the deadline, then the body must
+  keep up a minimum throughput, every MiB within ``timeout`` seconds (17 KiB/s by default; a
+  per-read timeout alone lets a server that sends a byte every few seconds hold the download
+  forever). A blob upload's deadline starts when its body has been sent.
 - Transient failures (connection errors, timeouts, 5xx, 429) are retried with exponential
   backoff, but only for requests that can be replayed as they are. A request whose body is a
   stream cannot: it raises :class:`RetryableError`, and the caller restarts the whole blob
@@ -25,31 +35,43 @@ so that the client reads like the distribution spec:
 
 from __future__ import annotations
 
-import contextlib
-import json
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import InsecureRequestWarning
 
-from builder import __version__
 from builder.errors import RegistryError
+from builder.oci.canonical import json_object
 from builder.registry.auth import Authenticator
+from builder.registry.wire import (
+    MAX_REDIRECTS,
+    REDIRECT_CODES,
+    USER_AGENT,  # noqa: F401 - re-exported (the tests check that it is sent)
+    Deadline,
+    DeadlineError,
+    KiB,
+    MiB,
+    new_session,
+    read_body,
+    redirect_target,
+)
 
-MiB = 1 << 20
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "[::1]"})
-USER_AGENT = f"pybuild/{__version__}"
-MAX_REDIRECTS = 10
+#: Bytes of an answer read when the caller does not need its body (upload steps, a stored manifest).
+MAX_ANSWER = 64 * KiB
+#: Bytes of an error body read for its message; the rest is not read.
+MAX_ERROR_BODY = 64 * KiB
 MAX_CHALLENGES = 3  # per request; the authenticator itself gives up after a fresh value is refused
 MAX_RETRY_AFTER = 30.0  # seconds: a Retry-After longer than this is shortened, not obeyed
-_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _NOT_TRANSIENT_5XX = frozenset({501, 505})
 TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _UNVERIFIED = threading.Lock()  # see Transport._send
@@ -66,7 +88,9 @@ class RegistryOptions:
     backoff: float = 0.5
     """Seconds before the first retry; doubled for each one after."""
     timeout: float = 60
-    """Seconds to connect, and between two reads of a response."""
+    """Seconds to connect, and between two reads of a response; a blob body must bring a MiB in this time."""
+    deadline: float = 120
+    """Seconds for a whole small request (manifest, token, upload step, HEAD), redirects included."""
     chunk_size: int = 64 * MiB
     """Blobs up to this size go in one PUT; larger ones in PATCH chunks of this size."""
     parallel: int = 4
@@ -92,6 +116,16 @@ class RetryableError(RegistryError):
     stream that has been consumed): a transient failure, or a 401 after which the
     authenticator has a fresh token (tokens expire in the middle of long uploads).
     """
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A registry's answer to a small request, read in full (within its cap and deadline)."""
+
+    status: int
+    headers: CaseInsensitiveDict[str]
+    url: str
+    body: bytes
 
 
 class Body:
@@ -125,22 +159,6 @@ class Body:
     def __iter__(self) -> Iterator[bytes]:
         while data := self.read(MiB):
             yield data
-
-
-def new_session() -> requests.Session:
-    """A session that says it is pybuild; proxies and CA bundles come from the environment, ~/.netrc does not.
-
-    Credentials are the authenticator's business alone: requests would otherwise add a
-    ``.netrc`` password for any host without an Authorization header, such as a CDN.
-    """
-    session = requests.Session()
-    session.headers["User-Agent"] = USER_AGENT
-    session.auth = _no_auth
-    return session
-
-
-def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    return request  # a session-level auth keeps requests from looking into ~/.netrc
 
 
 def _transient(status: int) -> bool:
@@ -185,10 +203,14 @@ class Transport:
 
     def _probe(self) -> str:
         """``GET https://HOST/v2/`` unverified: any HTTP answer means TLS works; a TLS or connection error, HTTP."""
-        try:
-            self._send("GET", f"https://{self.api_host}/v2/", {}, None, False, verify=False).close()
-        except (requests.ConnectionError, requests.Timeout):
-            return "http"
+        with Deadline(self.options.deadline) as deadline:
+            try:
+                with deadline.watching():
+                    resp = self._send("GET", f"https://{self.api_host}/v2/", {}, None, verify=False)
+            except (requests.ConnectionError, requests.Timeout):
+                return "http"
+            deadline.detach()
+        resp.close()
         return "https"
 
     def url(self, url_or_path: str) -> str:
@@ -213,54 +235,121 @@ class Transport:
         scopes: Sequence[str],
         headers: dict[str, str] | None = None,
         data: bytes | Body | None = None,
-        stream: bool = False,
         ok: Sequence[int] = (200,),
         repeatable: bool | None = None,
-    ) -> requests.Response:
-        """Send one API request and return the response if its status is in ``ok``.
+        limit: int = MAX_ANSWER,
+        what: str = "the answer",
+    ) -> Reply:
+        """Send one API request; if its status is in ``ok``, its answer with a body of at most ``limit`` bytes.
 
         ``repeatable`` (default: GET and HEAD) says the request may be sent again after a
         transient failure; it must also have a replayable body (bytes or none). A request that
         may not be repeated raises :class:`RetryableError` where a retry would have helped.
+        A longer body is a RegistryError naming ``what``.
+        """
+        repeat = (method in ("GET", "HEAD") if repeatable is None else repeatable) and not isinstance(data, Body)
+        for attempt in range(self.options.retries + 1):
+            try:
+                with self.stream(method, url_or_path, scopes=scopes, headers=headers, data=data, ok=ok,
+                                 repeatable=repeatable) as (resp, _):
+                    where = self._where(method, resp.url)
+                    body = b"" if method == "HEAD" else read_body(resp, limit, f"{where}: {what}")
+                return Reply(resp.status_code, resp.headers, resp.url, body)
+            except TRANSIENT_ERRORS as exc:  # the body broke off or stalled
+                if not repeat or attempt >= self.options.retries:
+                    cls = RegistryError if repeat else RetryableError
+                    raise cls(self.describe_failure(method, self.url(url_or_path), exc)) from None
+                self.pause(attempt)
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def stream(
+        self,
+        method: str,
+        url_or_path: str,
+        *,
+        scopes: Sequence[str],
+        headers: dict[str, str] | None = None,
+        data: bytes | Body | None = None,
+        ok: Sequence[int] = (200,),
+        repeatable: bool | None = None,
+    ) -> Iterator[tuple[requests.Response, Deadline]]:
+        """As :meth:`request`, but the response is yielded unread, with the deadline its hops had.
+
+        The caller reads the body inside the block (``deadline.restart`` for a throughput rule);
+        a failure while it does, once the deadline has passed, is reported as the deadline.
         """
         url = self.url(url_or_path)
+        resp, deadline = self._answer(method, url, headers or {}, data, scopes, ok, repeatable)
+        try:
+            yield resp, deadline
+            deadline.check()  # a body cut short by the watcher may look complete
+        except Exception as exc:
+            if deadline.expired:
+                raise RegistryError(f"{self._where(method, url)}: {deadline.message}") from None
+            if isinstance(exc, requests.RequestException) and not isinstance(exc, TRANSIENT_ERRORS):
+                raise RegistryError(self.describe_failure(method, url, exc)) from None
+            raise
+        finally:
+            deadline.close()
+            resp.close()
+
+    def _answer(
+        self, method: str, url: str, headers: dict[str, str], data: bytes | Body | None, scopes: Sequence[str],
+        ok: Sequence[int], repeatable: bool | None,
+    ) -> tuple[requests.Response, Deadline]:
+        """The response (status in ``ok``, body unread) and its deadline, after retries and challenges."""
         replayable = not isinstance(data, Body)
         repeat = (method in ("GET", "HEAD") if repeatable is None else repeatable) and replayable
         attempt = 0
         challenges = 0
         auth = self._authorization(scopes)
         while True:
+            deadline = Deadline(self.options.deadline, from_answer=not replayable)
             try:
-                resp = self._follow(method, url, auth, headers or {}, data, stream)
-            except TRANSIENT_ERRORS as exc:
+                resp = self._follow(method, url, auth, headers, data, deadline)
+            except (requests.RequestException, DeadlineError) as exc:
+                deadline.close()
+                if deadline.expired:
+                    raise RegistryError(f"{self._where(method, url)}: {deadline.message}") from None
+                if not isinstance(exc, TRANSIENT_ERRORS):  # InvalidURL, InvalidHeader, ...: one line, not a traceback
+                    raise RegistryError(self.describe_failure(method, url, exc)) from None
                 if isinstance(exc, requests.exceptions.SSLError) or not (repeat and attempt < self.options.retries):
                     cls = RegistryError if repeat or isinstance(exc, requests.exceptions.SSLError) else RetryableError
                     raise cls(self.describe_failure(method, url, exc)) from exc
                 self.pause(attempt)
                 attempt += 1
                 continue
-            if resp.status_code == 401 and challenges < MAX_CHALLENGES and self._is_registry(resp.url):
-                challenge = resp.headers.get("WWW-Authenticate")
-                if challenge:
-                    resp.close()
-                    challenges += 1
-                    self._challenge = challenge
-                    auth = self.authenticator.challenge(challenge, scopes, sent=auth or "")
-                    if not replayable:
-                        raise RetryableError(f"{self._where(method, url)}: 401 (authorization expired or refused)")
-                    continue
-            if _transient(resp.status_code) and resp.status_code not in ok:
-                if repeat and attempt < self.options.retries:
-                    delay = _retry_after(resp)
-                    resp.close()
-                    self.pause(attempt, delay)
-                    attempt += 1
-                    continue
-                if not repeat:
-                    raise RetryableError(self.describe_response(method, url, resp))
-            if resp.status_code not in ok:
+            if resp.status_code in ok:
+                return resp, deadline
+            try:
+                if resp.status_code == 401 and challenges < MAX_CHALLENGES and self._is_registry(resp.url):
+                    challenge = resp.headers.get("WWW-Authenticate")
+                    if challenge:
+                        self._close(resp, deadline)
+                        challenges += 1
+                        self._challenge = challenge
+                        auth = self.authenticator.challenge(challenge, scopes, sent=auth or "")
+                        if not replayable:
+                            raise RetryableError(f"{self._where(method, url)}: 401 (authorization expired or refused)")
+                        continue
+                if _transient(resp.status_code):
+                    if repeat and attempt < self.options.retries:
+                        delay = _retry_after(resp)
+                        self._close(resp, deadline)
+                        self.pause(attempt, delay)
+                        attempt += 1
+                        continue
+                    if not repeat:
+                        raise RetryableError(self.describe_response(method, url, resp))
                 raise RegistryError(self.describe_response(method, url, resp))
-            return resp
+            finally:
+                self._close(resp, deadline)
+
+    @staticmethod
+    def _close(resp: requests.Response, deadline: Deadline) -> None:
+        deadline.close()
+        resp.close()
 
     def pause(self, attempt: int, at_least: float | None = None) -> None:
         """Wait before retry number ``attempt + 1``: exponential backoff, or the server's Retry-After."""
@@ -272,36 +361,43 @@ class Transport:
 
     def _follow(
         self, method: str, url: str, auth: str | None, headers: dict[str, str], data: bytes | Body | None,
-        stream: bool,
+        deadline: Deadline,
     ) -> requests.Response:
         """Send the request and follow redirects by hand, with Authorization only for the registry's origin."""
         for _ in range(MAX_REDIRECTS + 1):
+            deadline.check()
             send = dict(headers)
             if auth is not None and self._is_registry(url):
                 send["Authorization"] = auth
-            resp = self._send(method, url, send, data, stream, verify=self._verify(url))
+            with deadline.watching():
+                resp = self._send(method, url, send, data, verify=self._verify(url))
             location = resp.headers.get("Location")
-            if resp.status_code not in _REDIRECT_CODES or not location:
+            if resp.status_code not in REDIRECT_CODES or not location:
                 return resp
+            deadline.detach()
             resp.close()
             if isinstance(data, Body):  # a consumed stream cannot be sent to the new place
                 raise RetryableError(f"{self._where(method, url)}: redirected while uploading a stream")
+            target = redirect_target(url, location)
+            if target is None:
+                raise RegistryError(f"{self._where(method, url)}: {resp.status_code} redirect to a URL that is not "
+                                    "http(s) or is malformed")
             if resp.status_code == 303 and method != "HEAD":
                 method, data = "GET", None
-            url = urljoin(url, location)
+            url = target
         raise RegistryError(f"{self._where(method, url)}: more than {MAX_REDIRECTS} redirects")
 
     def _send(
-        self, method: str, url: str, headers: dict[str, str], data: bytes | Body | None, stream: bool, *, verify: bool
+        self, method: str, url: str, headers: dict[str, str], data: bytes | Body | None, *, verify: bool
     ) -> requests.Response:
-        """One HTTP exchange.
+        """One HTTP exchange, its body left unread.
 
         urllib3 warns on every unverified TLS request; the user asked for exactly that with
         ``--insecure-registry``, so the warning is silenced for those requests only.
         ``catch_warnings`` swaps process-wide state, hence the lock around it; plain-HTTP
         requests (the usual local registry) never need it.
         """
-        kwargs: dict[str, Any] = {"headers": headers, "data": data, "stream": stream, "verify": verify,
+        kwargs: dict[str, Any] = {"headers": headers, "data": data, "stream": True, "verify": verify,
                                   "timeout": self.options.timeout, "allow_redirects": False}
         if verify or url.startswith("http://"):
             return self.session.request(method, url, **kwargs)
@@ -329,10 +425,7 @@ class Transport:
 
     def describe_response(self, method: str, url: str, resp: requests.Response) -> str:
         """``REGISTRY: METHOD PATH: STATUS CODE: message`` from the distribution-spec error body."""
-        try:
-            detail = error_detail(resp)
-        finally:
-            resp.close()
+        detail = error_detail(resp)
         if not detail:
             try:
                 detail = HTTPStatus(resp.status_code).phrase
@@ -354,25 +447,22 @@ class Transport:
         return f"{self._where(method, url)}: {reason}"
 
 
-def error_detail(resp: requests.Response, limit: int = 64 << 10) -> str:
+def error_detail(resp: requests.Response, limit: int = MAX_ERROR_BODY) -> str:
     """``CODE: message; CODE: message`` from a ``{"errors": [...]}`` body (at most ``limit`` bytes read)."""
     if resp.request is not None and resp.request.method == "HEAD":
         return ""
-    with contextlib.suppress(Exception):  # a body we cannot read or parse adds nothing to the message
-        body = b""
-        for block in resp.iter_content(8192):
-            body += block
-            if len(body) >= limit:
-                break
-        errors = json.loads(body).get("errors")
-        parts = []
-        for err in errors if isinstance(errors, list) else []:
-            if isinstance(err, dict):
-                text = ": ".join(str(err[k]) for k in ("code", "message") if err.get(k))
-                if text:
-                    parts.append(" ".join(text.split()))
-        return "; ".join(parts)[:500]
-    return ""
+    try:
+        body = read_body(resp, limit, "error body", truncate=True)
+        errors = json_object(body).get("errors")
+    except (RegistryError, ValueError, requests.RequestException):
+        return ""  # a body we cannot read or parse adds nothing to the message
+    parts = []
+    for err in errors if isinstance(errors, list) else []:
+        if isinstance(err, dict):
+            text = ": ".join(str(err[k]) for k in ("code", "message") if err.get(k))
+            if text:
+                parts.append(" ".join(text.split()))
+    return "; ".join(parts)[:500]
 
 
 def _retry_after(resp: requests.Response) -> float | None:

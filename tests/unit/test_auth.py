@@ -8,6 +8,7 @@ strings and bearer tokens must never be part of a message or a repr.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import sys
@@ -781,7 +782,7 @@ def test_tls_of_the_token_endpoint(session: requests.Session, monkeypatch: pytes
     def fake_request(method: str, url: str, **kw: Any) -> requests.Response:
         calls.append((url, kw["verify"]))
         resp = requests.Response()
-        resp.status_code, resp._content = 200, b'{"token": "t"}'
+        resp.status_code, resp.raw = 200, io.BytesIO(b'{"token": "t"}')  # read as a stream, as the real one is
         return resp
 
     monkeypatch.setattr(session, "request", fake_request)
@@ -799,14 +800,14 @@ def test_tls_of_the_token_endpoint(session: requests.Session, monkeypatch: pytes
 
 def test_unreadable_files(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     path = docker_config(env, {"auths": {"ghcr.io": {"auth": BASIC}}})
-    read_text = Path.read_text
+    path_open = Path.open
 
-    def refuse(self: Path, *args: Any, **kw: Any) -> str:
+    def refuse(self: Path, *args: Any, **kw: Any) -> Any:
         if self == path:  # mode 0 does not stop root, who may run the tests
             raise PermissionError(13, "Permission denied", str(self))
-        return read_text(self, *args, **kw)
+        return path_open(self, *args, **kw)
 
-    monkeypatch.setattr(Path, "read_text", refuse)
+    monkeypatch.setattr(Path, "open", refuse)
     assert find_credentials("ghcr.io", env) is None  # a default location: skipped, as docker does
     env["DOCKER_CONFIG"] = str(path.parent)
     with pytest.raises(InputError, match=r"config\.json: cannot read credentials file \(Permission denied\)"):
