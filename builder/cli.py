@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -32,6 +32,7 @@ from builder.options import BuildOptions, default_cache_dir, epoch_from_env
 from builder.progress import JsonReporter, NullReporter, PlainReporter, Reporter, TtyReporter, human
 from builder.sinks import FORMATS, read_layout, write_layout, write_output
 from builder.sinks.bundle import write_bundle
+from builder.sinks.layout import read_json
 from builder.workdir import work_directory
 
 if TYPE_CHECKING:
@@ -283,7 +284,7 @@ def inspect_cmd(ref: str, as_json: bool) -> None:
 
 def _only_tag(path: Path) -> str | None:
     try:
-        index: dict[str, Any] = json.loads((path / "index.json").read_text())
+        index = read_json(path / "index.json")
         names = [m.get("annotations", {}).get("org.opencontainers.image.ref.name") for m in index["manifests"]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

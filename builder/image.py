@@ -7,12 +7,12 @@ loaded image keeps the bytes it was read from.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from builder.oci.canonical import json_object
 from builder.oci.descriptor import Descriptor
 from builder.oci.digest import Digest
 from builder.oci.platform import Platform
@@ -62,12 +62,12 @@ class Image:
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.raw_manifest)
+        value: dict[str, Any] = json_object(self.raw_manifest)
         return value
 
     @cached_property
     def config(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.raw_config)
+        value: dict[str, Any] = json_object(self.raw_config)
         return value
 
     @property
@@ -93,7 +93,7 @@ class ImageIndex:
 
     @cached_property
     def index(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.raw_index)
+        value: dict[str, Any] = json_object(self.raw_index)
         return value
 
     def descriptor(self, annotations: dict[str, str] | None = None) -> Descriptor:

@@ -20,6 +20,7 @@ from builder.errors import located
 from builder.fs.apply import apply_blob
 from builder.fs.scan import update_tree
 from builder.fs.tree import WATCHED, FsTree
+from builder.fs.users import read_account_file
 from builder.image import LayerBlob
 from builder.layer.blob import write_layer_blob
 from builder.layer.entry import Change, Entry
@@ -122,7 +123,7 @@ class _Layerer:
             for change in itertools.chain([first], changes):
                 if isinstance(change, Entry) and change.path in WATCHED and change.content is not None:
                     with change.content() as f:
-                        applied.watched[change.path] = f.read()
+                        applied.watched[change.path] = read_account_file(f, change.size, change.path)
                 applied.changes.append(change)
                 writer.add(change)
             writer.close()

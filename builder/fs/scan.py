@@ -8,6 +8,7 @@ from typing import BinaryIO
 
 from builder.errors import InputError, IntegrityError
 from builder.fs.tree import WATCHED, FsTree
+from builder.fs.users import read_account_file
 from builder.image import LayerBlob
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.entry import WH_OPAQUE, WH_PREFIX, Change, Entry, Kind, Opaque, Whiteout, canon
@@ -55,7 +56,7 @@ def _read_members(stream: BinaryIO, blob: LayerBlob, changes: list[Change], watc
                                  link, ti.devmajor, ti.devminor))
             if path in WATCHED and ti.isreg():
                 member = tf.extractfile(ti)
-                watched[path] = member.read() if member else b""
+                watched[path] = read_account_file(member, ti.size, path)
 
 
 def update_tree(tree: FsTree, layers: Sequence[LayerBlob]) -> FsTree:

@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import IO
 
 from builder.errors import InputError
+
+MAX_ACCOUNT_FILE = 16 << 20
+"""An image's /etc/passwd or /etc/group larger than this is refused, never loaded: a real one with
+100,000 accounts is ~6 MB, and one of 512 MiB is a memory bomb."""
+
+
+def read_account_file(stream: IO[bytes] | None, size: int, path: str) -> bytes:
+    """The content of an image's ``path`` (/etc/passwd, /etc/group), ``size`` bytes as its header says.
+
+    Refused (InputError) above :data:`MAX_ACCOUNT_FILE` before anything is read, and never more
+    than that is read whatever the header claims, so the readers of layers and tarballs that keep
+    these files in memory stay bounded.
+    """
+    if size > MAX_ACCOUNT_FILE:
+        raise InputError(f"/{path.lstrip('/')}: {size} bytes, larger than {MAX_ACCOUNT_FILE} for an account file")
+    data = stream.read(MAX_ACCOUNT_FILE + 1) if stream is not None else b""
+    if len(data) > MAX_ACCOUNT_FILE:
+        raise InputError(f"/{path.lstrip('/')}: larger than {MAX_ACCOUNT_FILE} bytes for an account file")
+    return data
+
+
+def _text(content: bytes | None) -> str:
+    if content is not None and len(content) > MAX_ACCOUNT_FILE:
+        raise InputError(f"the image's /etc/passwd or /etc/group: {len(content)} bytes, larger than {MAX_ACCOUNT_FILE}")
+    return (content or b"").decode("utf-8", "replace")
 
 
 def _table(content: bytes | None, id_field: int) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
-    for line in (content or b"").decode("utf-8", "replace").splitlines():
+    for line in _text(content).splitlines():
         fields = line.split(":")
         if len(fields) > id_field and fields[0] and not line.startswith("#"):
             try:
@@ -64,7 +90,7 @@ class ProcessUser:
 def _rows(content: bytes | None, fields: int) -> list[list[str]]:
     """Lines of a passwd/group file as fields; comments and lines with non-numeric ids skipped."""
     rows = []
-    for line in (content or b"").decode("utf-8", "replace").splitlines():
+    for line in _text(content).splitlines():
         row = line.split(":")
         if len(row) >= fields and row[0] and not line.startswith(("#", "+", "-")) and row[2].isdigit():
             rows.append(row)

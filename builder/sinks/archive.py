@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +28,7 @@ from builder.oci.descriptor import is_attestation
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.platform import Platform
 from builder.sinks.layout import OCI_LAYOUT, Blob, check_ref_name, image_blobs
-from builder.sinks.lock import private_sibling
+from builder.sinks.lock import NotRegularFileError, open_regular, private_sibling
 
 _DIR = None  # marks a directory entry among the archive's members
 
@@ -149,14 +150,20 @@ def _add(tar: tarfile.TarFile, name: str, content: bytes | Blob | None, epoch: i
 
 
 def _add_file(tar: tarfile.TarFile, name: str, blob: Blob, path: Path, epoch: int) -> None:
-    """Stream one blob file into the archive, checking its size and (unless verified) its digest."""
+    """Stream one blob file into the archive, checking its size and (unless verified) its digest.
+
+    Only a regular file is read (a FIFO or a device would never end), and only as many bytes as
+    its size when opened: the tar header is written with that size.
+    """
     try:
-        with open(path, "rb") as f:
-            size = path.stat().st_size
+        with os.fdopen(open_regular(path), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             if blob.size is not None and size != blob.size:
                 raise IntegrityError(f"{path}: {size} bytes, descriptor says {blob.size}")
             reader = _HashingReader(f, blob.digest.algorithm)
             tar.addfile(_info(name, epoch, size), reader)
+    except NotRegularFileError as exc:
+        raise InputError(f"{path}: blob source is {exc.strerror}") from exc
     except FileNotFoundError as exc:
         raise InputError(f"{path}: blob source missing") from exc
     if not blob.verified and reader.hasher.hexdigest() != blob.digest.hex:

@@ -21,14 +21,13 @@ from typing import Any
 
 from builder.errors import InputError, OutputError
 from builder.fs.apply import read_in_root, unpack_layers
-from builder.fs.users import resolve_user
+from builder.fs.users import MAX_ACCOUNT_FILE, resolve_user
 from builder.image import Image, ImageIndex
 from builder.oci.platform import Platform
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOSTNAME = "pybuild"
-_MAX_ACCOUNTS = 16 << 20  # /etc/passwd or /etc/group larger than this is not an account file
 
 # Exactly what `runc spec` (runc 1.1) writes: the defaults a user of runc expects.
 _CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
@@ -125,7 +124,7 @@ def runtime_config(config: dict[str, Any], rootfs: Path) -> dict[str, Any]:
     user_spec = inner.get("User") or ""
     if not isinstance(user_spec, str):
         raise InputError("image config: User is not a string")
-    passwd, group = (read_in_root(rootfs, f"etc/{name}", _MAX_ACCOUNTS) for name in ("passwd", "group"))
+    passwd, group = (read_in_root(rootfs, f"etc/{name}", MAX_ACCOUNT_FILE) for name in ("passwd", "group"))
     resolved = resolve_user(user_spec, passwd, group)
     user: dict[str, Any] = {"uid": resolved.uid, "gid": resolved.gid}
     if resolved.additional_gids:

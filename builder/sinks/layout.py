@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
+import os
 import re
 import shutil
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,17 +38,25 @@ from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
 from builder.sinks.lock import (
     TMP_PREFIX,
+    NotRegularFileError,
+    clone_file,
     copy_checked,
     locked_dir,
+    open_regular,
     private_sibling,
+    read_regular,
     remove_dead_siblings,
     rename_noreplace,
+    sibling_prefix,
     tmp_path,
     write_atomic,
 )
 
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
-MAX_JSON = 64 << 20  # manifests, indexes and configs larger than this are refused, not loaded
+MAX_JSON = 8 << 20
+"""index.json, manifests, indexes and configs larger than this are refused, never loaded: the
+registry client's manifest limit (registries take at least 4 MB), so what pybuild pulls it can
+read back, and a 400 MiB ``index.json`` costs nothing."""
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")  # image-spec annotations.md
 
@@ -84,42 +93,62 @@ def blob_path(root: Path, digest: Digest) -> Path:
 
 
 def _present(root: Path, blob: Blob) -> bool:
-    """True if ``root`` already holds the blob (its name is its digest; the size guards against a torn file)."""
+    """True if ``root`` already holds the blob (its name is its digest; the size guards against a torn
+    file; a FIFO or a link planted there is not a blob, and is replaced)."""
     try:
-        st = blob_path(root, blob.digest).stat()
+        st = blob_path(root, blob.digest).lstat()
     except OSError:
         return False
-    return blob.size is None or st.st_size == blob.size
+    return stat.S_ISREG(st.st_mode) and (blob.size is None or st.st_size == blob.size)
 
 
-def _store(stage: Path, blob: Blob) -> None:
+def _store(out: Path, stage: Path, blob: Blob) -> None:
     """Write one blob to ``stage/blobs/<alg>/<hex>`` through a temp file in ``stage``.
 
-    Verified blobs are hard-linked where possible (the sources are content-addressed and never
-    rewritten); unverified ones are copied while hashed, and never renamed into place if wrong.
+    Only a verified file of this build's own work directory that nothing else links to is
+    hard-linked: anything else (the layer cache's files above all) is cloned or copied, so OUT
+    never shares an inode with a file someone else may damage, or that damage to OUT would reach.
+    Unverified blobs are copied while hashed, and never renamed into place if wrong.
     """
     dest = blob_path(stage, blob.digest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(stage)
     try:
         if blob.data is not None:  # manifest, config, index: their digests were computed from these bytes
-            tmp.write_bytes(blob.data)
+            with open(tmp, "xb") as f:
+                f.write(blob.data)
         elif blob.path is None:
             raise OutputError(f"{dest}: blob has no content")
         elif not blob.verified:
             copy_checked(blob.path, tmp, blob.digest, blob.size)
-        else:
+        elif _ours(out, blob.path):
             try:
                 tmp.hardlink_to(blob.path)
-            except OSError:  # another filesystem, or links not allowed: copy
-                shutil.copyfile(blob.path, tmp)
+            except OSError:  # another filesystem, or links not allowed
+                clone_file(blob.path, tmp, blob.size)
             if blob.size is not None and tmp.stat().st_size != blob.size:
                 raise IntegrityError(f"{blob.path}: {tmp.stat().st_size} bytes, descriptor says {blob.size}")
+        else:
+            clone_file(blob.path, tmp, blob.size)
         tmp.replace(dest)
+    except NotRegularFileError as exc:
+        raise InputError(f"{exc.filename}: blob source is {exc.strerror}") from exc
     except FileNotFoundError as exc:
         raise InputError(f"{exc.filename}: blob source missing") from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _ours(out: Path, path: Path) -> bool:
+    """True for a regular file inside one of OUT's private siblings (the build's work directory)
+    that has no other link: a blob this build wrote, which may become OUT's without a copy."""
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(out.parent))
+        st = path.lstat()
+    except (ValueError, OSError):
+        return False
+    private = bool(rel.parts) and rel.parts[0].startswith(sibling_prefix(out))
+    return private and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
 
 def write_layout(out: Path, image: Image | ImageIndex, tag: str) -> None:
@@ -146,7 +175,7 @@ def _create(out: Path, blobs: Sequence[Blob], desc: Descriptor) -> bool:
             (tmp / "oci-layout").write_bytes(OCI_LAYOUT)
             for blob in blobs:
                 if not _present(tmp, blob):
-                    _store(tmp, blob)
+                    _store(out, tmp, blob)
             (tmp / "index.json").write_bytes(canonical_json(image_index([desc])))
             try:
                 rename_noreplace(tmp, out)
@@ -186,7 +215,7 @@ def _update(out: Path, blobs: Sequence[Blob], desc: Descriptor, tag: str) -> Non
             try:
                 for blob in blobs:
                     if not _present(out, blob):
-                        _store(stage, blob)
+                        _store(out, stage, blob)
                 if empty:
                     write_atomic(out / "oci-layout", OCI_LAYOUT)
                 index = image_index([]) if empty else _load_index(out / "index.json", OutputError)
@@ -226,12 +255,28 @@ def _with_ref(entries: list[Any], desc: Descriptor, tag: str) -> list[Any]:
 
 def _load_index(path: Path, error: type[InputError | OutputError]) -> dict[str, Any]:
     try:
-        index = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise error(f"{path}: cannot read the layout index: {exc}") from exc
-    if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+        index = read_json(path)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise error(f"{path}: cannot read the layout index: {_reason(exc)}") from exc
+    if not isinstance(index.get("manifests"), list):
         raise error(f"{path}: not an image index (no manifests list)")
     return index
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from regular file ``path`` of at most :data:`MAX_JSON` bytes (ValueError if larger)."""
+    data = read_regular(path, MAX_JSON)
+    if len(data) > MAX_JSON:
+        raise ValueError(f"larger than {MAX_JSON} bytes")
+    return json_object(data)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def _remove_stale_tmp(root: Path) -> None:
@@ -263,8 +308,8 @@ def _reachable(root: Path) -> set[tuple[str, str]] | None:
     the way cannot be read: better to keep garbage than to delete what a broken document names.
     """
     try:
-        stack: list[Any] = list(json.loads((root / "index.json").read_bytes())["manifests"])
-    except (OSError, ValueError, KeyError, TypeError):
+        stack: list[Any] = list(read_json(root / "index.json")["manifests"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     keep: set[tuple[str, str]] = set()
     while stack:
@@ -278,10 +323,10 @@ def _reachable(root: Path) -> set[tuple[str, str]] | None:
         keep.add((digest.algorithm, digest.hex))
         if entry.get("mediaType") in MANIFEST_TYPES | INDEX_TYPES:
             try:
-                doc = json.loads(blob_path(root, digest).read_bytes())
+                doc = read_json(blob_path(root, digest))
                 stack += [doc.get("config"), doc.get("subject"), *(doc.get("layers") or [])]
                 stack += [*(doc.get("manifests") or []), *(doc.get("blobs") or [])]
-            except (OSError, ValueError, AttributeError, TypeError):
+            except (OSError, ValueError, AttributeError, TypeError, RecursionError):
                 return None
     return keep
 
@@ -326,24 +371,30 @@ def _descriptors(entries: Any, where: Path) -> list[Descriptor]:
 
 
 def read_json_blob(root: Path, desc: Descriptor) -> tuple[bytes, dict[str, Any]]:
-    """A manifest, index or config: its bytes, checked against the descriptor's size and digest, and its object."""
+    """A manifest, index or config: its bytes, checked against the descriptor's size and digest, and its object.
+
+    Only a regular file is opened, and no more than the descriptor's size (+1, to see excess) is read.
+    """
     path = blob_path(root, desc.digest)
+    if desc.size > MAX_JSON:
+        raise InputError(f"{path}: {desc.size} bytes is too large for a manifest, index or config")
     try:
-        size = path.stat().st_size
+        with os.fdopen(open_regular(path), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(desc.size + 1) if size == desc.size else b""
+    except NotRegularFileError as exc:
+        raise InputError(f"{path}: blob is {exc.strerror}") from exc
     except OSError as exc:
         raise InputError(f"{path}: blob missing from the layout") from exc
-    if size != desc.size:
-        raise IntegrityError(f"{path}: {size} bytes, descriptor says {desc.size}")
-    if size > MAX_JSON:
-        raise InputError(f"{path}: {size} bytes is too large for a manifest, index or config")
-    data = path.read_bytes()
+    if size != desc.size or len(data) != desc.size:
+        raise IntegrityError(f"{path}: {max(size, len(data))} bytes, descriptor says {desc.size}")
     actual = hashlib.new(desc.digest.algorithm, data).hexdigest()
     if actual != desc.digest.hex:
         raise IntegrityError(f"{path}: content is {desc.digest.algorithm}:{actual}, expected {desc.digest}")
     try:
         return data, json_object(data)
-    except ValueError as exc:
-        raise InputError(f"{path}: invalid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: invalid JSON: {_reason(exc)}") from exc
 
 
 def _load(root: Path, desc: Descriptor, platform: Platform | None, depth: int) -> Image | ImageIndex:
@@ -385,7 +436,11 @@ def load_image(root: Path, desc: Descriptor) -> Image:
     blobs = []
     for ldesc, diff_id in zip(layers, ids, strict=True):
         path = blob_path(root, ldesc.digest)
-        if not path.is_file():
-            raise InputError(f"{path}: layer blob missing from the layout")
+        try:
+            mode = path.lstat().st_mode
+        except OSError:
+            raise InputError(f"{path}: layer blob missing from the layout") from None
+        if not stat.S_ISREG(mode):  # a FIFO would block its readers, a device never end, a link lead anywhere
+            raise InputError(f"{path}: layer blob is not a regular file")
         blobs.append(LayerBlob(ldesc, diff_id, path, None, False))
     return Image(raw_manifest, raw_config, desc.media_type, tuple(blobs), desc.platform or platform_of(config))

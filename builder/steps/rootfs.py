@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, cast
 
 from builder.errors import InputError
 from builder.fs.tree import WATCHED
+from builder.fs.users import read_account_file
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.entry import Change, Entry, Kind, Opener, canon, is_whiteout_name, parents
 from builder.layer.tarstream import tar_members
@@ -243,6 +244,6 @@ def _with_content(entry: Entry, tf: tarfile.TarFile, ti: tarfile.TarInfo, label:
 
     opener: Opener = from_stream
     if entry.path in WATCHED:
-        opener = partial(io.BytesIO, from_stream().read())
+        opener = partial(io.BytesIO, read_account_file(from_stream(), entry.size, entry.path))
     return Entry(entry.path, entry.kind, entry.mode, entry.uid, entry.gid, entry.size, entry.mtime,
                  entry.link, entry.devmajor, entry.devminor, entry.xattrs, opener)

@@ -217,3 +217,20 @@ def test_prune_to_zero_forgets_shapes(ctx, tmp_path, pre_reads, capsys):
     assert not list((cache / "layers" / "shapes").iterdir())
     again = build(ctx, tmp_path / "b", cache)
     assert not any(cached_flags(again)) and pre_reads == []
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_a_hit_checks_the_diff_id_of_every_compression(ctx, tmp_path, compression):
+    """A hit decompresses its blob and hashes the result: an entry whose diff_id is not its layer's is a miss."""
+    cache = tmp_path / "cache"
+    first = build(ctx, tmp_path / "a", cache, "--compression", compression)
+    layer = first["layers"][1]
+    [entry] = [p for p in (cache / "layers" / "entries").glob("*.json")
+               if json.loads(p.read_bytes()).get("digest") == layer["digest"]]
+    doc = json.loads(entry.read_bytes())
+    assert doc["diff_id"] == layer["diff_id"]
+    entry.write_text(json.dumps({**doc, "diff_id": first["layers"][0]["diff_id"]}))
+    again = build(ctx, tmp_path / "b", cache, "--compression", compression)
+    assert cached_flags(again)[1] is False and again["digest"] == first["digest"]
+    assert json.loads(entry.read_bytes())["diff_id"] == layer["diff_id"]
+    assert all(cached_flags(build(ctx, tmp_path / "c", cache, "--compression", compression)))

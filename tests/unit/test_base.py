@@ -118,6 +118,28 @@ def test_legacy_docker_archive(tmp_path: Path, workdir: Path, oci_check: OciChec
     assert result.returncode == 0, result.stdout
 
 
+def test_legacy_docker_archive_in_docker_save_order_and_gzipped(tmp_path: Path, workdir: Path) -> None:
+    """The archive is read in one pass: manifest.json after the files it names (as ``docker save``
+    writes it), and the whole archive gzip'd (``docker save | gzip``), give the same image."""
+    import gzip
+
+    path, _, _ = legacy_archive(tmp_path)
+    expected = load_base("docker-archive", path, None, AMD64, workdir)
+    reordered = tmp_path / "reordered.tar"
+    with tarfile.open(path) as src, tarfile.open(reordered, "w") as dst:
+        members = sorted(src.getmembers(), key=lambda m: m.name == "manifest.json")
+        for member in members:
+            dst.addfile(member, src.extractfile(member) if member.isreg() else None)
+    with tarfile.open(reordered) as check:
+        assert check.getnames()[-1] == "manifest.json"
+    packed = tmp_path / "packed.tar.gz"
+    packed.write_bytes(gzip.compress(reordered.read_bytes()))
+    for archive in (reordered, packed):
+        got = load_base("docker-archive", archive, "legacy:1", AMD64, workdir)
+        assert (got.digest, [la.digest for la in got.layers]) == (expected.digest, [la.digest for la in expected.layers])
+        assert all(la.path.read_bytes() == le.path.read_bytes() for la, le in zip(got.layers, expected.layers, strict=True))
+
+
 def test_legacy_plain_layer_must_match_diff_id(tmp_path: Path, workdir: Path) -> None:
     path, blobs, _ = legacy_archive(tmp_path)
     bad = tmp_path / "bad.tar"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from builder.oci.platform import Platform
 from builder.sinks import write_output
 from builder.sinks.archive import docker_repo_tag, write_docker_archive, write_oci_archive
 from builder.sinks.layout import read_layout, write_layout
+from builder.sinks.lock import private_sibling
 from tests.helpers import AMD64, ARM64, OciCheck, make_image, make_index
 
 needs_skopeo = pytest.mark.needs("skopeo")
@@ -76,11 +78,31 @@ def test_layout_passes_oci_check(tmp_path: Path, image: Image, oci_check: OciChe
     assert result.returncode == 0, result.stdout
 
 
-def test_verified_blob_is_hard_linked(tmp_path: Path, image: Image) -> None:
+def test_verified_blob_of_the_work_directory_is_hard_linked(tmp_path: Path, image: Image) -> None:
+    """A blob this build wrote (in OUT's private work sibling, no other link) moves in without a copy."""
+    out = tmp_path / "out"
+    layer = image.layers[0]
+    with private_sibling(out, "work", directory=True) as work:
+        fresh = work / layer.digest.hex
+        layer.path.rename(fresh)
+        write_layout(out, dataclasses.replace(image, layers=(dataclasses.replace(layer, path=fresh),)), "1")
+        assert (out / "blobs" / "sha256" / layer.digest.hex).stat().st_ino == fresh.stat().st_ino
+
+
+def test_verified_blob_from_elsewhere_is_copied(tmp_path: Path, image: Image) -> None:
+    """Anything else (the layer cache's files, a second link of a work file) never shares its inode with OUT."""
     out = tmp_path / "out"
     write_layout(out, image, "1")
     layer = image.layers[0]
-    assert (out / "blobs" / "sha256" / layer.digest.hex).stat().st_ino == layer.path.stat().st_ino
+    stored = out / "blobs" / "sha256" / layer.digest.hex
+    assert stored.stat().st_ino != layer.path.stat().st_ino
+    assert stored.read_bytes() == layer.path.read_bytes()
+    again = tmp_path / "again"
+    with private_sibling(again, "work", directory=True) as work:
+        linked = work / layer.digest.hex
+        linked.hardlink_to(layer.path)  # as a work file the cache had linked to would be
+        write_layout(again, dataclasses.replace(image, layers=(dataclasses.replace(layer, path=linked),)), "1")
+        assert (again / "blobs" / "sha256" / layer.digest.hex).stat().st_ino != linked.stat().st_ino
 
 
 @pytest.mark.tools
@@ -455,3 +477,81 @@ def test_podman_loads_archives(tmp_path: Path, image: Image, kind: str) -> None:
         assert "acc/app:1" in loaded.stdout
         inspected = podman("image", "inspect", "--format", "{{.Id}}", "acc/app:1")
         assert inspected.stdout.strip() == image.image_id.hex
+
+
+def test_open_regular_refuses_what_would_block_or_never_end(tmp_path: Path) -> None:
+    """FIFOs open without blocking and are refused, as are symlinks (unless followed) and directories."""
+    import os
+
+    from builder.sinks.lock import NotRegularFileError, open_regular, read_regular
+
+    (tmp_path / "file").write_bytes(b"0123456789")
+    os.mkfifo(tmp_path / "fifo")  # no writer: a plain open would wait for ever
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    assert read_regular(tmp_path / "file", 4) == b"01234"  # limit + 1: the caller sees it is too long
+    for name, why in (("fifo", "a FIFO"), ("link", "symbolic link"), ("zero", "symbolic link"), (".", "directory")):
+        with pytest.raises(NotRegularFileError, match=why):
+            open_regular(tmp_path / name)
+    os.close(open_regular(tmp_path / "link", follow=True))
+    with pytest.raises(NotRegularFileError, match="character device"):
+        open_regular(tmp_path / "zero", follow=True)
+
+
+def test_clone_file_copies_never_links(tmp_path: Path) -> None:
+    from builder.sinks.lock import clone_file
+
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 3_000_000)
+    clone_file(src, tmp_path / "dst", 3_000_000)
+    assert (tmp_path / "dst").read_bytes() == src.read_bytes()
+    assert (tmp_path / "dst").stat().st_ino != src.stat().st_ino
+    with pytest.raises(IntegrityError, match="descriptor says 5"):
+        clone_file(src, tmp_path / "other", 5)
+    (tmp_path / "planted").symlink_to(tmp_path / "victim")
+    with pytest.raises(FileExistsError):  # O_EXCL: never written through a link at the name
+        clone_file(src, tmp_path / "planted", None)
+    assert not (tmp_path / "victim").exists()
+
+
+def test_copy_checked_reads_no_more_than_the_size(tmp_path: Path) -> None:
+    """A source longer than its descriptor says is refused after size + 1 bytes, not read to its end."""
+    from builder.sinks.lock import copy_checked
+
+    (tmp_path / "long").write_bytes(b"a" * (3 << 20))
+    with pytest.raises(IntegrityError, match=r"\(11 bytes\)"):
+        copy_checked(tmp_path / "long", tmp_path / "dst", Digest.of(b"a" * 10), 10)
+
+
+def test_read_layout_refuses_special_files_and_huge_documents(tmp_path: Path, image: Image) -> None:
+    import os
+
+    from builder.sinks.layout import MAX_JSON
+
+    out = tmp_path / "out"
+    write_layout(out, image, "1")
+    config = out / "blobs" / "sha256" / image.image_id.hex
+    data = config.read_bytes()
+    config.unlink()
+    os.mkfifo(config)
+    with pytest.raises(InputError, match="blob is a FIFO, not a regular file"):
+        read_layout(out, "1")
+    config.unlink()
+    config.write_bytes(data)
+    index = (out / "index.json").read_bytes()
+    (out / "index.json").write_bytes(index + b" " * MAX_JSON)
+    with pytest.raises(InputError, match=f"larger than {MAX_JSON} bytes"):
+        read_layout(out, "1")
+    (out / "index.json").write_bytes(index)
+    assert read_layout(out, "1").digest == image.digest
+
+
+def test_a_planted_blob_in_out_is_replaced(tmp_path: Path, image: Image) -> None:
+    """A link of the right name and size in OUT's blobs is not taken for the blob: it is replaced."""
+    out = tmp_path / "out"
+    write_layout(out, make_image(tmp_path, {"other": b"1"}), "other")
+    planted = out / "blobs" / "sha256" / image.layers[0].digest.hex
+    (tmp_path / "decoy").write_bytes(b"\0" * image.layers[0].descriptor.size)
+    planted.symlink_to(tmp_path / "decoy")
+    write_layout(out, image, "1")
+    assert not planted.is_symlink() and planted.read_bytes() == image.layers[0].path.read_bytes()
