@@ -26,7 +26,7 @@ from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir
 from builder.progress import NullReporter, Reporter
 from builder.recipe import load_recipe
-from builder.recipe.model import BaseRef, CopyStep, Recipe, Step
+from builder.recipe.model import BaseRef, CopyStep, Recipe, RunStep, Step
 from builder.stage import StageBuilder, StageResult, StepRecord, runtime_spec
 
 
@@ -215,6 +215,13 @@ def unused_build_args(recipe: Recipe, given: Mapping[str, str]) -> list[str]:
     except OSError:
         return []
     return [name for name in given if name not in recipe.declared_args and f"${{{name}}}" not in text]
+
+
+def has_run_steps(recipe_path: Path, build_args: Mapping[str, str]) -> bool:
+    """Whether any stage of the recipe runs a command (a rootless build then wants a full id range)."""
+    recipe = load_recipe(recipe_path, build_args, _builtin_args(Platform.host()))
+    steps = [*recipe.steps, *(s for stage in recipe.stages.values() for s in stage.steps)]
+    return any(isinstance(step, RunStep) for step in steps)
 
 
 def _builtin_args(platform: Platform) -> dict[str, str]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import click
 
 from builder import __version__
-from builder.build import build
+from builder.build import build, has_run_steps
 from builder.cache import LayerCache
 from builder.errors import InputError, OutputError, PybuildError
 from builder.image import Image, ImageIndex
@@ -30,9 +30,11 @@ from builder.layer.compress import Compression
 from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir, epoch_from_env
 from builder.progress import JsonReporter, NullReporter, PlainReporter, Reporter, TtyReporter, human
+from builder.sandbox import join_user_namespace, run_in_user_namespace
 from builder.sinks import FORMATS, read_layout, write_layout, write_output
 from builder.sinks.bundle import write_bundle
 from builder.sinks.layout import read_json
+from builder.userns import in_user_namespace, subordinate_ids
 from builder.workdir import work_directory
 
 if TYPE_CHECKING:
@@ -172,6 +174,10 @@ def build_cmd(recipe: Path, out: Path | None, fmt: str, tag: str | None, platfor
     if context is not None and not context.is_dir():
         raise InputError(f"--context: no such directory: {str(context)!r}")
     reporter = _reporter(quiet, progress)
+    if os.geteuid() != 0 and not in_user_namespace() and has_run_steps(recipe, _parse_kv(build_args, "--build-arg")):
+        status = _in_user_namespace(reporter)
+        if status is not None:
+            raise SystemExit(status)
     started = time.monotonic()
     scratch = None
     if out is None:  # --push alone: the build's blobs live in a private temp dir until pushed
@@ -188,6 +194,21 @@ def build_cmd(recipe: Path, out: Path | None, fmt: str, tag: str | None, platfor
     where = f"wrote {out} ({fmt})" if out is not None else f"pushed to {push_to}"
     reporter.message(f"pybuild: {where} {tag} {digest} in {time.monotonic() - started:.1f}s")
     click.echo(digest)
+
+
+def _in_user_namespace(reporter: Reporter) -> int | None:
+    """Rootless with run steps: the whole build again inside a user namespace with the user's
+    subordinate ids (so ``apt-get`` and ``chown`` work); its exit status, or None to build here."""
+    idmap, missing = subordinate_ids()
+    why = f"a full id range needs {missing}"
+    if idmap is not None:
+        status, problem = run_in_user_namespace(idmap, _ARGV or sys.argv[1:])
+        if status is not None:
+            return status
+        why = f"the subordinate ids could not be mapped ({problem})"
+    reporter.message(f"warning: rootless run steps get only your own id (as uid 0): commands that switch "
+                     f"users or chown to another id fail; {why}")
+    return None
 
 
 def _build_and_write(recipe: Path, out: Path | None, scratch: Path | None, fmt: str, tag: str | None,
@@ -397,6 +418,7 @@ def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, in
 #: OSErrors that say something about the machine, never about pybuild: a full disk, an exceeded
 #: quota, a read-only filesystem. Where the path is known they are OutputErrors already; these are
 #: the last resort for the rest (a run step's rootfs, say), so that they too give one error line.
+_ARGV: list[str] = []  # the command line, for a build that re-executes itself (see _in_user_namespace)
 _MACHINE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
@@ -409,6 +431,9 @@ SWITCH_INTERVAL_S = 0.0002
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pybuild`` console script."""
+    join_user_namespace()  # a build re-executed in a user namespace waits here for its id maps
+    global _ARGV
+    _ARGV = list(argv) if argv is not None else sys.argv[1:]
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         cli.main(args=argv, prog_name="pybuild", standalone_mode=False)

@@ -40,6 +40,7 @@ from typing import Any
 
 from builder import confine
 from builder.errors import StepError
+from builder.userns import IdMap, in_user_namespace
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -157,17 +158,102 @@ class MountPoints:
         self.created.clear()
 
 
-def _unshare_argv(network: str, rootless: bool) -> list[str]:
+def _unshare() -> str:
     unshare = shutil.which("unshare") or next(
         (p for p in ("/usr/bin/unshare", "/bin/unshare") if os.path.exists(p)), None)
     if unshare is None:
         raise StepError("run steps need util-linux 'unshare', which is not installed")
-    argv = [unshare, "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child"]
+    return unshare
+
+
+def _unshare_argv(network: str, rootless: bool) -> list[str]:
+    argv = [_unshare(), "--mount", "--uts", "--ipc", "--pid", "--fork", "--kill-child"]
     if network == "none":
         argv.append("--net")
     if rootless:
         argv += ["--user", "--map-root-user"]
     return argv
+
+
+# ----------------------------------------------------------------------------------------------
+# rootless builds with a full id range: the whole build re-executed inside a user namespace
+
+_USERNS_ENV = "PYBUILD_USERNS_FDS"  # "READY,GO": the pipes between a re-executed build and its parent
+
+
+def run_in_user_namespace(idmap: IdMap, argv: list[str]) -> tuple[int | None, str]:
+    """Run ``python -m builder ARGV`` in a new user namespace mapped by ``idmap``; (its exit status, "").
+
+    The child is started by ``unshare --user`` and waits (:func:`join_user_namespace`) until the
+    parent has written its maps with the setuid helpers ``newuidmap``/``newgidmap`` (an
+    unprivileged process may map only its own id; the helpers check ``/etc/subuid`` and
+    ``/etc/subgid``), as Podman and Buildah do. If a helper refuses, the child is told to stop
+    and this returns (None, what the helper said): the caller builds with the single mapping.
+    An interrupt reaches the child through the terminal's process group; the parent only waits
+    for it and passes its status on (130 after Ctrl-C).
+    """
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    env = dict(os.environ, **{_USERNS_ENV: f"{ready_w},{go_r}"})
+    try:
+        proc = subprocess.Popen([_unshare(), "--user", sys.executable, "-m", "builder", *argv], env=env,
+                                pass_fds=(ready_w, go_r))
+    except OSError as exc:
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+        return None, f"cannot start unshare: {exc.strerror}"
+    os.close(ready_w)
+    os.close(go_r)
+    problem = ""
+    try:
+        with open(ready_r, "rb") as ready:
+            if ready.read(1) != b"r":
+                problem = "the re-executed build did not start"
+        for tool, args in (("newuidmap", idmap.uid_args()), ("newgidmap", idmap.gid_args())):
+            if problem:
+                break
+            done = subprocess.run([tool, str(proc.pid), *args], capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                said = (done.stderr or done.stdout).strip().splitlines()
+                problem = f"{tool} failed" + (f": {said[-1]}" if said else f" (exit status {done.returncode})")
+        with contextlib.suppress(BrokenPipeError):
+            os.write(go_w, b"0" if problem else b"1")
+    finally:
+        os.close(go_w)
+        status = _wait_passing_interrupts(proc)
+    return (None, problem) if problem else (status, "")
+
+
+def _wait_passing_interrupts(proc: subprocess.Popen[bytes]) -> int:
+    while True:
+        try:
+            status = proc.wait()
+            break
+        except KeyboardInterrupt:
+            continue  # the child got the same SIGINT and exits on its own, with 130
+    return 128 - status if status < 0 else status
+
+
+def join_user_namespace() -> None:
+    """In a build re-executed by :func:`run_in_user_namespace`: wait for the maps, then start again as uid 0.
+
+    Called first thing by the CLI; does nothing in any other process. The process was executed
+    before its maps existed, as an unmapped user, so it holds no capabilities in its namespace;
+    executing itself once more, now as uid 0 there, gives it root's (the kernel's rule for exec).
+    """
+    fds = os.environ.pop(_USERNS_ENV, None)
+    if fds is None:
+        return
+    ready, go = (int(fd) for fd in fds.split(","))
+    os.write(ready, b"r")
+    os.close(ready)
+    answer = os.read(go, 1)
+    os.close(go)
+    if answer != b"1":
+        os._exit(125)  # the parent builds without the range and says why
+    with contextlib.suppress(OSError):
+        os.setgroups([])  # the host's supplementary groups are unmapped (nogroup) in here
+    os.execv(sys.executable, sys.orig_argv)
 
 
 def _check_strings(spec: RunSpec) -> None:
@@ -317,7 +403,7 @@ def _enter_root(root: str) -> None:
     try:
         _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_NODEV | _locked_flags(root))
     except OSError:
-        if os.getuid() == 0 and not _in_user_namespace():
+        if os.getuid() == 0 and not in_user_namespace():
             raise
     os.chdir(root)
     number = _PIVOT_ROOT.get(platform.machine())
@@ -337,14 +423,6 @@ def _checked_source(bind: Bind) -> str:
     if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
         raise OSError(errno.ESTALE, f"{bind.source} was replaced while being mounted")
     return f"/proc/self/fd/{fd}"
-
-
-def _in_user_namespace() -> bool:
-    try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split() != ["0", "0", "4294967295"]
-    except OSError:
-        return False
 
 
 def child(spec: RunSpec) -> None:

@@ -32,6 +32,7 @@ from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.entry import WH_OPAQUE, WH_PREFIX, canon
 from builder.layer.tarstream import tar_members
 from builder.oci.digest import HashingReader
+from builder.userns import in_user_namespace
 
 _MAX_LINKS = 40  # Linux's MAXSYMLINKS: a loop is an error, not a hang
 _CHUNK = 1 << 20
@@ -216,6 +217,8 @@ class _Applier:
 
     def __init__(self, root_fd: int, label: str) -> None:
         self.root_fd, self.label, self.rootless = root_fd, label, os.geteuid() != 0
+        # root of a user namespace may chown only to the ids its map has (an image's uid 200000 is EINVAL)
+        self.partial_ids = self.rootless or in_user_namespace()
         self.name = ""  # the entry being applied, for messages
         self.keep: set[str] = set()  # paths this layer added, and their ancestors: whiteouts spare them
         self.dir_times: list[tuple[str, int]] = []
@@ -358,7 +361,7 @@ class _Applier:
         try:
             os.chown(where, ti.uid, ti.gid, dir_fd=at, follow_symlinks=follow)
         except OSError as exc:
-            if not (self.rootless and exc.errno in (errno.EPERM, errno.EINVAL)):
+            if not (self.partial_ids and exc.errno in (errno.EPERM, errno.EINVAL)):
                 raise
         if not ti.issym():  # the fd, or a node made just now: nothing to follow
             mode = ti.mode & 0o7777 | (0o700 if self.rootless and ti.isdir() else 0)

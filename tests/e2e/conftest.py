@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from .debian import debian_rootfs  # noqa: F401 - a fixture for every e2e module
 from .runtimes import Buildah, Containerd, Podman, Runc, describe
 
 

@@ -20,7 +20,7 @@ import pytest
 
 import builder
 
-from .runtimes import describe
+from .runtimes import Runc, describe
 
 pytestmark = [pytest.mark.tools]
 
@@ -112,3 +112,101 @@ def test_rootless_run_gives_the_same_layers_as_root(pybuild, busybox_rootfs_tar:
     assert rootless.returncode == 0, describe(rootless)
     assert os.stat(shared_dir / "nobody-out").st_uid == NOBODY  # really built by nobody
     assert diff_ids(shared_dir / "nobody-out") == diff_ids(shared_dir / "root-out")
+
+
+CHOWN_RECIPE = """\
+version: 1
+steps:
+  - rootfs: rootfs.tar.gz
+  - run: |
+      mkdir -p /srv && echo x > /srv/owned && chown 100:101 /srv/owned
+      mkdir /srv/d && chown 65534:65534 /srv/d && chmod 0750 /srv/d
+      id -u > /srv/uid
+"""
+
+
+@pytest.fixture
+def nobody_subids() -> Iterator[None]:
+    """``nobody`` gets a subordinate id range in /etc/subuid and /etc/subgid (restored afterwards)."""
+    saved: dict[Path, bytes | None] = {}
+    for path in (Path("/etc/subuid"), Path("/etc/subgid")):
+        saved[path] = path.read_bytes() if path.exists() else None
+        with path.open("a") as f:
+            f.write(f"{NOBODY}:200000:65536\n")
+    try:
+        yield
+    finally:
+        for path, data in saved.items():
+            if data is None:
+                path.unlink()
+            else:
+                path.write_bytes(data)
+
+
+def _setup(shared_dir: Path, busybox_rootfs_tar: Path, recipe: str) -> Path:
+    ctx = shared_dir / "ctx"
+    ctx.mkdir()
+    shutil.copy(busybox_rootfs_tar, ctx / "rootfs.tar.gz")
+    (ctx / "pybuild.yaml").write_text(recipe)
+    subprocess.run(["chmod", "-R", "a+rwX", str(ctx)], check=True)
+    return ctx
+
+
+def test_rootless_with_subordinate_ids_chowns_as_root_does(pybuild, busybox_rootfs_tar: Path, shared_dir: Path,
+                                                           need, nobody_subids: None) -> None:
+    """With a range in /etc/subuid, a rootless run step may chown to any id, and the layer is root's."""
+    need("newuidmap", "newgidmap", root=True)
+    python, env = nobody_python(shared_dir, need)
+    if not userns_allowed(python, shared_dir, env):
+        pytest.skip("this machine does not allow unprivileged user namespaces")
+    ctx = _setup(shared_dir, busybox_rootfs_tar, CHOWN_RECIPE)
+    as_root = pybuild(ctx / "pybuild.yaml", "-o", shared_dir / "root-out", "-q")
+    assert as_root.returncode == 0, describe(as_root)
+    rootless = as_nobody([*python, str(ctx / "pybuild.yaml"), "-o", str(shared_dir / "nobody-out")],
+                         cwd=shared_dir, env=env)
+    assert rootless.returncode == 0, describe(rootless)
+    assert "warning" not in rootless.stderr, describe(rootless)
+    assert os.stat(shared_dir / "nobody-out").st_uid == NOBODY
+    assert diff_ids(shared_dir / "nobody-out") == diff_ids(shared_dir / "root-out")
+    leftovers = [p for p in Path(tempfile.gettempdir()).glob("pybuild-*") if p.stat().st_uid >= 200000]
+    assert not leftovers, leftovers  # the work directory went, removed inside the namespace
+
+
+def test_rootless_without_subordinate_ids_says_what_is_missing(busybox_rootfs_tar: Path, shared_dir: Path,
+                                                               need) -> None:
+    python, env = nobody_python(shared_dir, need)
+    if not userns_allowed(python, shared_dir, env):
+        pytest.skip("this machine does not allow unprivileged user namespaces")
+    ctx = _setup(shared_dir, busybox_rootfs_tar, CHOWN_RECIPE)
+    rootless = as_nobody([*python, str(ctx / "pybuild.yaml"), "-o", str(shared_dir / "nobody-out")],
+                         cwd=shared_dir, env=env)
+    assert rootless.returncode == 1, describe(rootless)  # chown 100:101 cannot work with one id
+    assert "a subordinate id range for user 'nobody' in /etc/subuid" in rootless.stderr, describe(rootless)
+
+
+@pytest.mark.slow
+def test_rootless_apt_get_install_on_debian(debian_rootfs: Path, shared_dir: Path, need, nobody_subids: None,
+                                           runc: Runc) -> None:
+    """apt drops to ``_apt`` (setgroups, seteuid) and dpkg chowns: rootless, that needs the full id range."""
+    need("newuidmap", "newgidmap", root=True)
+    python, env = nobody_python(shared_dir, need)
+    if not userns_allowed(python, shared_dir, env):
+        pytest.skip("this machine does not allow unprivileged user namespaces")
+    ctx = shared_dir / "ctx"
+    ctx.mkdir()
+    shutil.copy(debian_rootfs / "rootfs.tar.xz", ctx / "rootfs.tar.xz")
+    (ctx / "apt.yaml").write_text(
+        "version: 1\ntag: apt\nsteps:\n  - rootfs: rootfs.tar.xz\n"
+        "  - run: |\n      apt-get update -q && apt-get install -y -q --no-install-recommends hello\n"
+        "      rm -rf /var/lib/apt/lists/*\n"
+        "    env: {DEBIAN_FRONTEND: noninteractive}\n"
+        "config:\n  cmd: [/usr/bin/hello]\n"
+    )
+    subprocess.run(["chmod", "-R", "a+rwX", str(ctx)], check=True)
+    out = shared_dir / "out"
+    built = as_nobody([*python, str(ctx / "apt.yaml"), "-o", str(out), "--progress", "plain"], cwd=shared_dir,
+                      env=env)
+    assert built.returncode == 0, describe(built)
+    assert "warning" not in built.stderr, describe(built)
+    ran = runc.run(out, "apt")
+    assert ran.stdout.strip() == "Hello, world!", describe(ran)
