@@ -40,9 +40,9 @@ from typing import Any
 
 from builder import confine
 from builder.errors import StepError
+from builder.oci.config import DEFAULT_PATH
 from builder.userns import IdMap, in_user_namespace
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _MAX_LINKS = 40
 

@@ -18,6 +18,10 @@ from builder.oci.platform import Platform
 
 JSON = dict[str, Any]
 
+#: Docker's default PATH: a ``scratch`` image's Env starts with it (as Buildah and BuildKit do), run
+#: steps get it when the image sets none, and a runtime bundle gets it when the config has none.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
 
 def rfc3339(epoch: int) -> str:
     """``created`` timestamps: whole seconds, UTC, ``Z`` suffix."""
@@ -25,11 +29,11 @@ def rfc3339(epoch: int) -> str:
 
 
 def empty_config(platform: Platform) -> JSON:
-    """The config of ``scratch``: no layers, no history."""
+    """The config of ``scratch``: no layers, no history, Docker's default PATH."""
     cfg: JSON = {
         "architecture": platform.architecture,
         "os": platform.os,
-        "config": {},
+        "config": {"Env": [f"PATH={DEFAULT_PATH}"]},
         "rootfs": {"type": "layers", "diff_ids": []},
         "history": [],
     }

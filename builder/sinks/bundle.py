@@ -23,10 +23,10 @@ from builder.errors import InputError, OutputError
 from builder.fs.apply import read_in_root, unpack_layers
 from builder.fs.users import MAX_ACCOUNT_FILE, resolve_user
 from builder.image import Image, ImageIndex
+from builder.oci.config import DEFAULT_PATH
 from builder.oci.platform import Platform
 
 OCI_VERSION = "1.0.2"
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOSTNAME = "pybuild"
 
 # Exactly what `runc spec` (runc 1.1) writes: the defaults a user of runc expects.
@@ -117,7 +117,7 @@ def runtime_config(config: dict[str, Any], rootfs: Path) -> dict[str, Any]:
         raise InputError("the image has neither Entrypoint nor Cmd: nothing to run")
     env = _strings(inner, "Env")
     if not any(e.startswith("PATH=") for e in env):
-        env.append(DEFAULT_PATH)  # runc execs args[0] through PATH; conversion.md allows additions
+        env.append(f"PATH={DEFAULT_PATH}")  # runc execs args[0] through PATH; conversion.md allows additions
     cwd = inner.get("WorkingDir") or "/"
     if not isinstance(cwd, str):
         raise InputError("image config: WorkingDir is not a string")

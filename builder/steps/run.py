@@ -24,9 +24,10 @@ from builder.fs.diff import diff
 from builder.fs.snapshot import snapshot
 from builder.fs.users import resolve_user
 from builder.layer.entry import Change, Entry, canon
+from builder.oci.config import DEFAULT_PATH
 from builder.oci.platform import Platform
 from builder.recipe.model import RunStep
-from builder.sandbox import DEFAULT_PATH, Bind, Copy, MountPoints, RunSpec, run, secure_join
+from builder.sandbox import Bind, Copy, MountPoints, RunSpec, run, secure_join
 from builder.steps.base import StepContext
 
 ALWAYS_EXCLUDED = ("proc", "sys", "dev")

@@ -348,3 +348,23 @@ def test_truncated_rootfs_is_one_clean_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("pybuild: error: ") and "r.tar.gz" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def _config(out: Path) -> dict:
+    blobs = out / "blobs" / "sha256"
+    index = json.loads((out / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    return json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ("", ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]),
+    ("  env: {PATH: /bin, A: '1'}\n", ["PATH=/bin", "A=1"]),
+])
+def test_a_scratch_image_has_dockers_default_path(tmp_path, env, expected):
+    """Buildah and BuildKit give a FROM-scratch image Docker's default PATH unless the build sets one;
+    without it a runtime cannot find ``sh`` for an image's relative command."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nsteps:\n  - write: /hello\n    content: hi\nconfig:\n" + (env or "  cmd: [/hello]\n"))
+    assert build(recipe, tmp_path / "out") == 0
+    assert _config(tmp_path / "out")["config"]["Env"] == expected

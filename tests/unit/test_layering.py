@@ -18,7 +18,7 @@ ALLOWED = {
     "recipe": {"oci"},
     "steps": {"recipe", "layer", "fs", "oci", "sandbox"},
     "sinks": {"image", "oci", "fs", "layer"},
-    "sandbox": {"confine", "userns"},
+    "sandbox": {"confine", "userns", "oci"},
     "confine": set(),
     "userns": set(),
     "registry": {"image", "oci"},
