@@ -261,10 +261,16 @@ class StageBuilder:
 
 
 def _run_env(config: dict[str, Any], recipe: Recipe) -> dict[str, str]:
-    """A run step's environment before its own ``env``: the image's Env, then the build args."""
+    """A run step's environment before its own ``env``: the image's Env, then the args the recipe declares.
+
+    As Docker's ARG: an argument reaches a command only if the recipe declares it under ``args:``
+    (a built-in such as ``TARGETARCH`` too, declared without a value); a ``--build-arg`` it does
+    not declare, and the built-ins it does not, stay out of the environment (and so out of the
+    step's cache key).
+    """
     runtime = cfgmod.merge_runtime(config.get("config") or {}, runtime_spec(recipe.config))
     env = dict(item.partition("=")[::2] for item in runtime.get("Env") or [])
-    env.update(recipe.args)
+    env.update((name, value) for name, value in recipe.args.items() if name in recipe.declared_args)
     return env
 
 

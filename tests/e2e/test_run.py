@@ -250,3 +250,29 @@ def test_run_steps_are_cached_and_secrets_do_not_key_them(pybuild, ctx: Path, tm
     for path in cache.rglob("*"):
         if path.is_file():
             assert b"different" not in path.read_bytes()
+
+
+def test_only_declared_args_reach_a_run_step(pybuild, ctx: Path, tmp_path: Path) -> None:
+    """Docker's ARG rule: a build argument is in a RUN's environment only when the build file
+    declares it; an undeclared --build-arg and the undeclared built-ins (TARGETOS, BUILDPLATFORM,
+    ...) are not. A built-in declared without a value gets its built-in value."""
+    (ctx / "pybuild.yaml").write_text("""\
+version: 1
+tag: t
+args: {GREETING: hello, TARGETARCH: null, GIVEN: null}
+steps:
+  - rootfs: rootfs.tar.gz
+  - run: env | grep -E '^(GREETING|TARGET|BUILD|GIVEN|EXTRA)' | sort > /args.txt
+""")
+    out = tmp_path / "out"
+    built = pybuild(ctx / "pybuild.yaml", "-o", out, "-q", "--build-arg", "GIVEN=yes", "--build-arg", "EXTRA=no")
+    assert built.returncode == 0, describe(built)
+    blobs = out / "blobs" / "sha256"
+    idx = json.loads((out / "index.json").read_text())
+    manifest = json.loads((blobs / idx["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    with tarfile.open(fileobj=gzip.open(blobs / manifest["layers"][1]["digest"].split(":")[1])) as tf:
+        member = tf.extractfile("args.txt")
+        assert member is not None
+        seen = member.read().decode().splitlines()
+    arch = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())["architecture"]
+    assert seen == ["GIVEN=yes", "GREETING=hello", f"TARGETARCH={arch}"]
