@@ -39,14 +39,17 @@ _UMASK_BITS = 0o022
 no checkout means to hand to every user of the image."""
 
 
-def _sources(step: CopyStep, context: Path) -> list[Path]:
+def _sources(step: CopyStep, context: Path) -> list[tuple[str, Path]]:
+    """(name, resolved path) of each source: a source that is a symlink is its target's content
+    under the link's own name, as Docker's COPY gives it (``link.txt -> target.txt`` copied to
+    ``/dir/`` is ``/dir/link.txt``)."""
     root = context.resolve()
-    found: list[Path] = []
+    found: list[tuple[str, Path]] = []
+    unmatched = []
     for src in step.sources:
         if _GLOB_CHARS & set(src):
             matches = sorted(glob.glob(src, root_dir=root, include_hidden=True))
-            if not matches:
-                raise InputError(f"no such file or directory: {src!r} (the pattern matched nothing)")
+            unmatched += [] if matches else [src]
             candidates = [root / m for m in matches]
         else:
             candidates = [root / src]
@@ -56,7 +59,9 @@ def _sources(step: CopyStep, context: Path) -> list[Path]:
             real = Path(os.path.realpath(cand))
             if real != root and root not in real.parents:
                 raise InputError(f"{src!r} leads outside the build context (to {str(real)!r})")
-            found.append(real)
+            found.append((cand.name, real))
+    if unmatched and not found:  # as Docker: a pattern may match nothing if another source matches
+        raise InputError(f"no such file or directory: {unmatched[0]!r} (the pattern matched nothing)")
     return found
 
 
@@ -150,20 +155,22 @@ def _join(base: str, rel: str) -> str:
     return f"{base}/{rel}" if base else rel
 
 
-def _stage_sources(step: CopyStep, root: Path) -> list[Path]:
-    """Sources inside a stage's filesystem: absolute image paths, resolved and globbed as in a
-    chroot (:mod:`builder.fs.safepath`), so a link in the stage can never make the host's
-    directories decide what is copied."""
+def _stage_sources(step: CopyStep, root: Path) -> list[tuple[str, Path]]:
+    """(name, path) of sources inside a stage's filesystem: absolute image paths, resolved and
+    globbed as in a chroot (:mod:`builder.fs.safepath`), so a link in the stage can never make the
+    host's directories decide what is copied. A link is its target's content under its own name."""
     found = []
+    unmatched = []
     for src in step.sources:
         matches = glob_in_root(root, src) if _GLOB_CHARS & set(src) else [src]
-        resolved = [resolve_in_root(root, match) for match in matches]  # a source that is a link: its target
-        if not resolved:
-            raise InputError(f"no such file or directory in stage {step.from_stage!r}: {src!r}")
-        for rel in resolved:
+        unmatched += [] if matches else [src]
+        for match in matches:
+            rel = resolve_in_root(root, match)  # a source that is a link: its target
             if rel is None or not os.path.lexists(root.joinpath(rel)):
                 raise InputError(f"no such file or directory in stage {step.from_stage!r}: {src!r}")
-            found.append(root.joinpath(rel))
+            found.append((match.rstrip("/").rpartition("/")[2] or root.joinpath(rel).name, root.joinpath(rel)))
+    if unmatched and not found:
+        raise InputError(f"no such file or directory in stage {step.from_stage!r}: {unmatched[0]!r}")
     return found
 
 
@@ -179,7 +186,8 @@ class CopyScan:
     """
 
     root: Path
-    sources: list[tuple[Path, os.stat_result, list[tuple[str, str, os.stat_result]]]]
+    sources: list[tuple[Path, os.stat_result, list[tuple[str, str, os.stat_result]], str]]
+    """(resolved path, stat, a directory's entries, the name a file source is copied under)."""
     digests: dict[str, str] = field(default_factory=dict)
     rows: list[tuple[str, str, int]] | None = None
     """The key's lines (without content digests), host path and size of each regular file: made once."""
@@ -189,9 +197,9 @@ def scan_copy(step: CopyStep, context: Path) -> CopyScan:
     """Walk a copy step's sources in the build context (never for a copy from a stage)."""
     walker = _Walker(step, 0, 0, 0)
     sources = []
-    for src in _sources(step, context):
+    for name, src in _sources(step, context):
         st = os.stat(src)
-        sources.append((src, st, list(walker.scan(src)) if stat.S_ISDIR(st.st_mode) else []))
+        sources.append((src, st, list(walker.scan(src)) if stat.S_ISDIR(st.st_mode) else [], name))
     return CopyScan(context.resolve(), sources)
 
 
@@ -201,9 +209,9 @@ def copy_changes(step: CopyStep, ctx: StepContext, scan: CopyScan | None = None)
             raise InputError(f"stage {step.from_stage!r} is not available here")
         walker = _Walker(step, *ctx.owner(step.owner), ctx.epoch, preserve=True)
         sources = []
-        for src in _stage_sources(step, ctx.stage_root(step.from_stage)):
+        for name, src in _stage_sources(step, ctx.stage_root(step.from_stage)):
             st = os.lstat(src)
-            sources.append((src, st, list(walker.scan(src)) if stat.S_ISDIR(st.st_mode) else []))
+            sources.append((src, st, list(walker.scan(src)) if stat.S_ISDIR(st.st_mode) else [], name))
     else:
         scan = scan or scan_copy(step, ctx.context)
         walker = _Walker(step, *ctx.owner(step.owner), ctx.epoch, digests=scan.digests)
@@ -213,7 +221,7 @@ def copy_changes(step: CopyStep, ctx: StepContext, scan: CopyScan | None = None)
     if to_dir:
         dest = ctx.tree.resolve(dest)
     changes: dict[str, Change] = {}
-    for src, st, items in sources:
+    for src, st, items, name in sources:
         if stat.S_ISDIR(st.st_mode):
             # the destination directory itself: created like the source's contents, but an
             # existing one keeps its owner and mode unless the step sets them
@@ -224,7 +232,7 @@ def copy_changes(step: CopyStep, ctx: StepContext, scan: CopyScan | None = None)
             for e in walker.entries(items, dest):
                 changes[e.path] = e
         else:
-            target = _join(dest, src.name) if to_dir else dest
+            target = _join(dest, name) if to_dir else dest
             if not target:
                 raise InputError("cannot replace the image root '/' with a file")
             single = walker.entry(str(src), target, st)
@@ -262,10 +270,10 @@ def _key_rows(step: CopyStep, scan: CopyScan) -> list[tuple[str, str, int]]:
     (:meth:`_Walker.classify`), without making the entries."""
     walker = _Walker(step, 0, 0, 0)
     rows: list[tuple[str, str, int]] = []
-    for src, st, items in scan.sources:
+    for src, st, items, name in scan.sources:
         is_dir = stat.S_ISDIR(st.st_mode)
         rows.append((f"source\0{src.relative_to(scan.root)}\0{is_dir}", "", 0))
-        for rel, host, est in items if is_dir else [(src.name, str(src), st)]:
+        for rel, host, est in items if is_dir else [(name, str(src), st)]:
             found = walker.classify(host, rel, est)
             if found is not None:
                 kind, mode, size, link = found

@@ -1,0 +1,90 @@
+"""Copy semantics that users migrating from a Dockerfile expect, each as Docker's COPY and Buildah give it.
+
+Each test builds through the real CLI (in process) and reads the layer the step made.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+from builder.cli import main
+
+
+def _layer(out: Path, index: int) -> dict[str, tarfile.TarInfo]:
+    blobs = out / "blobs" / "sha256"
+    idx = json.loads((out / "index.json").read_text())
+    manifest = json.loads((blobs / idx["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    data = gzip.decompress((blobs / manifest["layers"][index]["digest"].split(":")[1]).read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return {m.name: m for m in tf}
+
+
+def _content(out: Path, index: int, name: str) -> bytes:
+    blobs = out / "blobs" / "sha256"
+    idx = json.loads((out / "index.json").read_text())
+    manifest = json.loads((blobs / idx["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    data = gzip.decompress((blobs / manifest["layers"][index]["digest"].split(":")[1]).read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        member = tf.extractfile(name)
+        assert member is not None
+        return member.read()
+
+
+def _build(tmp_path: Path, recipe: str, *args: str) -> tuple[int, Path]:
+    (tmp_path / "pybuild.yaml").write_text(recipe)
+    out = tmp_path / "out"
+    return main([str(tmp_path / "pybuild.yaml"), "-o", str(out), "-q", *args]), out
+
+
+def test_a_symlink_source_is_copied_under_its_own_name(tmp_path: Path) -> None:
+    """Docker's COPY follows a source that is itself a symlink and stores the target's content under
+    the link's name: ``COPY link.txt /dir/`` with ``link.txt -> target.txt`` gives ``/dir/link.txt``."""
+    (tmp_path / "target.txt").write_text("content\n")
+    os.symlink("target.txt", tmp_path / "link.txt")
+    code, out = _build(tmp_path, "version: 1\nsteps:\n  - copy: link.txt\n    to: /dir/\n")
+    assert code == 0
+    members = _layer(out, 0)
+    assert "dir/link.txt" in members and "dir/target.txt" not in members, sorted(members)
+    assert members["dir/link.txt"].isreg()
+    assert _content(out, 0, "dir/link.txt") == b"content\n"
+
+
+def test_a_symlink_source_from_a_stage_keeps_its_name(tmp_path: Path) -> None:
+    """The same from a stage: ``COPY --from=stage /bin/ls /test/`` with ``ls -> busybox`` is ``/test/ls``."""
+    recipe = """\
+version: 1
+stages:
+  tools:
+    steps:
+      - write: /bin/busybox
+        content: "the binary\\n"
+        mode: 0o755
+      - symlink: /bin/ls
+        target: busybox
+steps:
+  - copy: /bin/ls
+    from: tools
+    to: /test/
+"""
+    code, out = _build(tmp_path, recipe)
+    assert code == 0
+    members = _layer(out, 0)
+    assert "test/ls" in members and "test/busybox" not in members, sorted(members)
+    assert _content(out, 0, "test/ls") == b"the binary\n"
+
+
+def test_a_glob_that_matches_nothing_is_fine_when_another_source_matches(tmp_path: Path, capsys) -> None:
+    """Docker and Buildah accept ``COPY *.txt *.md /d/`` when only one of the patterns matches;
+    only when no source matches at all is it an error."""
+    (tmp_path / "a.txt").write_text("a\n")
+    code, out = _build(tmp_path, "version: 1\nsteps:\n  - copy: ['*.txt', '*.md']\n    to: /d/\n")
+    assert code == 0
+    assert "d/a.txt" in _layer(out, 0)
+    code, _ = _build(tmp_path, "version: 1\nsteps:\n  - copy: ['*.md', '*.rst']\n    to: /d/\n")
+    assert code == 1
+    assert "'*.md' (the pattern matched nothing)" in capsys.readouterr().err
