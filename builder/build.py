@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from builder.base import load_base
 from builder.cache import LayerCache
 from builder.errors import InputError, located
 from builder.fs.apply import unpack_layers
-from builder.image import Image, ImageIndex
+from builder.image import Image, ImageIndex, LayerBlob
+from builder.layer.blob import write_layer_blob
+from builder.layer.tarwriter import LayerTarWriter
 from builder.oci import config as cfgmod
 from builder.oci.canonical import canonical_json
 from builder.oci.descriptor import Descriptor
@@ -160,16 +163,31 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
         reporter.message("== final image")
     base, result = run("", recipe.base, recipe.steps)
     created = cfgmod.rfc3339(options.epoch)
-    runtime = cfgmod.merge_runtime(result.config.get("config") or {}, runtime_spec(recipe.config))
-    config = cfgmod.with_runtime(result.config, runtime, created)
+    layers, config = list(result.layers), result.config
+    if not layers:  # config only: the image-spec's manifest schema wants a layer, so one empty one (as Buildah)
+        layers.append(_empty_layer(options, workdir))
+        config = cfgmod.append_layer(config, layers[0].diff_id, created, EMPTY_LAYER_HISTORY)
+    runtime = cfgmod.merge_runtime(config.get("config") or {}, runtime_spec(recipe.config))
+    config = cfgmod.with_runtime(config, runtime, created)
     raw_config = canonical_json(config)
     config_desc = Descriptor(str(MediaType.OCI_CONFIG), Digest.of(raw_config), len(raw_config))
-    manifest = image_manifest(config_desc, [blob.descriptor for blob in result.layers],
-                              _base_annotations(recipe, base))
+    manifest = image_manifest(config_desc, [blob.descriptor for blob in layers], _base_annotations(recipe, base))
     raw_manifest = canonical_json(manifest)
-    image = Image(raw_manifest, raw_config, str(MediaType.OCI_MANIFEST), tuple(result.layers),
-                  cfgmod.platform_of(config))
+    image = Image(raw_manifest, raw_config, str(MediaType.OCI_MANIFEST), tuple(layers), cfgmod.platform_of(config))
     return image, records
+
+
+EMPTY_LAYER_HISTORY = "pybuild: empty layer (an image has at least one)"
+
+
+def _empty_layer(options: BuildOptions, workdir: Path) -> LayerBlob:
+    """An empty tar (the end-of-archive blocks only), compressed as the build's other layers."""
+
+    def produce(out: BinaryIO) -> None:
+        LayerTarWriter(out, options.epoch).close()
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    return write_layer_blob(produce, options.compression, options.level, workdir)
 
 
 def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = None) -> BuildResult:

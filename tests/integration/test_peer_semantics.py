@@ -6,6 +6,7 @@ Each test builds through the real CLI (in process) and reads the layer the step 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -88,3 +89,25 @@ def test_a_glob_that_matches_nothing_is_fine_when_another_source_matches(tmp_pat
     code, _ = _build(tmp_path, "version: 1\nsteps:\n  - copy: ['*.md', '*.rst']\n    to: /d/\n")
     assert code == 1
     assert "'*.md' (the pattern matched nothing)" in capsys.readouterr().err
+
+
+def test_a_config_only_image_has_one_empty_layer(tmp_path: Path, oci_check) -> None:
+    """The image-spec's manifest schema wants at least one layer; Buildah writes an empty one for an
+    image that only sets its config. Its diff_id is the sha256 of an empty tar (two zero blocks,
+    padded to a 10 KiB record, as tarfile writes it), computed here, not pinned."""
+    code, out = _build(tmp_path, "version: 1\nconfig:\n  cmd: [/bin/true]\n")
+    assert code == 0
+    blobs = out / "blobs" / "sha256"
+    idx = json.loads((out / "index.json").read_text())
+    manifest = json.loads((blobs / idx["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
+    [layer] = manifest["layers"]
+    data = gzip.decompress((blobs / layer["digest"].split(":")[1]).read_bytes())
+    empty = io.BytesIO()
+    tarfile.open(fileobj=empty, mode="w", format=tarfile.PAX_FORMAT).close()
+    assert data == empty.getvalue()
+    assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(data).hexdigest()]
+    assert [h.get("empty_layer", False) for h in config["history"]] == [False]
+    assert _layer(out, 0) == {}
+    checked = oci_check(out, strict=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
