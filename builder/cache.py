@@ -40,9 +40,11 @@ import dataclasses
 import hashlib
 import io
 import os
+import shutil
 import stat
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +90,28 @@ def step_key(parents: Sequence[Digest], step: object, inputs: Mapping[str, Any],
 
 
 @dataclass(frozen=True)
+class CacheEntry:
+    """One entry as ``pybuild cache ls`` shows it."""
+
+    key: str
+    digest: str | None
+    """The layer blob's digest; None for a step that changed nothing."""
+    size: int
+    used: float
+    """When a build last stored or hit it (the entry file's mtime)."""
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    """What ``pybuild cache du`` reports."""
+
+    entries: int
+    layer_bytes: int
+    mounts: int
+    mount_bytes: int
+
+
+@dataclass(frozen=True)
 class CacheHit:
     """What a key maps to: a layer, or the fact that the step changed nothing."""
 
@@ -128,7 +152,7 @@ class LayerCache:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, RecursionError):
-            _remove(entry_path)
+            _unlink(entry_path)
             return None
         with contextlib.suppress(OSError):
             os.utime(entry_path, follow_symlinks=False)  # recently used: kept longest by prune()
@@ -142,14 +166,14 @@ class LayerCache:
             if digest.algorithm != "sha256" or diff_id.algorithm != "sha256" or not isinstance(unpacked, int | None):
                 raise ValueError("not an entry pybuild writes")
         except (KeyError, ValueError, TypeError, AttributeError):
-            _remove(entry_path)
+            _unlink(entry_path)
             return None
         path = self.blobs / digest.hex
         verdict = _check_blob(path, descriptor, diff_id, unpacked)
         if verdict != "ok":
             if verdict == "blob":  # the blob does not match its own name: it goes, and the entry with it
-                _remove(path)
-            _remove(entry_path)  # a wrong diff_id or size: the entry lies about a good blob
+                _unlink(path)
+            _unlink(entry_path)  # a wrong diff_id or size: the entry lies about a good blob
             return None
         return CacheHit(LayerBlob(descriptor, diff_id, path, unpacked, verified=True))
 
@@ -170,43 +194,107 @@ class LayerCache:
         except OSError as exc:
             raise OutputError(f"cannot write the layer cache in {str(self.root)!r}: {exc.strerror}") from exc
 
-    def prune(self, max_bytes: int) -> tuple[int, int]:
-        """Drop least recently used entries until blobs take at most ``max_bytes``; returns (entries, bytes) removed.
+    @property
+    def mounts(self) -> Path:
+        """Where run steps' ``cache:`` mounts live (``CACHE/mounts/KEY``, see builder.steps.run)."""
+        return self.root / "mounts"
 
-        Blobs no entry names any more are removed too. Safe beside running builds: an entry is
-        deleted before its blob, and a build that loses a blob between ``get`` and use re-hashes it.
-        """
-        entries = sorted(self._entries(), key=lambda p: _mtime(p))
-        blob_of: dict[Path, str | None] = {}
-        for path in entries:
+    def ls(self) -> list[CacheEntry]:
+        """Every readable entry, most recently used first."""
+        out = []
+        for path in self._entries():
             try:
-                digest = _read_entry(path).get("digest")
-                blob_of[path] = digest if isinstance(digest, str) else None
+                entry = _read_entry(path)
             except (OSError, ValueError, RecursionError):
-                blob_of[path] = None
-        sizes = {p.name: p.lstat().st_size for p in self._blob_files()}
-        total = sum(sizes.values())
-        removed = freed = 0
-        for path in entries:
-            if total <= max_bytes and max_bytes > 0:  # 0 empties the cache, entries of empty steps too
+                continue
+            size = entry.get("size")
+            digest = entry.get("digest")
+            out.append(CacheEntry(path.stem, str(digest) if isinstance(digest, str) else None,
+                                  size if isinstance(size, int) else 0, _mtime(path)))
+        return sorted(out, key=lambda e: -e.used)
+
+    def usage(self) -> CacheUsage:
+        """What the cache holds, in entries and bytes, per part."""
+        entries = sum(1 for _ in self._entries())
+        blobs = sum(_size_of(p) for p in self._blob_files())
+        mounts = [p for p in self.mounts.iterdir() if p.is_dir()] if self.mounts.is_dir() else []
+        return CacheUsage(entries, blobs, len(mounts), sum(_tree_size(p) for p in mounts))
+
+    def prune(self, max_bytes: int | None = None, max_age: float | None = None) -> tuple[int, int]:
+        """Drop what the cache no longer needs; returns (entries and mounts removed, bytes freed).
+
+        Always: entries that cannot be read or whose blob is gone (unreachable: they can only
+        miss), and blobs no entry names (older than a minute, so not one a build is adding now).
+        ``max_age`` (seconds): also entries, and run-step cache mounts, not used for that long.
+        ``max_bytes``: also the least recently used entries until the layer blobs take at most that
+        much; 0 empties the cache, the entries of empty steps and every cache mount included.
+        Safe beside running builds: an entry goes before its blob, and a build that loses a blob
+        between ``get`` and use re-hashes it.
+        """
+        now = time.time()
+        sizes = {p.name: _size_of(p) for p in self._blob_files()}
+        kept: dict[Path, str | None] = {}  # entry -> the hex of its blob (None: an empty step)
+        removed = 0
+        dropped: set[str] = set()  # blobs whose entries went now: not ones a build is adding
+        for path in sorted(self._entries(), key=_mtime):
+            try:
+                entry = _read_entry(path)
+                digest = entry.get("digest")
+                name = digest.split(":")[-1] if isinstance(digest, str) else None
+                if name is None and entry.get("empty") is not True:
+                    raise ValueError("not an entry")
+            except (OSError, ValueError, RecursionError):
+                name = ""  # unreadable or malformed: unreachable
+            stale = max_age is not None and now - _mtime(path) > max_age
+            gone = name is not None and name not in sizes and not (self.blobs / (name or "-")).is_file()
+            if name == "" or gone or stale or max_bytes == 0:
+                removed += _unlink(path)
+                dropped.add(name or "")
+            else:
+                kept[path] = name
+        users = Counter(kept.values())
+        total = sum(sizes.get(n, 0) for n in users if n)
+        for path in list(kept):  # least recently used first
+            if max_bytes is None or total <= max_bytes:
                 break
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed += 1
-            digest = blob_of.pop(path)
-            name = digest.split(":")[-1] if digest else None
-            if name and name in sizes and name not in {(d or "").split(":")[-1] for d in blob_of.values()}:
-                with contextlib.suppress(OSError):
-                    (self.blobs / name).unlink()
-                    total -= sizes[name]
-                    freed += sizes[name]
-        live = {(d or "").split(":")[-1] for d in blob_of.values()}
-        for blob in self._blob_files():
-            if blob.name not in live and time.time() - _mtime(blob) > 60:  # not one a build is adding now
-                with contextlib.suppress(OSError):
-                    freed += blob.lstat().st_size
-                    blob.unlink()
-        self._prune_shapes(min((_mtime(p) for p in blob_of), default=None))
+            name = kept.pop(path)
+            removed += _unlink(path)
+            dropped.add(name or "")
+            users[name] -= 1
+            if name and users[name] == 0:
+                total -= sizes.get(name, 0)
+        live = set(kept.values())
+        freed = 0
+        for name, size in sizes.items():
+            unused = name not in live and (name in dropped or now - _mtime(self.blobs / name) > 60)
+            if unused and _unlink(self.blobs / name):
+                freed += size
+        self._prune_shapes(min((_mtime(p) for p in kept), default=None))
+        if max_age is not None or max_bytes == 0:
+            mounts, mount_bytes = self._prune_mounts(None if max_bytes == 0 else now - (max_age or 0))
+            removed += mounts
+            freed += mount_bytes
+        return removed, freed
+
+    def _prune_mounts(self, older_than: float | None) -> tuple[int, int]:
+        """Cache mounts last used before ``older_than`` (None: all). A build touches its mount's
+        directory when it binds it; a mount this process cannot remove (files owned by ids of a
+        rootless build's namespace) is left whole rather than half-deleted where possible."""
+        if not self.mounts.is_dir():
+            return 0, 0
+        removed = freed = 0
+        for mount in self.mounts.iterdir():
+            if mount.is_symlink() or not mount.is_dir():
+                continue
+            if older_than is not None and _mtime(mount) >= older_than:
+                continue
+            size = _tree_size(mount)
+            try:
+                shutil.rmtree(mount)
+            except OSError:
+                continue
+            removed += 1
+            freed += size
         return removed, freed
 
     def _prune_shapes(self, oldest_entry: float | None) -> None:
@@ -226,6 +314,38 @@ class LayerCache:
 
     def _blob_files(self) -> list[Path]:
         return [p for p in self.blobs.iterdir() if not p.name.startswith(".")] if self.blobs.is_dir() else []
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except OSError:
+        return 0
+
+
+def _tree_size(root: Path) -> int:
+    """Bytes of the regular files under ``root``, links not followed, each inode counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for top, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(top, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
+
+
+def _unlink(path: Path) -> int:
+    """1 if ``path`` was removed, else 0."""
+    try:
+        path.unlink()
+    except OSError:
+        return 0
+    return 1
 
 
 def _mtime(path: Path) -> float:
@@ -268,11 +388,6 @@ def _is_file_of(path: Path, size: int) -> bool:
     except OSError:
         return False
     return stat.S_ISREG(st.st_mode) and st.st_size == size
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
 
 
 def _read_entry(path: Path) -> dict[str, Any]:

@@ -342,14 +342,75 @@ def cache_group() -> None:
     """Manage the layer cache."""
 
 
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _age(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``2w`` -> seconds."""
+    raw = text.strip().lower()
+    if not raw[:-1].isdigit() or raw[-1:] not in _AGE_UNITS:
+        raise click.UsageError(f"--max-age: not a duration: {text!r} (e.g. 12h, 30d, 2w)")
+    return int(raw[:-1]) * _AGE_UNITS[raw[-1]]
+
+
+_CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path), help="Default $XDG_CACHE_HOME/pybuild.")
+
+
 @cache_group.command("prune")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="Default $XDG_CACHE_HOME/pybuild.")
-@click.option("--max-size", default="0", show_default=True, help="Keep at most this much (e.g. 2G); 0 empties it.")
-def cache_prune_cmd(cache_dir: Path | None, max_size: str) -> None:
-    """Drop least recently used layers until the cache is at most --max-size."""
+@_CACHE_DIR
+@click.option("--max-size", help="Also drop least recently used layers until they take at most this (e.g. 2G).")
+@click.option("--max-age", help="Also drop layers and cache mounts not used for this long (e.g. 30d, 12h).")
+@click.option("--all", "everything", is_flag=True, help="Empty the cache, run-step cache mounts included.")
+def cache_prune_cmd(cache_dir: Path | None, max_size: str | None, max_age: str | None, everything: bool) -> None:
+    """Drop unreachable cache entries; with an option, also old or least recently used ones.
+
+    Without options only what can never be used again goes: damaged entries, entries whose blob
+    is gone, blobs no entry names.
+    """
+    if everything and (max_size or max_age):
+        raise click.UsageError("--all empties the cache: it takes no --max-size or --max-age")
     cache = LayerCache(cache_dir or default_cache_dir())
-    removed, freed = cache.prune(_size(max_size))
+    limit = 0 if everything else (_size(max_size) if max_size is not None else None)
+    removed, freed = cache.prune(limit, _age(max_age) if max_age is not None else None)
     click.echo(f"pybuild: removed {removed} cache entries, freed {human(freed)}", err=True)
+
+
+@cache_group.command("du")
+@_CACHE_DIR
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def cache_du_cmd(cache_dir: Path | None, as_json: bool) -> None:
+    """Show how much the cache holds: layers, and run-step cache mounts."""
+    root = cache_dir or default_cache_dir()
+    usage = LayerCache(root).usage()
+    if as_json:
+        click.echo(json.dumps({"cache_dir": str(root), "entries": usage.entries, "layer_bytes": usage.layer_bytes,
+                               "mounts": usage.mounts, "mount_bytes": usage.mount_bytes}))
+        return
+    click.echo(f"{root}\n  layers  {usage.entries:>6} entries  {human(usage.layer_bytes):>10}\n"
+               f"  mounts  {usage.mounts:>6} dirs     {human(usage.mount_bytes):>10}\n"
+               f"  total                   {human(usage.layer_bytes + usage.mount_bytes):>10}")
+
+
+@cache_group.command("ls")
+@_CACHE_DIR
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout.")
+def cache_ls_cmd(cache_dir: Path | None, as_json: bool) -> None:
+    """List the cached steps, most recently used first."""
+    now = time.time()
+    for entry in LayerCache(cache_dir or default_cache_dir()).ls():
+        if as_json:
+            click.echo(json.dumps({"key": entry.key, "digest": entry.digest, "size": entry.size,
+                                   "used": int(entry.used)}))
+        else:
+            digest = entry.digest[:19] if entry.digest else "(no change)"
+            click.echo(f"{entry.key[:12]}  {digest:<19}  {human(entry.size):>10}  {_ago(now - entry.used)}")
+
+
+def _ago(seconds: float) -> str:
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{int(seconds // span)}{unit} ago"
+    return "just now"
 
 
 def _reference(text: str, what: str) -> Reference:

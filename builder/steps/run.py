@@ -92,9 +92,12 @@ def _cache_fd(cache_dir: Path | None, target: str) -> int:
     finally:
         os.close(top)
     try:
-        return _open_own_dir(mounts, key, str(cache_dir / "mounts" / key))
+        fd = _open_own_dir(mounts, key, str(cache_dir / "mounts" / key))
     finally:
         os.close(mounts)
+    with contextlib.suppress(OSError):
+        os.utime(fd)  # used now: `pybuild cache prune --max-age` keeps it
+    return fd
 
 
 def _excluded(step: RunStep, root: Path) -> set[str]:

@@ -143,9 +143,66 @@ def test_prune_bounds_the_cache(ctx, tmp_path, capsys):
     assert sum(p.stat().st_size for p in blobs.iterdir()) > BIG // 2
     assert main(["cache", "prune", "--cache-dir", str(cache), "--max-size", "1M"]) == 0
     assert sum(p.stat().st_size for p in blobs.iterdir()) <= 1 << 20
-    assert main(["cache", "prune", "--cache-dir", str(cache)]) == 0
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--all"]) == 0
     assert list(blobs.iterdir()) == []
     assert not any(cached_flags(build(ctx, tmp_path / "b", cache)))
+
+
+def test_prune_by_default_keeps_what_is_used_and_drops_the_unreachable(ctx, tmp_path, capsys):
+    """Without options prune is safe to run any time: a warm cache stays warm; only entries that can
+    never hit (unreadable, or their blob gone) and blobs no entry names are removed."""
+    cache = tmp_path / "cache"
+    build(ctx, tmp_path / "a", cache)
+    entries = cache / "layers" / "entries"
+    blobs = cache / "layers" / "blobs" / "sha256"
+    before = sorted(p.name for p in entries.iterdir())
+    (entries / ("0" * 64 + ".json")).write_text("{not json")
+    stray = blobs / ("f" * 64)
+    stray.write_bytes(b"nobody's blob")
+    old = time.time() - 3600
+    os.utime(stray, (old, old))
+    orphan = json.loads(next(p for p in entries.iterdir() if "digest" in p.read_text()).read_text())
+    (entries / ("1" * 64 + ".json")).write_text(json.dumps({**orphan, "digest": "sha256:" + "e" * 64}))
+    capsys.readouterr()
+    assert main(["cache", "prune", "--cache-dir", str(cache)]) == 0
+    assert "removed 2 cache entries" in capsys.readouterr().err
+    assert sorted(p.name for p in entries.iterdir()) == before
+    assert not stray.exists()
+    assert all(cached_flags(build(ctx, tmp_path / "b", cache)))
+    # --max-age: entries not used for that long go; the ones just used stay
+    for p in list(entries.iterdir())[:2]:
+        os.utime(p, (old, old))
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--max-age", "30m"]) == 0
+    assert len(list(entries.iterdir())) == len(before) - 2
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--max-age", "soon"]) == 2
+    assert "not a duration" in capsys.readouterr().err
+
+
+def test_cache_ls_and_du_report_what_is_there(ctx, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    meta = build(ctx, tmp_path / "a", cache)
+    (cache / "mounts" / "k1").mkdir(parents=True)
+    (cache / "mounts" / "k1" / "pkg.deb").write_bytes(b"x" * 5000)
+    capsys.readouterr()
+    assert main(["cache", "ls", "--cache-dir", str(cache), "--json"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    layer_digests = {layer["digest"] for layer in meta["layers"]}
+    assert {e["digest"] for e in listed if e["digest"]} == layer_digests
+    assert main(["cache", "du", "--cache-dir", str(cache), "--json"]) == 0
+    usage = json.loads(capsys.readouterr().out)
+    blobs = cache / "layers" / "blobs" / "sha256"
+    assert usage["entries"] == len(listed) and usage["mounts"] == 1 and usage["mount_bytes"] == 5000
+    assert usage["layer_bytes"] == sum(p.stat().st_size for p in blobs.iterdir())
+    assert main(["cache", "du", "--cache-dir", str(cache)]) == 0
+    assert "mounts" in capsys.readouterr().out
+    # an old mount goes with --max-age, a fresh one stays; --all takes the rest
+    (cache / "mounts" / "k2").mkdir()
+    old = time.time() - 7 * 86400
+    os.utime(cache / "mounts" / "k1", (old, old))
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--max-age", "1d"]) == 0
+    assert sorted(p.name for p in (cache / "mounts").iterdir()) == ["k2"]
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--all"]) == 0
+    assert list((cache / "mounts").iterdir()) == [] and list(blobs.iterdir()) == []
 
 
 def test_concurrent_builds_share_one_cache(ctx, tmp_path):
