@@ -76,26 +76,39 @@ def _pull_base(text: str, platform: Platform, workdir: Path, options: BuildOptio
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     reporter.message(f"pulling {ref} ({platform})")
-    result = pull(ref, workdir, platform, RegistryOptions(insecure=options.insecure), reporter.blob_event)
+    result = pull(ref, workdir, platform, options.registry or RegistryOptions(), reporter.blob_event)
     if isinstance(result, ImageIndex):  # pull() selects a platform when given one; be strict anyway
         raise InputError(f"{ref}: expected one image for {platform}, got an index")
     return result
 
 
-def _base_annotations(recipe: Recipe, base: Image | None) -> dict[str, str]:
-    """``base.name``/``base.digest`` (image-spec annotations.md) for a registry base, then the recipe's own."""
+def _annotations(recipe: Recipe, base_ref: BaseRef, base: Image | None, options: BuildOptions) -> dict[str, str]:
+    """``base.name``/``base.digest`` (image-spec annotations.md) for a registry base, then the
+    recipe's own, then ``--annotation``s."""
     out: dict[str, str] = {}
-    if base is not None and recipe.base.kind == "registry":
+    if base is not None and base_ref.kind == "registry":
         from builder.registry.reference import Reference
 
-        out[BASE_NAME] = str(Reference.parse(recipe.base.value))
+        out[BASE_NAME] = str(Reference.parse(base_ref.value))
         out[BASE_DIGEST] = str(base.digest)
     out.update(recipe.annotations)
+    out.update(options.annotations)
     return out
 
 
-def _needed_stages(recipe: Recipe) -> list[str]:
-    """The stages the final image needs (through ``from:`` and ``copy from:``), dependencies first.
+def _final(recipe: Recipe, target: str | None) -> tuple[BaseRef, tuple[Step, ...]]:
+    """The base and steps of the image to make: the recipe's own, or ``--target``'s stage."""
+    if target is None:
+        return recipe.base, recipe.steps
+    stage = recipe.stages.get(target)
+    if stage is None:
+        known = ", ".join(sorted(recipe.stages)) or "none: the recipe has no stages:"
+        raise InputError(f"--target: no stage named {target!r} (stages: {known})")
+    return stage.base, stage.steps
+
+
+def _needed_stages(recipe: Recipe, final: tuple[BaseRef, tuple[Step, ...]]) -> list[str]:
+    """The stages ``final`` needs (through ``from:`` and ``copy from:``), dependencies first.
 
     The parser has already refused unknown stages and cycles.
     """
@@ -111,7 +124,7 @@ def _needed_stages(recipe: Recipe) -> list[str]:
                 if name not in order:
                     order.append(name)
 
-    visit(recipe.base, recipe.steps)
+    visit(*final)
     return order
 
 
@@ -156,28 +169,43 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
         records.extend(result.records)
         return base, result
 
-    for name in _needed_stages(recipe):
+    final = _final(recipe, options.target)
+    for name in _needed_stages(recipe, final):
         reporter.message(f"== stage {name}")
         stages.results[name] = run(name, recipe.stages[name].base, recipe.stages[name].steps)[1]
-    if recipe.stages:
+    if options.target is not None:
+        reporter.message(f"== stage {options.target} (--target)")
+    elif recipe.stages:
         reporter.message("== final image")
-    base, result = run("", recipe.base, recipe.steps)
+    base, result = run(options.target or "", *final)
     created = cfgmod.rfc3339(options.epoch)
     layers, config = list(result.layers), result.config
     if not layers:  # config only: the image-spec's manifest schema wants a layer, so one empty one (as Buildah)
         layers.append(_empty_layer(options, workdir))
         config = cfgmod.append_layer(config, layers[0].diff_id, created, EMPTY_LAYER_HISTORY)
-    runtime = cfgmod.merge_runtime(config.get("config") or {}, runtime_spec(recipe.config))
+    spec = runtime_spec(recipe.config) if options.target is None else {}
+    runtime = cfgmod.merge_runtime(cfgmod.merge_runtime(config.get("config") or {}, spec), _cli_config(options))
     config = cfgmod.with_runtime(config, runtime, created)
     raw_config = canonical_json(config)
     config_desc = Descriptor(str(MediaType.OCI_CONFIG), Digest.of(raw_config), len(raw_config))
-    manifest = image_manifest(config_desc, [blob.descriptor for blob in layers], _base_annotations(recipe, base))
+    annotations = _annotations(recipe, final[0], base, options)
+    manifest = image_manifest(config_desc, [blob.descriptor for blob in layers], annotations)
     raw_manifest = canonical_json(manifest)
     image = Image(raw_manifest, raw_config, str(MediaType.OCI_MANIFEST), tuple(layers), cfgmod.platform_of(config))
     return image, records
 
 
 EMPTY_LAYER_HISTORY = "pybuild: empty layer (an image has at least one)"
+
+
+def _cli_config(options: BuildOptions) -> dict[str, object]:
+    """``--env``/``--label`` in the image config's key names; merged after the recipe's ``config:``."""
+    out: dict[str, object] = {}
+    if options.env:
+        out["Env"] = [f"{k}={v}" for k, v in options.env.items()]
+    if options.labels:
+        out["Labels"] = dict(options.labels)
+    return out
 
 
 def _empty_layer(options: BuildOptions, workdir: Path) -> LayerBlob:

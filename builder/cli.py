@@ -7,26 +7,28 @@ Every failure prints one first line ``pybuild: error: ...``; no traceback for us
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import errno
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from builder import __version__
-from builder.build import build, has_run_steps
+from builder.build import BuildResult, build, has_run_steps
 from builder.cache import LayerCache
 from builder.errors import InputError, OutputError, PybuildError
 from builder.image import Image, ImageIndex
 from builder.inspect import describe, render_text
 from builder.layer.compress import Compression
+from builder.oci.descriptor import is_attestation
 from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir, epoch_from_env
 from builder.progress import JsonReporter, NullReporter, PlainReporter, Reporter, TtyReporter, human
@@ -39,8 +41,9 @@ from builder.workdir import work_directory
 
 if TYPE_CHECKING:
     from builder.registry.reference import Reference
+    from builder.registry.transport import RegistryOptions
 
-SUBCOMMANDS = ("build", "inspect", "unpack", "push", "pull", "cache", "version")
+SUBCOMMANDS = ("build", "inspect", "ls", "unpack", "push", "pull", "login", "logout", "cache", "version")
 RECIPE_NAMES = ("pybuild.yaml", "recipe.yaml")
 """What a directory given as RECIPE is taken to mean, in this order."""
 
@@ -110,15 +113,30 @@ def _parse_kv(values: tuple[str, ...], flag: str) -> dict[str, str]:
     return out
 
 
-def _secrets(values: tuple[str, ...]) -> dict[str, Path]:
-    """``--secret id=ID,src=PATH`` (``source=`` also accepted, as BuildKit does)."""
+def _secrets(values: tuple[str, ...], stack: contextlib.ExitStack) -> dict[str, Path]:
+    """``--secret id=ID,src=PATH`` (``source=`` also accepted, as BuildKit does) or ``id=ID,env=VAR``.
+
+    A secret from the environment goes to a 0600 file in a private directory (on ``/dev/shm``, a
+    tmpfs, where there is one) for the length of the build: the sandbox copies secrets in from files.
+    """
     out: dict[str, Path] = {}
     for item in values:
         fields = dict(part.partition("=")[::2] for part in item.split(","))
-        sid, src = fields.get("id"), fields.get("src") or fields.get("source")
-        if not sid or not src or set(fields) - {"id", "src", "source", "type"}:
-            raise click.UsageError(f"--secret expects id=ID,src=PATH, got {item!r}")
-        path = Path(src)
+        sid, src, var = fields.get("id"), fields.get("src") or fields.get("source"), fields.get("env")
+        if not sid or (src is None) == (var is None) or set(fields) - {"id", "src", "source", "env", "type"}:
+            raise click.UsageError(f"--secret expects id=ID,src=PATH or id=ID,env=VAR, got {item!r}")
+        if var is not None:
+            if var not in os.environ:
+                raise InputError(f"--secret {sid}: the environment variable {var} is not set")
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+            private = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pybuild-secret-", dir=shm)))
+            path = private / "secret"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(os.environ[var])
+            out[sid] = path
+            continue
+        path = Path(src or "")
         if not path.is_file():
             raise InputError(f"--secret {sid}: no such file: {src!r}")
         out[sid] = path.resolve()
@@ -132,15 +150,57 @@ def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
         raise click.UsageError(f"--platform: {exc}") from exc
 
 
+def _registry_flags(func: Callable[..., None]) -> Callable[..., None]:
+    """The flags every command that talks to a registry takes, named as skopeo and Buildah name them."""
+    flags = [
+        click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP / unverified TLS."),
+        click.option("--tls-verify", type=bool, default=True, show_default=True,
+                     help="false: any registry may use plain HTTP or an unverified certificate."),
+        click.option("--authfile", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Credentials file (auth.json / config.json format; default as podman and docker)."),
+        click.option("--creds", metavar="USER[:PASSWORD]", help="Credentials for the registries of this command."),
+        click.option("--retry", type=click.IntRange(min=0), help="Retries of a failed registry request (default 4)."),
+    ]
+    for flag in reversed(flags):
+        func = flag(func)
+    return func
+
+
+def _registry_options(insecure_registry: tuple[str, ...], tls_verify: bool, authfile: Path | None,
+                      creds: str | None, retry: int | None) -> RegistryOptions:
+    from builder.registry.auth import Credentials
+    from builder.registry.transport import RegistryOptions
+
+    if authfile is not None and not authfile.is_file():
+        raise InputError(f"--authfile: no such file: {str(authfile)!r}")
+    credentials = None
+    if creds is not None:
+        user, sep, password = creds.partition(":")
+        if not user:
+            raise click.UsageError("--creds expects USER[:PASSWORD]")
+        if not sep:
+            password = click.prompt(f"Password for {user}", hide_input=True, err=True)
+        credentials = Credentials(user, password)
+    extra = {"retries": retry} if retry is not None else {}
+    return RegistryOptions(insecure=frozenset(insecure_registry), tls_verify=tls_verify, authfile=authfile,
+                           credentials=credentials, **extra)
+
+
 @cli.command("build")
-@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path), required=False)
+@click.option("-f", "--file", "recipe_file", type=click.Path(path_type=Path),
+              help="The recipe (a positional argument is then the context directory).")
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path),
               help="Where the image goes (optional with --push).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="oci",
               show_default=True, help="Layout directory, or one tar file.")
 @click.option("-t", "--tag", help="Name the image is recorded under (default: the recipe's tag, else latest).")
+@click.option("--target", help="Make the image of this stage, not the recipe's final image.")
 @click.option("--platform", "platforms", multiple=True, help="os/arch[/variant]; repeatable.")
 @click.option("--build-arg", "build_args", multiple=True, help="KEY=VALUE; overrides the recipe's args.")
+@click.option("--label", "labels", multiple=True, help="KEY=VALUE: a config label, over the recipe's.")
+@click.option("--annotation", "annotations", multiple=True, help="KEY=VALUE: a manifest annotation, over the recipe's.")
+@click.option("--env", "env", multiple=True, help="KEY=VALUE: an Env entry of the image config, over the recipe's.")
 @click.option("--context", type=click.Path(path_type=Path, file_okay=False), help="Where sources are read.")
 @click.option("--compression", type=click.Choice([c.value for c in Compression]), default="gzip", show_default=True)
 @click.option("--compression-level", type=int, help="gzip 1-9 (default 3; 1-3 ISA-L, 4-9 zlib), zstd 1-22 (default 3).")
@@ -149,24 +209,34 @@ def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
               "(default $XDG_CACHE_HOME/pybuild).")
 @click.option("--no-cache", is_flag=True, help="Build every step (the cache is still refreshed).")
 @click.option("--push", "push_ref", help="Also push the result to a registry.")
-@click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP.")
-@click.option("--secret", multiple=True, help="id=ID,src=PATH for run steps.")
+@_registry_flags
+@click.option("--secret", multiple=True, help="id=ID,src=PATH or id=ID,env=VAR, for run steps.")
 @click.option("--allow", "allow", multiple=True, type=click.Choice(["security.insecure"]),
               help="Let run steps with `security: insecure` run unconfined (all capabilities, no seccomp).")
-@click.option("--digest-file", type=click.Path(path_type=Path), help="Write the image digest here.")
+@click.option("--digest-file", type=click.Path(path_type=Path), help="Write the manifest (or index) digest here.")
+@click.option("--iidfile", type=click.Path(path_type=Path), help="Write the image id (the config digest) here.")
 @click.option("--metadata-file", type=click.Path(path_type=Path), help="Write a JSON summary here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--progress", type=click.Choice(["auto", "plain", "tty", "json"]), default="auto", show_default=True)
-def build_cmd(recipe: Path, out: Path | None, fmt: str, tag: str | None, platforms: tuple[str, ...],
-              build_args: tuple[str, ...], context: Path | None, compression: str, compression_level: int | None,
-              source_date_epoch: int | None, cache_dir: Path | None, no_cache: bool, push_ref: str | None,
-              insecure_registry: tuple[str, ...], secret: tuple[str, ...], allow: tuple[str, ...],
-              digest_file: Path | None,
-              metadata_file: Path | None, quiet: bool, progress: str) -> None:
-    """Build RECIPE into OUT."""
+def build_cmd(recipe: Path | None, recipe_file: Path | None, out: Path | None, fmt: str, tag: str | None,
+              target: str | None, platforms: tuple[str, ...], build_args: tuple[str, ...], labels: tuple[str, ...],
+              annotations: tuple[str, ...], env: tuple[str, ...], context: Path | None, compression: str,
+              compression_level: int | None, source_date_epoch: int | None, cache_dir: Path | None, no_cache: bool,
+              push_ref: str | None, insecure_registry: tuple[str, ...], tls_verify: bool, authfile: Path | None,
+              creds: str | None, retry: int | None, secret: tuple[str, ...], allow: tuple[str, ...],
+              digest_file: Path | None, iidfile: Path | None, metadata_file: Path | None, quiet: bool,
+              progress: str) -> None:
+    """Build RECIPE (a file, or a directory with a pybuild.yaml or recipe.yaml) into OUT."""
     kind = Compression(compression)
     if compression_level is not None and compression_level not in kind.levels:
         raise click.UsageError(f"--compression-level for {kind}: {kind.levels.start}-{kind.levels.stop - 1}")
+    if recipe_file is not None and recipe is not None:  # `-f FILE CONTEXT`, as buildah bud and docker build
+        if context is not None:
+            raise click.UsageError("with -f, the argument is the context directory: give it or --context, not both")
+        context, recipe = recipe, recipe_file
+    recipe = recipe_file or recipe
+    if recipe is None:
+        raise click.UsageError("Missing argument 'RECIPE' (a recipe file, or -f FILE).")
     push_to = _reference(push_ref, "--push") if push_ref is not None else None
     if out is None and push_to is None:
         raise click.UsageError("Missing option '-o' / '--output' (needed unless --push is given).")
@@ -179,18 +249,25 @@ def build_cmd(recipe: Path, out: Path | None, fmt: str, tag: str | None, platfor
         if status is not None:
             raise SystemExit(status)
     started = time.monotonic()
-    scratch = None
-    if out is None:  # --push alone: the build's blobs live in a private temp dir until pushed
-        scratch = Path(tempfile.mkdtemp(prefix="pybuild-push-"))
-    try:
-        digest, tag = _build_and_write(recipe, out, scratch, fmt, tag, platforms, build_args, context, kind,
-                                       compression_level, source_date_epoch, cache_dir, no_cache, push_to,
-                                       insecure_registry, secret, allow, metadata_file, reporter)
-    finally:
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+    registry = _registry_options(insecure_registry, tls_verify, authfile, creds, retry)
+    with contextlib.ExitStack() as stack:
+        options = BuildOptions(
+            context=context, epoch=epoch_from_env(source_date_epoch), compression=kind, level=compression_level,
+            platforms=_platforms(platforms), build_args=_parse_kv(build_args, "--build-arg"), tag=tag,
+            secrets=_secrets(secret, stack), cache_dir=cache_dir, use_cache=not no_cache, registry=registry,
+            allow=frozenset(allow), target=target, labels=_parse_kv(labels, "--label"),
+            env=_parse_kv(env, "--env"), annotations=_parse_kv(annotations, "--annotation"),
+        )
+        scratch = None
+        if out is None:  # --push alone: the build's blobs live in a private temp dir until pushed
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pybuild-push-")))
+        result = _build_and_write(recipe, out, scratch, fmt, options, push_to, metadata_file, reporter)
+    digest, tag = str(result.result.digest), result.tag
     if digest_file is not None:
         _write_text(digest_file, digest + "\n")
+    if iidfile is not None:
+        image_id = result.result.image_id if isinstance(result.result, Image) else result.result.digest
+        _write_text(iidfile, f"{image_id}\n")
     where = f"wrote {out} ({fmt})" if out is not None else f"pushed to {push_to}"
     reporter.message(f"pybuild: {where} {tag} {digest} in {time.monotonic() - started:.1f}s")
     click.echo(digest)
@@ -211,33 +288,21 @@ def _in_user_namespace(reporter: Reporter) -> int | None:
     return None
 
 
-def _build_and_write(recipe: Path, out: Path | None, scratch: Path | None, fmt: str, tag: str | None,
-                     platforms: tuple[str, ...], build_args: tuple[str, ...], context: Path | None,
-                     kind: Compression, compression_level: int | None, source_date_epoch: int | None,
-                     cache_dir: Path | None, no_cache: bool, push_to: Reference | None,
-                     insecure_registry: tuple[str, ...], secret: tuple[str, ...], allow: tuple[str, ...],
-                     metadata_file: Path | None, reporter: Reporter) -> tuple[str, str]:
-    """The build itself; returns (digest, tag)."""
+def _build_and_write(recipe: Path, out: Path | None, scratch: Path | None, fmt: str, options: BuildOptions,
+                     push_to: Reference | None, metadata_file: Path | None, reporter: Reporter) -> BuildResult:
+    """The build itself, written to OUT and/or pushed."""
     with work_directory(out if out is not None else (scratch or Path()) / "out") as workdir:
-        options = BuildOptions(
-            context=context, epoch=epoch_from_env(source_date_epoch), compression=kind, level=compression_level,
-            platforms=_platforms(platforms), build_args=_parse_kv(build_args, "--build-arg"), tag=tag,
-            workdir=workdir, secrets=_secrets(secret), cache_dir=cache_dir, use_cache=not no_cache,
-            insecure=frozenset(insecure_registry), allow=frozenset(allow),
-        )
+        options = dataclasses.replace(options, workdir=workdir)
         result = build(recipe, options, reporter)
         if out is not None:
             write_output(fmt, out, result.result, result.tag, options.epoch)
         if push_to is not None:  # while the blobs are still in the work directory
             from builder.registry.push import push
-            from builder.registry.transport import RegistryOptions
 
             reporter.message(f"pushing to {push_to}")
             base = _reference(result.base_reference, "from") if result.base_reference else None
             mount_from = base.repository if base is not None and base.registry == push_to.registry else None
-            push(result.result, push_to, RegistryOptions(insecure=options.insecure), reporter.blob_event,
-                 mount_from=mount_from)
-    digest = str(result.result.digest)
+            push(result.result, push_to, options.registry, reporter.blob_event, mount_from=mount_from)
     if metadata_file is not None:
         meta = describe(result.result, result.tag)
         meta["cache"] = {"hits": result.cache_hits, "misses": result.cache_misses}
@@ -247,7 +312,7 @@ def _build_and_write(recipe: Path, out: Path | None, scratch: Path | None, fmt: 
             for platform, records in result.steps for r in records
         ]
         _write_text(metadata_file, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return digest, result.tag
+    return result
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -310,6 +375,28 @@ def _only_tag(path: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return names[0] if len(names) == 1 else None
+
+
+@cli.command("ls")
+@click.argument("out", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for tools.")
+def ls_cmd(out: Path, as_json: bool) -> None:
+    """List the images of a layout: tag, digest, platforms, size."""
+    from builder.oci.manifest import REF_NAME
+    from builder.sinks.layout import layout_entries, read_entry
+
+    for desc in layout_entries(out):
+        image = read_entry(out, desc)
+        images = image.images if isinstance(image, ImageIndex) else (image,)
+        runnable = [img for img in images if not is_attestation(img.descriptor())]
+        platforms = [str(img.platform) for img in runnable]
+        size = sum(layer.descriptor.size for img in runnable for layer in img.layers)
+        tag = desc.annotations.get(REF_NAME)
+        if as_json:
+            click.echo(json.dumps({"tag": tag, "digest": str(desc.digest), "media_type": desc.media_type,
+                                   "platforms": platforms, "size": size}))
+        else:
+            click.echo(f"{tag or '<none>':<24} {desc.digest}  {','.join(platforms):<24} {human(size):>10}")
 
 
 @cli.command("unpack")
@@ -425,15 +512,14 @@ def _reference(text: str, what: str) -> Reference:
 @cli.command("push")
 @click.argument("ref", metavar="OUT[:TAG]")
 @click.argument("dest", metavar="REF")
-@click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP / unverified TLS.")
+@_registry_flags
 @click.option("--digest-file", type=click.Path(path_type=Path), help="Write the pushed digest here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--progress", type=click.Choice(["auto", "plain", "tty", "json"]), default="auto", show_default=True)
-def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], digest_file: Path | None, quiet: bool,
-             progress: str) -> None:
+def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], tls_verify: bool, authfile: Path | None,
+             creds: str | None, retry: int | None, digest_file: Path | None, quiet: bool, progress: str) -> None:
     """Push an image (or a multi-platform index) from a layout to a registry."""
     from builder.registry.push import push
-    from builder.registry.transport import RegistryOptions
 
     path, tag = split_ref(ref)
     if not path.is_dir():
@@ -441,7 +527,8 @@ def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], digest_fil
     target = _reference(dest, "push")
     image = read_layout(path, tag)
     reporter = _reporter(quiet, progress)
-    digest = push(image, target, RegistryOptions(insecure=frozenset(insecure_registry)), reporter.blob_event)
+    options = _registry_options(insecure_registry, tls_verify, authfile, creds, retry)
+    digest = push(image, target, options, reporter.blob_event)
     if digest_file is not None:
         _write_text(digest_file, f"{digest}\n")
     reporter.message(f"pybuild: pushed {target} {digest}")
@@ -453,27 +540,78 @@ def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], digest_fil
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="OCI layout to write.")
 @click.option("--platform", "platform_text", help="os/arch[/variant]: one image instead of the whole index.")
 @click.option("-t", "--tag", help="Name in the layout (default: REF's tag, else latest).")
-@click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP / unverified TLS.")
+@_registry_flags
 @click.option("--digest-file", type=click.Path(path_type=Path), help="Write the pulled digest here.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.option("--progress", type=click.Choice(["auto", "plain", "tty", "json"]), default="auto", show_default=True)
 def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, insecure_registry: tuple[str, ...],
+             tls_verify: bool, authfile: Path | None, creds: str | None, retry: int | None,
              digest_file: Path | None, quiet: bool, progress: str) -> None:
     """Pull an image from a registry into an OCI layout (every blob verified)."""
     from builder.registry.pull import pull
-    from builder.registry.transport import RegistryOptions
 
     source = _reference(ref, "pull")
     platform = _platforms((platform_text,))[0] if platform_text else None
     reporter = _reporter(quiet, progress)
+    options = _registry_options(insecure_registry, tls_verify, authfile, creds, retry)
     with work_directory(out) as workdir:
-        image = pull(source, workdir / "pull", platform, RegistryOptions(insecure=frozenset(insecure_registry)),
-                     reporter.blob_event)
+        image = pull(source, workdir / "pull", platform, options, reporter.blob_event)
         write_layout(out, image, tag or source.tag or "latest")
     if digest_file is not None:
         _write_text(digest_file, f"{image.digest}\n")
     reporter.message(f"pybuild: pulled {source} into {out} {image.digest}")
     click.echo(str(image.digest))
+
+
+@cli.command("login")
+@click.argument("registry")
+@click.option("-u", "--username", help="Default: asked for.")
+@click.option("-p", "--password", help="Visible to other users in `ps`: prefer --password-stdin.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP / unverified TLS.")
+@click.option("--tls-verify", type=bool, default=True, show_default=True,
+              help="false: the registry may use plain HTTP or an unverified certificate.")
+@click.option("--authfile", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write here (default: $REGISTRY_AUTH_FILE, else the auth.json podman uses).")
+def login_cmd(registry: str, username: str | None, password: str | None, password_stdin: bool,
+              insecure_registry: tuple[str, ...], tls_verify: bool, authfile: Path | None) -> None:
+    """Check credentials against REGISTRY and keep them where podman and skopeo look."""
+    from builder.registry.auth import Credentials
+    from builder.registry.login import check_login, registry_host, save_login
+    from builder.registry.transport import RegistryOptions
+
+    host = registry_host(registry)
+    if password_stdin:
+        if password is not None:
+            raise click.UsageError("--password and --password-stdin are exclusive")
+        password = sys.stdin.readline().rstrip("\r\n")
+    username = username or click.prompt("Username", err=True)
+    if password is None:
+        password = click.prompt("Password", hide_input=True, err=True)
+    if not username or not password:
+        raise InputError("login needs a username and a password")
+    credentials = Credentials(username, password)
+    check_login(host, credentials, RegistryOptions(insecure=frozenset(insecure_registry), tls_verify=tls_verify))
+    path = save_login(host, credentials, authfile)
+    click.echo(f"Login Succeeded (credentials for {host} in {path})", err=True)
+
+
+@cli.command("logout")
+@click.argument("registry", required=False)
+@click.option("--all", "everything", is_flag=True, help="Forget every registry's credentials.")
+@click.option("--authfile", type=click.Path(path_type=Path, dir_okay=False),
+              help="Default: $REGISTRY_AUTH_FILE, else the auth.json podman uses.")
+def logout_cmd(registry: str | None, everything: bool, authfile: Path | None) -> None:
+    """Forget the credentials `pybuild login` (or podman, or skopeo) kept for REGISTRY."""
+    from builder.registry.login import registry_host, remove_login
+
+    if (registry is None) == (not everything):
+        raise click.UsageError("give a REGISTRY or --all")
+    host = registry_host(registry) if registry is not None else None
+    path, found = remove_login(host, authfile)
+    if not found:
+        raise InputError(f"not logged in to {host} (in {path})" if host else f"no credentials in {path}")
+    click.echo(f"Removed login credentials for {host or 'every registry'} from {path}", err=True)
 
 
 #: OSErrors that say something about the machine, never about pybuild: a full disk, an exceeded

@@ -6,10 +6,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder.errors import RecipeError
 from builder.layer.compress import Compression
 from builder.oci.platform import Platform
+
+if TYPE_CHECKING:  # the registry stack loads only when a build needs it
+    from builder.registry.transport import RegistryOptions
 
 
 def epoch_from_env(value: int | None) -> int:
@@ -47,10 +51,19 @@ class BuildOptions:
     """Where ``cache:`` mounts of run steps (and later the layer cache) live."""
     use_cache: bool = True
     """False for ``--no-cache``: every step is built (and the cache still refreshed)."""
-    insecure: frozenset[str] = frozenset()
-    """``--insecure-registry``: hosts reached over plain HTTP / unverified TLS (localhost always is)."""
+    registry: RegistryOptions | None = None
+    """How registry bases are pulled (insecure hosts, TLS, credentials, retries); None: the defaults."""
     allow: frozenset[str] = frozenset()
     """``--allow ENTITLEMENT`` (``security.insecure``): what run steps may ask beyond the sandbox."""
+    target: str | None = None
+    """``--target STAGE``: that stage is the image (its base's config, the CLI's additions; not the
+    recipe's ``config:``, which is the final image's)."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """``--label``: config labels, over the recipe's."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """``--env``: config Env entries, over the recipe's (the image's, not the run steps')."""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """``--annotation``: manifest annotations, over the recipe's."""
 
 
 def default_cache_dir() -> Path:

@@ -167,13 +167,18 @@ def _auth_files(env: Mapping[str, str]) -> list[tuple[Path, bool]]:
     return paths
 
 
-def find_credentials(registry: str, environ: Mapping[str, str] | None = None) -> Credentials | None:
+def find_credentials(registry: str, environ: Mapping[str, str] | None = None, *,
+                     authfile: Path | None = None) -> Credentials | None:
     """The credentials stored for ``registry`` (``host[:port]`` as in a Reference), or None.
 
     ``environ`` replaces ``os.environ`` for locating files, finding helpers on ``PATH`` and running
-    them. A malformed file is an InputError; a helper that is missing or fails is a RegistryError.
+    them; ``authfile`` (``--authfile``) takes the place of ``$REGISTRY_AUTH_FILE`` and the default
+    auth.json files, docker's config.json still read after it, as containers/image does. A malformed
+    file is an InputError; a helper that is missing or fails is a RegistryError.
     """
     env = os.environ if environ is None else environ
+    if authfile is not None:
+        env = {**env, "REGISTRY_AUTH_FILE": str(authfile)}
     registry = registry.lower()
     for path, named in _auth_files(env):
         config = _load_config(path, named)

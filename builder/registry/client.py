@@ -71,7 +71,10 @@ class RegistryClient:
     ) -> None:
         self.ref = ref
         self.options = options if options is not None else RegistryOptions()
-        creds = find_credentials(ref.registry) if credentials is FIND_CREDENTIALS else credentials
+        if credentials is FIND_CREDENTIALS:
+            creds = self.options.credentials or find_credentials(ref.registry, authfile=self.options.authfile)
+        else:
+            creds = credentials
         session = new_session()
         insecure = self.options.is_insecure(ref.api_host) or self.options.is_insecure(ref.registry)
         self.authenticator = Authenticator(ref.registry, creds, session, insecure=insecure,

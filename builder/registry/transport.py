@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
@@ -51,7 +52,7 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from builder.errors import RegistryError
 from builder.oci.canonical import json_object
-from builder.registry.auth import Authenticator
+from builder.registry.auth import Authenticator, Credentials
 from builder.registry.wire import (
     MAX_REDIRECTS,
     REDIRECT_CODES,
@@ -95,11 +96,17 @@ class RegistryOptions:
     """Blobs up to this size go in one PUT; larger ones in PATCH chunks of this size."""
     parallel: int = 4
     """Blobs transferred at once by push and pull."""
+    tls_verify: bool = True
+    """False (``--tls-verify=false``, as skopeo): every host is treated as listed in ``insecure``."""
+    authfile: Path | None = None
+    """``--authfile``: read before the default credential files (as containers/image's ``--authfile``)."""
+    credentials: Credentials | None = None
+    """``--creds``: used for every registry of the command instead of any file."""
 
     def is_insecure(self, host: str) -> bool:
         """True for ``host`` (``name[:port]``) if it is loopback or listed, with or without its port."""
         name = hostname(host)
-        return name in LOOPBACK or host in self.insecure or name in self.insecure
+        return not self.tls_verify or name in LOOPBACK or host in self.insecure or name in self.insecure
 
 
 def hostname(host: str) -> str:

@@ -341,13 +341,23 @@ def read_layout(path: Path, tag: str | None = None, platform: Platform | None = 
     config bytes are checked against their digests here; layers come back unverified and are
     checked when copied.
     """
+    desc = find_ref(layout_entries(path), tag, path)
+    return _load(path, desc, platform, 0)
+
+
+def layout_entries(path: Path) -> list[Descriptor]:
+    """The descriptors of a layout's ``index.json``, in its order (each tag's, and untagged ones)."""
     if not path.exists():
         raise InputError(f"{path}: no such OCI image layout")
     if not ((path / "oci-layout").is_file() and (path / "index.json").is_file()):
         raise InputError(f"{path}: not an OCI image layout (no oci-layout or index.json)")
     index = _load_index(path / "index.json", InputError)
-    desc = find_ref(_descriptors(index["manifests"], path / "index.json"), tag, path)
-    return _load(path, desc, platform, 0)
+    return _descriptors(index["manifests"], path / "index.json")
+
+
+def read_entry(path: Path, desc: Descriptor) -> Image | ImageIndex:
+    """The image or index one of :func:`layout_entries` names, its JSON verified."""
+    return _load(path, desc, None, 0)
 
 
 def find_ref(entries: Sequence[Descriptor], tag: str | None, where: Path) -> Descriptor:

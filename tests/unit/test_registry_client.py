@@ -426,7 +426,7 @@ def cdn(registry: FakeRegistry) -> Iterator[FakeRegistry]:
 @pytest.fixture
 def logged_in(monkeypatch: pytest.MonkeyPatch) -> Credentials:
     creds = Credentials(USER, PASSWORD)
-    monkeypatch.setattr(client_module, "find_credentials", lambda registry, environ=None: creds)
+    monkeypatch.setattr(client_module, "find_credentials", lambda registry, environ=None, authfile=None: creds)
     return creds
 
 
@@ -709,7 +709,7 @@ def test_basic_auth(tmp_path: Path, registry: FakeRegistry, logged_in: Credentia
 def test_wrong_password_is_not_shown(tmp_path: Path, registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
     registry.users = {USER: PASSWORD}
     wrong = Credentials(USER, "not-the-password")
-    monkeypatch.setattr(client_module, "find_credentials", lambda registry, environ=None: wrong)
+    monkeypatch.setattr(client_module, "find_credentials", lambda registry, environ=None, authfile=None: wrong)
     with pytest.raises(RegistryError) as info:
         pull(registry.ref(), tmp_path / "store", None, FAST)
     text = str(info.value)

@@ -1,0 +1,132 @@
+"""``pybuild login``/``logout``: credentials proven against a registry and kept where podman keeps them.
+
+The file is the one the lookup in :mod:`builder.registry.auth` reads first: ``--authfile``, else
+``$REGISTRY_AUTH_FILE``, else ``$XDG_RUNTIME_DIR/containers/auth.json`` (or
+``/run/containers/UID/auth.json``) — the file ``podman login`` and ``skopeo login`` write, so a login
+made by any of the three serves all of them. Its format is docker's ``config.json``: an ``auths``
+object keyed by registry host, each entry ``{"auth": base64("user:password")}``; every other key
+and entry in the file is kept as it was. The file is replaced atomically and is mode 0600 in a
+directory of mode 0700 when pybuild creates it.
+
+A login is checked first, as ``docker login`` does: ``GET /v2/`` with the credentials, answering a
+Bearer challenge with a token request for no repository. Credentials a registry refuses are never
+written.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from builder.errors import InputError, OutputError
+from builder.oci.canonical import json_value
+from builder.registry.auth import MAX_AUTH_FILE, Authenticator, Credentials, auth_files
+from builder.registry.reference import Reference
+from builder.registry.transport import RegistryOptions, Transport
+from builder.registry.wire import new_session
+
+
+def auth_file(authfile: Path | None = None) -> Path:
+    """Where a login is written: ``authfile``, else the first file of the lookup order."""
+    return authfile if authfile is not None else auth_files()[0]
+
+
+def registry_host(text: str) -> str:
+    """``HOST[:PORT]`` of a registry named alone or as a reference (``docker.io`` for Docker Hub)."""
+    candidate = text.removeprefix("https://").removeprefix("http://").rstrip("/")
+    try:
+        return Reference.parse(f"{candidate}/x" if "/" not in candidate else candidate).registry
+    except ValueError as exc:
+        raise InputError(f"not a registry: {text!r} ({exc})") from None
+
+
+def check_login(registry: str, credentials: Credentials, options: RegistryOptions | None = None) -> None:
+    """Raise RegistryError unless ``registry`` accepts ``credentials`` for ``GET /v2/``."""
+    options = options if options is not None else RegistryOptions()
+    api_host = Reference.parse(f"{registry}/x").api_host
+    session = new_session()
+    insecure = options.is_insecure(api_host) or options.is_insecure(registry)
+    authenticator = Authenticator(registry, credentials, session, insecure=insecure, deadline=options.deadline)
+    transport = Transport(registry, api_host, authenticator, options, session=session)
+    try:
+        transport.request("GET", "/v2/", scopes=())
+    finally:
+        transport.close()
+
+
+def save_login(registry: str, credentials: Credentials, authfile: Path | None = None) -> Path:
+    """Record ``credentials`` for ``registry``; returns the file written."""
+    path = auth_file(authfile)
+    doc = _read(path)
+    auths = doc.setdefault("auths", {})
+    if not isinstance(auths, dict):
+        raise InputError(f"{path}: 'auths' is not a JSON object")
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    auths[registry] = {"auth": base64.b64encode(raw).decode("ascii")}
+    _write(path, doc)
+    return path
+
+
+def remove_login(registry: str | None, authfile: Path | None = None) -> tuple[Path, bool]:
+    """Forget ``registry`` (None: every registry); returns the file and whether anything was there."""
+    path = auth_file(authfile)
+    doc = _read(path)
+    auths = doc.get("auths")
+    if not isinstance(auths, dict) or not auths:
+        return path, False
+    if registry is None:
+        doc["auths"] = {}
+    else:
+        keys = [k for k in auths if registry_host(k) == registry]
+        if not keys:
+            return path, False
+        for key in keys:
+            del auths[key]
+    _write(path, doc)
+    return path, True
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_AUTH_FILE + 1)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read credentials file ({exc.strerror})") from None
+    if len(data) > MAX_AUTH_FILE:
+        return _bad(path, "too large")
+    if not data.strip():
+        return {}
+    try:
+        doc = json_value(data)
+    except ValueError:
+        return _bad(path, "not valid JSON")
+    return doc if isinstance(doc, dict) else _bad(path, "not a JSON object")
+
+
+def _bad(path: Path, why: str) -> dict[str, Any]:
+    raise InputError(f"{path}: credentials file is {why}; fix or remove it")
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    try:
+        if not path.parent.is_dir():
+            path.parent.mkdir(mode=0o700, parents=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent="\t")
+            f.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror}") from None
