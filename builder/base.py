@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from builder.errors import InputError, IntegrityError
-from builder.image import Image, LayerBlob
+from builder.image import Image, ImageIndex, LayerBlob
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.tarstream import tar_members
 from builder.oci.canonical import canonical_json, json_object, json_value
@@ -51,14 +51,24 @@ _CHUNK = 1 << 20
 _READ_ERRORS: tuple[type[Exception], ...] = (tarfile.TarError, *DECODE_ERRORS)
 
 
+def open_local(kind: str, path: Path, tag: str | None, workdir: Path,
+               platform: Platform | None = None) -> Image | ImageIndex:
+    """The image (or index; with ``platform``, the one image for it) at ``kind:path[:tag]``.
+
+    ``kind`` is one of :data:`KINDS`; an archive is extracted under ``workdir``, which must outlive
+    the use of the result's layers. ``docker-archive`` also reads an OCI archive (``docker save``
+    writes an OCI layout into its tar since Docker 25, and the readers are one).
+    """
+    if kind == "oci":
+        return read_layout(path, tag, platform)
+    if kind in ("oci-archive", "docker-archive"):
+        return _archive(path, tag, platform, workdir, docker=kind == "docker-archive")
+    raise InputError(f"{path}: unknown base image kind {kind!r} (expected one of {', '.join(KINDS)})")
+
+
 def load_base(kind: str, path: Path, tag: str | None, platform: Platform, workdir: Path) -> Image:
     """The ``platform`` image of the base ``kind:path[:tag]`` (``kind`` is one of :data:`KINDS`)."""
-    if kind == "oci":
-        image = read_layout(path, tag, platform)
-    elif kind in ("oci-archive", "docker-archive"):
-        image = _archive(path, tag, platform, workdir, docker=kind == "docker-archive")
-    else:
-        raise InputError(f"{path}: unknown base image kind {kind!r} (expected one of {', '.join(KINDS)})")
+    image = open_local(kind, path, tag, workdir, platform)
     if not isinstance(image, Image):
         raise InputError(f"{path}: expected one image for {platform}, found an index")
     have = image.platform
@@ -169,7 +179,8 @@ def _extract(archive: Path, workdir: Path, docker: bool) -> tuple[Path, dict[str
     return dest, members
 
 
-def _archive(path: Path, tag: str | None, platform: Platform, workdir: Path, *, docker: bool) -> Image:
+def _archive(path: Path, tag: str | None, platform: Platform | None, workdir: Path, *,
+             docker: bool) -> Image | ImageIndex:
     """An OCI archive, or a ``docker save`` tar: its OCI layout where it has one (Docker 25+), else
     its manifest.json."""
     root, members = _extract(path, workdir, docker)
@@ -180,12 +191,18 @@ def _archive(path: Path, tag: str | None, platform: Platform, workdir: Path, *, 
         return _legacy(members, path, tag, workdir)
     if not has_layout:
         raise InputError(f"{path}: not an OCI archive (no oci-layout or index.json)")
-    image = read_layout(root, tag, platform)
-    if not isinstance(image, Image):
-        raise InputError(f"{path}: expected one image for {platform}, found an index")
+    try:
+        image = read_layout(root, tag, platform)
+    except InputError as exc:  # named after the archive, not the scratch directory it was extracted to
+        raise InputError(str(exc).replace(str(root), str(path))) from None
     # every blob was hashed against its name while it was extracted, so the layers are known good
-    layers = tuple(dataclasses.replace(layer, verified=True) for layer in image.layers)
-    return dataclasses.replace(image, layers=layers)
+    if isinstance(image, ImageIndex):
+        return dataclasses.replace(image, images=tuple(_verified(img) for img in image.images))
+    return _verified(image)
+
+
+def _verified(image: Image) -> Image:
+    return dataclasses.replace(image, layers=tuple(dataclasses.replace(la, verified=True) for la in image.layers))
 
 
 def _tag_in_index(root: Path, tag: str | None, has_manifest: bool) -> bool:

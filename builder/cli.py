@@ -33,7 +33,7 @@ from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir, epoch_from_env
 from builder.progress import JsonReporter, NullReporter, PlainReporter, Reporter, TtyReporter, human
 from builder.sandbox import join_user_namespace, run_in_user_namespace
-from builder.sinks import FORMATS, read_layout, write_layout, write_output
+from builder.sinks import FORMATS, write_layout, write_output
 from builder.sinks.bundle import write_bundle
 from builder.sinks.layout import read_json
 from builder.userns import in_user_namespace, subordinate_ids
@@ -336,7 +336,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def split_ref(ref: str) -> tuple[Path, str | None]:
-    """``OUT[:TAG]``: the shortest prefix that is an existing directory is OUT, the rest the tag.
+    """``OUT[:TAG]``: the shortest prefix that is an existing path is OUT, the rest the tag.
 
     That is how skopeo splits ``oci:PATH:TAG``, and it keeps tags with colons
     (``out:acc/app:1``) whole. With no such prefix, the text after the first ':' is the tag.
@@ -344,23 +344,59 @@ def split_ref(ref: str) -> tuple[Path, str | None]:
     if Path(ref).exists() or ":" not in ref:
         return Path(ref), None
     for i, ch in enumerate(ref):
-        if ch == ":" and i and Path(ref[:i]).is_dir():
+        if ch == ":" and i and Path(ref[:i]).exists():
             return Path(ref[:i]), ref[i + 1:] or None
     path, _, tag = ref.partition(":")
     return Path(path), tag or None
 
 
+_KINDS = {"oci": "oci", "oci-archive": "oci-archive", "docker-archive": "docker-archive"}
+"""The transports a command's IMAGE may start with, as in a recipe's ``from:`` and in skopeo."""
+
+
+def _local(text: str) -> tuple[str, Path, str | None] | None:
+    """(kind, path, tag) of a local image: ``oci:``/``oci-archive:``/``docker-archive:`` + path, or a
+    plain path (a directory is a layout, a file an archive of either kind); None if it is not one."""
+    kind, sep, rest = text.partition(":")
+    if sep and kind in _KINDS:
+        path, tag = split_ref(rest)
+        if not path.exists():
+            raise InputError(f"no such {'OCI layout directory' if kind == 'oci' else 'archive'}: {str(path)!r}")
+        return _KINDS[kind], path, tag
+    path, tag = split_ref(text)
+    if path.is_dir():
+        return "oci", path, tag
+    if path.is_file():
+        return "docker-archive", path, tag  # the archive reader takes OCI archives too
+    return None
+
+
+def _open_image(text: str, stack: contextlib.ExitStack, platform: Platform | None = None,
+                ) -> tuple[Image | ImageIndex, str]:
+    """A local image named on the command line, and the name it goes by (its tag, else latest)."""
+    from builder.base import open_local
+
+    found = _local(text)
+    if found is None:
+        raise InputError(f"no such OCI layout directory or archive: {text!r}")
+    kind, path, tag = found
+    scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pybuild-open-")))
+    image = open_local(kind, path, tag, scratch, platform)
+    return image, tag or (_only_tag(path) if kind == "oci" else None) or "latest"
+
+
 @cli.command("inspect")
-@click.argument("ref", metavar="OUT[:TAG]")
+@click.argument("ref", metavar="IMAGE")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for tools.")
 def inspect_cmd(ref: str, as_json: bool) -> None:
-    """Show every id of an image in a layout, each explained."""
-    path, tag = split_ref(ref)
-    if not path.is_dir():
-        raise InputError(f"no such OCI layout directory: {str(path)!r}")
-    image: Image | ImageIndex = read_layout(path, tag)
-    name = tag or _only_tag(path) or "latest"
-    desc = describe(image, name)
+    """Show every id of an image, each explained.
+
+    IMAGE is a layout (OUT[:TAG]), an oci-archive or docker-archive file, or any of them with
+    skopeo's oci:, oci-archive: or docker-archive: prefix.
+    """
+    with contextlib.ExitStack() as stack:
+        image, name = _open_image(ref, stack)
+        desc = describe(image, name)
     if as_json:
         click.echo(json.dumps(desc, indent=2, sort_keys=False))
     else:
@@ -400,14 +436,15 @@ def ls_cmd(out: Path, as_json: bool) -> None:
 
 
 @cli.command("unpack")
-@click.argument("ref", metavar="OUT[:TAG]")
+@click.argument("ref", metavar="IMAGE")
 @click.argument("bundle", type=click.Path(path_type=Path))
 def unpack_cmd(ref: str, bundle: Path) -> None:
-    """Unpack an image into an OCI runtime bundle (rootfs/ + config.json) that runc runs as it is."""
-    path, tag = split_ref(ref)
-    if not path.is_dir():
-        raise InputError(f"no such OCI layout directory: {str(path)!r}")
-    write_bundle(read_layout(path, tag, Platform.host()), bundle)
+    """Unpack an image (as for inspect) into an OCI runtime bundle (rootfs/ + config.json) that runc runs as it is."""
+    with contextlib.ExitStack() as stack:
+        image, _ = _open_image(ref, stack, Platform.host())
+        if isinstance(image, ImageIndex):  # pragma: no cover - a platform was asked for
+            raise InputError(f"{ref}: expected one image for {Platform.host()}")
+        write_bundle(image, bundle)
     click.echo(f"pybuild: unpacked {ref} into {bundle}", err=True)
 
 
@@ -510,7 +547,7 @@ def _reference(text: str, what: str) -> Reference:
 
 
 @cli.command("push")
-@click.argument("ref", metavar="OUT[:TAG]")
+@click.argument("ref", metavar="IMAGE")
 @click.argument("dest", metavar="REF")
 @_registry_flags
 @click.option("--digest-file", type=click.Path(path_type=Path), help="Write the pushed digest here.")
@@ -518,17 +555,15 @@ def _reference(text: str, what: str) -> Reference:
 @click.option("--progress", type=click.Choice(["auto", "plain", "tty", "json"]), default="auto", show_default=True)
 def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], tls_verify: bool, authfile: Path | None,
              creds: str | None, retry: int | None, digest_file: Path | None, quiet: bool, progress: str) -> None:
-    """Push an image (or a multi-platform index) from a layout to a registry."""
+    """Push an image or a multi-platform index (a layout or an archive, as for inspect) to a registry."""
     from builder.registry.push import push
 
-    path, tag = split_ref(ref)
-    if not path.is_dir():
-        raise InputError(f"no such OCI layout directory: {str(path)!r}")
     target = _reference(dest, "push")
-    image = read_layout(path, tag)
     reporter = _reporter(quiet, progress)
     options = _registry_options(insecure_registry, tls_verify, authfile, creds, retry)
-    digest = push(image, target, options, reporter.blob_event)
+    with contextlib.ExitStack() as stack:
+        image, _ = _open_image(ref, stack)
+        digest = push(image, target, options, reporter.blob_event)
     if digest_file is not None:
         _write_text(digest_file, f"{digest}\n")
     reporter.message(f"pybuild: pushed {target} {digest}")

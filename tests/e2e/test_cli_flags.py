@@ -234,3 +234,42 @@ def test_retry_flag_bounds_the_attempts(plain_registry: Registry, make_proxy, im
     assert proxy.count("PUT", r"/manifests/") == 1
     again = pybuild("push", f"{image}:v1", proxy.ref(repo, "v1"), "--retry", "2")
     assert again.returncode == 0, describe(again)
+
+
+# --------------------------------------------------------------------------------------------
+# inspect, push, unpack take what build writes, and skopeo's prefixes
+
+
+@pytest.mark.needs("docker-registry")
+def test_inspect_push_and_unpack_take_archives_and_prefixes(
+    plain_registry: Registry, pybuild, ctx: Path, tmp_path: Path
+) -> None:
+    (ctx / "pybuild.yaml").write_text(RECIPE + "  cmd: [/bin/cat, /etc/greeting]\n")
+    digests = {}
+    for fmt, name in [("oci", "layout"), ("oci-archive", "image.oci.tar"), ("docker-archive", "image.docker.tar")]:
+        built = pybuild(ctx / "pybuild.yaml", "-o", tmp_path / name, "--format", fmt, "-q", "-t", "app:1",
+                        "--platform", "linux/amd64")
+        assert built.returncode == 0, describe(built)
+        digests[name] = built.stdout.strip()
+    assert len(set(digests.values())) == 1  # the same image in all three
+    digest = digests["layout"]
+    layout, oci_tar, docker_tar = tmp_path / "layout", tmp_path / "image.oci.tar", tmp_path / "image.docker.tar"
+    for source in [f"{layout}:app:1", f"oci:{layout}:app:1", str(oci_tar), f"oci-archive:{oci_tar}:app:1",
+                   str(docker_tar), f"docker-archive:{docker_tar}"]:
+        shown = pybuild("inspect", "--json", source)
+        assert shown.returncode == 0, describe(shown)
+        assert json.loads(shown.stdout)["digest"] == digest, source
+    repo = unique_repo("archive")
+    pushed = pybuild("push", f"oci-archive:{oci_tar}", plain_registry.ref(repo, "v1"))
+    assert pushed.returncode == 0 and pushed.stdout.strip() == digest, describe(pushed)
+    assert plain_registry.digest(repo, "v1") == digest
+    bundle = tmp_path / "bundle"
+    unpacked = pybuild("unpack", docker_tar, bundle)
+    assert unpacked.returncode == 0, describe(unpacked)
+    assert (bundle / "rootfs" / "etc" / "greeting").read_text() == "hi\n"
+    assert json.loads((bundle / "config.json").read_text())["process"]["args"] == ["/bin/cat", "/etc/greeting"]
+    missing = pybuild("inspect", f"oci-archive:{tmp_path / 'absent.tar'}")
+    assert "no such archive" in assert_user_error(missing)
+    wrong_tag = pybuild("inspect", f"{oci_tar}:v9")
+    line = assert_user_error(wrong_tag)
+    assert str(oci_tar) in line and "tags present: 'app:1'" in line and "pybuild-open" not in line
