@@ -23,6 +23,7 @@ def describe(image: Image | ImageIndex, name: str) -> dict[str, Any]:
             "media_type": image.media_type,
             # one object per platform: attestation manifests (unknown/unknown) describe no runnable image
             "manifests": [describe(img, name) for img in image.images if not is_attestation(img.descriptor())],
+            "annotations": dict(image.index.get("annotations") or {}),
         }
     cfg = image.config
     return {
@@ -43,6 +44,7 @@ def describe(image: Image | ImageIndex, name: str) -> dict[str, Any]:
         "config": cfg.get("config") or {},
         "history": cfg.get("history") or [],
         "created": cfg.get("created"),
+        "annotations": dict(image.manifest.get("annotations") or {}),
     }
 
 
@@ -73,6 +75,7 @@ def render_text(desc: dict[str, Any]) -> list[str]:
             f"index digest:  {desc['digest']}  (sha256 of the image index: the id a registry knows for all platforms)",
             f"media type:    {desc['media_type']}",
         ]
+        lines += _annotation_lines(desc)
         for sub in desc["manifests"]:
             lines += ["", f"--- {_platform(sub['platform'])} ---", *render_text(sub)[1:]]
         return lines
@@ -94,12 +97,19 @@ def render_text(desc: dict[str, Any]) -> list[str]:
             f"{_size(layer['size'])}  {layer['media_type']}"
         )
     lines += _config_lines(desc.get("config") or {})
+    lines += _annotation_lines(desc)
     history = desc.get("history") or []
     lines.append(f"history:       {len(history)} entries")
     for entry in history:
         mark = " (empty layer)" if entry.get("empty_layer") else ""
         lines.append(f"  {entry.get('created', '-')}  {entry.get('created_by', '')}{mark}")
     return lines
+
+
+def _annotation_lines(desc: dict[str, Any]) -> list[str]:
+    """The manifest's (or index's) annotations: base.name/base.digest, the recipe's, --annotation's."""
+    annotations = desc.get("annotations") or {}
+    return [f"annotations:   {len(annotations)}", *(f"  {k}={v}" for k, v in sorted(annotations.items()))]
 
 
 def _config_lines(cfg: dict[str, Any]) -> list[str]:

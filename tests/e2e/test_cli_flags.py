@@ -93,6 +93,12 @@ def test_label_env_annotation_and_iidfile_as_skopeo_reads_them(pybuild, ctx: Pat
     assert iid.read_text().strip() == "sha256:" + hashlib.sha256(raw_config).hexdigest()
     assert manifest["config"]["digest"] == iid.read_text().strip()
     assert digest_file.read_text().strip() == built.stdout.strip() != iid.read_text().strip()
+    shown = pybuild("inspect", "--json", out)
+    assert json.loads(shown.stdout)["annotations"] == {"org.example.note": "from the cli"}
+    assert "  org.example.note=from the cli" in pybuild("inspect", out).stdout.splitlines()
+    meta = tmp_path / "meta.json"
+    again = pybuild(ctx / "pybuild.yaml", "-o", out, "-q", "--annotation", "a.b=c", "--metadata-file", meta)
+    assert again.returncode == 0 and json.loads(meta.read_text())["annotations"] == {"a.b": "c"}
     bad = pybuild(ctx / "pybuild.yaml", "-o", tmp_path / "bad", "--label", "novalue")
     assert bad.returncode == 2 and "--label expects KEY=VALUE" in bad.stderr and not (tmp_path / "bad").exists()
 

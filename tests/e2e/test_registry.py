@@ -315,7 +315,7 @@ def test_pulled_image_runs_under_runc(plain_registry: Registry, umoci_layout: Pa
 
 
 def test_build_from_registry_image_reuses_its_layers_and_runs(
-    plain_registry: Registry, umoci_layout: Path, built, runc: Runc, oci_check
+    plain_registry: Registry, umoci_layout: Path, built, pybuild, runc: Runc, oci_check
 ) -> None:
     repo = unique_repo("base")
     base_ref = plain_registry.ref(repo, "v1")
@@ -340,6 +340,8 @@ config:
     annotations = manifest.get("annotations", {})
     assert annotations.get("org.opencontainers.image.base.name") == base_ref, annotations
     assert annotations.get("org.opencontainers.image.base.digest") == base_digest, annotations
+    shown = pybuild("inspect", "--json", f"{out}:derived")  # and inspect shows them
+    assert json.loads(shown.stdout)["annotations"] == annotations
     assert_oci_check(oci_check, out, "derived")
     assert runc.run(out, "derived").stdout.splitlines() == ["derived", "ran", GREETING]
 

@@ -26,7 +26,8 @@ def test_describe_image_shape(tmp_path: Path) -> None:
     image = make_image(tmp_path, {"app": b"x" * 100}, base=base, runtime=RUNTIME, epoch=1700000000)
     desc = describe(image, "1.0")
     assert list(desc) == [
-        "name", "digest", "media_type", "image_id", "platform", "layers", "config", "history", "created"
+        "name", "digest", "media_type", "image_id", "platform", "layers", "config", "history", "created",
+        "annotations",
     ]  # fmt: skip
     assert desc["name"] == "1.0"
     assert desc["digest"] == str(image.digest)
@@ -55,7 +56,7 @@ def test_describe_index_shape(tmp_path: Path) -> None:
     attestation = make_image(tmp_path, {"sbom.json": b"{}"}, platform=Platform("unknown", "unknown"))
     index = make_index([amd, arm, attestation])
     desc = describe(index, "multi")
-    assert list(desc) == ["name", "digest", "media_type", "manifests"]
+    assert list(desc) == ["name", "digest", "media_type", "manifests", "annotations"]
     assert desc["digest"] == str(index.digest)
     assert desc["media_type"] == "application/vnd.oci.image.index.v1+json"
     assert [m["platform"]["architecture"] for m in desc["manifests"]] == ["amd64", "arm64"]
