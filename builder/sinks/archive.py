@@ -57,22 +57,26 @@ def write_docker_archive(
 ) -> None:
     """Write the OCI archive plus ``manifest.json`` and ``repositories`` for ``docker load``.
 
-    ``manifest.json`` can describe one image per name only, so for an index it lists the
-    image for ``platform``, or when that is None the first (non-attestation) image of the
-    index: the recipe's first platform. That keeps the file the same on every machine; the
-    CLI may pass the host platform instead. ``index.json`` still names the whole index.
+    ``manifest.json`` lists every image of an index, one entry per platform, but a name can
+    point at one image only: ``RepoTags`` is on the image for ``platform``, or when that is None
+    on the first (non-attestation) image of the index, the recipe's first platform; the other
+    platforms' entries are untagged (``docker load`` loads them by id). That keeps the file the
+    same on every machine; the CLI may pass the host platform instead. ``index.json`` still names
+    the whole index, for the loaders that read it (Docker 25+, containerd, podman).
     """
     check_ref_name(tag, out)
     chosen = _pick(image, platform, out)
     repo_tag = docker_repo_tag(tag)
     repo, _, short = repo_tag.rpartition(":")
     members = _layout_members(image, tag)
+    others = [img for img in _runnable(image) if img is not chosen]
     manifest = [
         {
-            "Config": f"blobs/{chosen.image_id.algorithm}/{chosen.image_id.hex}",
-            "RepoTags": [repo_tag],
-            "Layers": [f"blobs/{layer.digest.algorithm}/{layer.digest.hex}" for layer in chosen.layers],
+            "Config": f"blobs/{img.image_id.algorithm}/{img.image_id.hex}",
+            "RepoTags": [repo_tag] if img is chosen else [],
+            "Layers": [f"blobs/{layer.digest.algorithm}/{layer.digest.hex}" for layer in img.layers],
         }
+        for img in (chosen, *others)
     ]
     members["manifest.json"] = canonical_json(manifest)
     members["repositories"] = canonical_json({repo: {short: chosen.image_id.hex}})
@@ -84,10 +88,16 @@ def docker_repo_tag(tag: str) -> str:
     return tag if ":" in tag.rsplit("/", 1)[-1] else f"{tag}:latest"
 
 
+def _runnable(image: Image | ImageIndex) -> list[Image]:
+    if isinstance(image, Image):
+        return [image]
+    return [img for img in image.images if not is_attestation(img.descriptor())]
+
+
 def _pick(image: Image | ImageIndex, platform: Platform | None, out: Path) -> Image:
     if isinstance(image, Image):
         return image
-    runnable = [img for img in image.images if not is_attestation(img.descriptor())]
+    runnable = _runnable(image)
     for img in runnable:
         if platform is None or img.platform == platform:
             return img

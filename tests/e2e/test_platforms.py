@@ -75,3 +75,24 @@ def test_run_step_for_a_foreign_platform_says_which(pybuild, ctx: Path, tmp_path
     assert failed.returncode == 1
     first = next(line for line in failed.stderr.splitlines() if line.startswith("pybuild: error:"))
     assert "steps[1].run: cannot run commands for linux/arm64" in first and "qemu-user-static" in first
+
+
+def test_multi_platform_docker_archive_lists_every_platform(pybuild, ctx: Path, tmp_path: Path, podman) -> None:
+    """manifest.json has one entry per platform, the name on the first; podman loads and runs it."""
+    shutil.copy(ctx / "rootfs.tar.gz", ctx / "rootfs-amd64.tar.gz")
+    tiny_rootfs(ctx / "rootfs-arm64.tar.gz")
+    (ctx / "pybuild.yaml").write_text(RECIPE)
+    archive = tmp_path / "multi.tar"
+    meta = tmp_path / "meta.json"
+    built = pybuild(ctx / "pybuild.yaml", "-o", archive, "--format", "docker-archive", "--metadata-file", meta)
+    assert built.returncode == 0, describe(built)
+    with tarfile.open(archive) as tf:
+        manifest = json.loads(tf.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    images = json.loads(meta.read_text())["manifests"]
+    assert [e["Config"].split("/")[-1] for e in manifest] == [m["image_id"].split(":")[1] for m in images]
+    assert [e["RepoTags"] for e in manifest] == [["multi:latest"], []]
+    assert [len(e["Layers"]) for e in manifest] == [len(m["layers"]) for m in images]
+    names = podman.load(archive)
+    assert any(n.endswith("multi:latest") for n in names), names
+    ran = podman.run("localhost/multi:latest")
+    assert ran.stdout.strip() == "linux/amd64 built on linux/amd64", describe(ran)
