@@ -33,45 +33,23 @@ def _text(content: bytes | None) -> str:
     return (content or b"").decode("utf-8", "replace")
 
 
-def _table(content: bytes | None, id_field: int) -> dict[str, tuple[int, int]]:
-    out: dict[str, tuple[int, int]] = {}
-    for line in _text(content).splitlines():
-        fields = line.split(":")
-        if len(fields) > id_field and fields[0] and not line.startswith("#"):
-            try:
-                uid = int(fields[id_field])
-            except ValueError:
-                continue
-            out.setdefault(fields[0], (uid, uid))
-    return out
-
-
 def resolve_owner(spec: str | None, passwd: bytes | None, group: bytes | None) -> tuple[int, int]:
-    """``"1000:1000"``, ``"app"``, ``"app:staff"``, ``"0"`` -> (uid, gid); names need the image's files.
+    """``"1000:1000"``, ``"app"``, ``"app:staff"``, ``"0"`` -> (uid, gid) of files a step writes.
 
-    A user (name or number) without a group gets the same number as its gid, as Docker's
-    ``COPY --chown`` documents.
+    One rule with a process's user (:func:`resolve_user`): a name without a group takes its
+    primary group from the image's /etc/passwd (``owner: lp`` is 4:7 on Debian), as Docker's and
+    Buildah's ``COPY --chown`` do. A bare number without a group is ``uid:uid``, as Docker's
+    ``COPY --chown=1000`` documents, whether or not /etc/passwd has it.
     """
     if spec is None or spec == "":
         return 0, 0
-    user, sep, grp = spec.partition(":")
-    users = _table(passwd, 2)
-    if user.isdigit():
-        uid = int(user)
-    elif user in users:
-        uid = users[user][0]
-    else:
-        raise InputError(f"unknown user {user!r}: not in the image's /etc/passwd")
-    gid = uid
-    if sep:
-        if grp.isdigit():
-            gid = int(grp)
-        else:
-            groups = _table(group, 2)
-            if grp not in groups:
-                raise InputError(f"unknown group {grp!r}: not in the image's /etc/group")
-            gid = groups[grp][0]
-    return uid, gid
+    user, sep, _ = spec.partition(":")
+    if user.isdigit() and not sep:
+        if int(user) > _MAX_ID:
+            raise InputError(f"owner {spec!r}: id out of range")
+        return int(user), int(user)
+    who = resolve_user(spec, passwd, group)
+    return who.uid, who.gid
 
 
 _MAX_ID = (1 << 32) - 2
@@ -102,8 +80,8 @@ def resolve_user(spec: str | None, passwd: bytes | None, group: bytes | None) ->
 
     A user without a group gets its primary group from the image's /etc/passwd (0 for a uid
     that is not there), and, for a name, the groups of /etc/group that list it as additional
-    groups. A name the image does not know is an error. Unlike :func:`resolve_owner` (file
-    ownership, Docker COPY rules), this is how a runtime resolves a process's user.
+    groups. A name the image does not know is an error. :func:`resolve_owner` (file ownership)
+    follows the same rule, but for a bare uid (Docker's ``--chown=UID`` gives ``UID:UID``).
     """
     name, sep, grp = (spec or "").partition(":")
     users = _rows(passwd, 4)

@@ -111,3 +111,31 @@ def test_a_config_only_image_has_one_empty_layer(tmp_path: Path, oci_check) -> N
     assert _layer(out, 0) == {}
     checked = oci_check(out, strict=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_an_owner_name_takes_its_primary_group_from_passwd(tmp_path: Path) -> None:
+    """``owner: lp`` is 4:7 on Debian (lp's primary group is lp, gid 7), as Docker's and Buildah's
+    ``COPY --chown=lp``; the same rule as ``config.user: lp``. A bare uid stays ``uid:uid``."""
+    (tmp_path / "f.txt").write_text("x\n")
+    recipe = """\
+version: 1
+steps:
+  - write: /etc/passwd
+    content: "root:x:0:0:root:/root:/bin/sh\\nlp:x:4:7:lp:/var/spool/lpd:/bin/sh\\n"
+  - write: /etc/group
+    content: "root:x:0:\\nlp:x:7:\\nstaff:x:50:\\n"
+  - copy: f.txt
+    to: /by-name
+    owner: lp
+  - copy: f.txt
+    to: /by-name-and-group
+    owner: lp:staff
+  - copy: f.txt
+    to: /by-uid
+    owner: "4"
+"""
+    code, out = _build(tmp_path, recipe)
+    assert code == 0
+    owners = [(m.uid, m.gid) for i, name in [(2, "by-name"), (3, "by-name-and-group"), (4, "by-uid")]
+              for m in [_layer(out, i)[name]]]
+    assert owners == [(4, 7), (4, 50), (4, 4)]
