@@ -224,6 +224,7 @@ def _build_and_write(recipe: Path, out: Path | None, scratch: Path | None, fmt: 
             platforms=_platforms(platforms), build_args=_parse_kv(build_args, "--build-arg"), tag=tag,
             workdir=workdir, secrets=_secrets(secret), cache_dir=cache_dir, use_cache=not no_cache,
             insecure=frozenset(insecure_registry), allow=frozenset(allow),
+            reuse_layouts=(out,) if out is not None else (),
         )
         result = build(recipe, options, reporter)
         if out is not None:
@@ -399,6 +400,7 @@ def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], digest_fil
 def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, insecure_registry: tuple[str, ...],
              digest_file: Path | None, quiet: bool, progress: str) -> None:
     """Pull an image from a registry into an OCI layout (every blob verified)."""
+    from builder.blobstore import store_root
     from builder.registry.pull import pull
     from builder.registry.transport import RegistryOptions
 
@@ -406,8 +408,9 @@ def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, in
     platform = _platforms((platform_text,))[0] if platform_text else None
     reporter = _reporter(quiet, progress)
     with work_directory(out) as workdir:
-        image = pull(source, workdir / "pull", platform, RegistryOptions(insecure=frozenset(insecure_registry)),
-                     reporter.blob_event)
+        store = store_root(default_cache_dir()) or workdir / "pull"  # the cache's blob store, else the workdir
+        image = pull(source, store, platform, RegistryOptions(insecure=frozenset(insecure_registry)),
+                     reporter.blob_event, reuse=(out,))
         write_layout(out, image, tag or source.tag or "latest")
     if digest_file is not None:
         _write_text(digest_file, f"{image.digest}\n")

@@ -44,13 +44,16 @@ class BuildOptions:
     secrets: Mapping[str, Path] = field(default_factory=dict)
     """``--secret id=ID,src=PATH``: files bound read-only at /run/secrets/ID in run steps."""
     cache_dir: Path | None = None
-    """Where ``cache:`` mounts of run steps (and later the layer cache) live."""
+    """Where ``cache:`` mounts of run steps, the layer cache and the registry blob store live."""
     use_cache: bool = True
     """False for ``--no-cache``: every step is built (and the cache still refreshed)."""
     insecure: frozenset[str] = frozenset()
     """``--insecure-registry``: hosts reached over plain HTTP / unverified TLS (localhost always is)."""
     allow: frozenset[str] = frozenset()
     """``--allow ENTITLEMENT`` (``security.insecure``): what run steps may ask beyond the sandbox."""
+    reuse_layouts: tuple[Path, ...] = ()
+    """OCI layouts (the CLI passes ``-o OUT``) whose blobs a registry base may be cloned from, verified,
+    instead of downloaded; a path that is not a layout is ignored."""
 
 
 def default_cache_dir() -> Path:

@@ -803,7 +803,8 @@ def test_connection_dropped_mid_body_is_retried(tmp_path: Path, registry: FakeRe
     registry.drop_blob_body = 100
     with pytest.raises(RegistryError, match="connection broken"):
         pull(registry.ref(), tmp_path / "store2", None, RegistryOptions(retries=1, backoff=0, parallel=1))
-    assert not list((tmp_path / "store2/blobs/sha256").iterdir())  # no partial or temporary file left
+    # no partial or temporary file left: only the manifest, stored whole (by digest) before any blob
+    assert [p.name for p in (tmp_path / "store2/blobs/sha256").iterdir()] == [image.digest.hex]
 
 
 def test_corrupt_blob_is_refused_and_removed(tmp_path: Path, registry: FakeRegistry) -> None:
@@ -812,7 +813,7 @@ def test_corrupt_blob_is_refused_and_removed(tmp_path: Path, registry: FakeRegis
     registry.corrupt_blobs = True
     with pytest.raises(IntegrityError, match=r"blob content is sha256:"):
         pull(registry.ref(), tmp_path / "store", None, FAST)
-    assert not list((tmp_path / "store/blobs/sha256").iterdir())
+    assert [p.name for p in (tmp_path / "store/blobs/sha256").iterdir()] == [image.digest.hex]  # the manifest only
 
 
 def test_wrong_content_digest_header_is_refused(tmp_path: Path, registry: FakeRegistry) -> None:
