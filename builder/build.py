@@ -66,7 +66,10 @@ def _load_base(ref: BaseRef, context: Path, platform: Platform, workdir: Path, o
 
 
 def _pull_base(text: str, platform: Platform, workdir: Path, options: BuildOptions, reporter: Reporter) -> Image:
-    """A registry base: pulled (every blob verified) into the work dir, for this platform."""
+    """A registry base for this platform, every blob verified: from the blob store in the cache dir (or
+    the layouts of ``options.reuse_layouts``) when it has them, else downloaded into it; into the
+    work dir when no cache dir is usable. ``--no-cache`` still uses the store (see builder/blobstore.py)."""
+    from builder.blobstore import store_root
     from builder.registry.pull import pull  # the registry stack loads only when a recipe needs it
     from builder.registry.reference import Reference
     from builder.registry.transport import RegistryOptions
@@ -76,7 +79,9 @@ def _pull_base(text: str, platform: Platform, workdir: Path, options: BuildOptio
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     reporter.message(f"pulling {ref} ({platform})")
-    result = pull(ref, workdir, platform, options.registry or RegistryOptions(), reporter.blob_event)
+    store = store_root(options.cache_dir or default_cache_dir()) or workdir
+    result = pull(ref, store, platform, options.registry or RegistryOptions(), reporter.blob_event,
+                  reuse=options.reuse_layouts)
     if isinstance(result, ImageIndex):  # pull() selects a platform when given one; be strict anyway
         raise InputError(f"{ref}: expected one image for {platform}, got an index")
     return result

@@ -292,7 +292,7 @@ def _build_and_write(recipe: Path, out: Path | None, scratch: Path | None, fmt: 
                      push_to: Reference | None, metadata_file: Path | None, reporter: Reporter) -> BuildResult:
     """The build itself, written to OUT and/or pushed."""
     with work_directory(out if out is not None else (scratch or Path()) / "out") as workdir:
-        options = dataclasses.replace(options, workdir=workdir)
+        options = dataclasses.replace(options, workdir=workdir, reuse_layouts=(out,) if out is not None else ())
         result = build(recipe, options, reporter)
         if out is not None:
             write_output(fmt, out, result.result, result.tag, options.epoch)
@@ -583,6 +583,7 @@ def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, in
              tls_verify: bool, authfile: Path | None, creds: str | None, retry: int | None,
              digest_file: Path | None, quiet: bool, progress: str) -> None:
     """Pull an image from a registry into an OCI layout (every blob verified)."""
+    from builder.blobstore import store_root
     from builder.registry.pull import pull
 
     source = _reference(ref, "pull")
@@ -590,7 +591,8 @@ def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, in
     reporter = _reporter(quiet, progress)
     options = _registry_options(insecure_registry, tls_verify, authfile, creds, retry)
     with work_directory(out) as workdir:
-        image = pull(source, workdir / "pull", platform, options, reporter.blob_event)
+        store = store_root(default_cache_dir()) or workdir / "pull"  # the cache's blob store, else the workdir
+        image = pull(source, store, platform, options, reporter.blob_event, reuse=(out,))
         write_layout(out, image, tag or source.tag or "latest")
     if digest_file is not None:
         _write_text(digest_file, f"{image.digest}\n")

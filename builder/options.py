@@ -48,7 +48,7 @@ class BuildOptions:
     secrets: Mapping[str, Path] = field(default_factory=dict)
     """``--secret id=ID,src=PATH``: files bound read-only at /run/secrets/ID in run steps."""
     cache_dir: Path | None = None
-    """Where ``cache:`` mounts of run steps (and later the layer cache) live."""
+    """Where ``cache:`` mounts of run steps, the layer cache and the registry blob store live."""
     use_cache: bool = True
     """False for ``--no-cache``: every step is built (and the cache still refreshed)."""
     registry: RegistryOptions | None = None
@@ -64,6 +64,9 @@ class BuildOptions:
     """``--env``: config Env entries, over the recipe's (the image's, not the run steps')."""
     annotations: Mapping[str, str] = field(default_factory=dict)
     """``--annotation``: manifest annotations, over the recipe's."""
+    reuse_layouts: tuple[Path, ...] = ()
+    """OCI layouts (the CLI passes ``-o OUT``) whose blobs a registry base may be cloned from, verified,
+    instead of downloaded; a path that is not a layout is ignored."""
 
 
 def default_cache_dir() -> Path:

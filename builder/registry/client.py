@@ -119,7 +119,7 @@ class RegistryClient:
             header = _header_digest(headers)
             if header is not None:
                 _check_bytes(raw, header, f"{name}: manifest (Docker-Content-Digest)")
-        return raw, _media_type(raw, headers.get("Content-Type", ""), name), digest
+        return raw, manifest_media_type(raw, headers.get("Content-Type", ""), name), digest
 
     def manifest_digest(self, identifier: str | Digest) -> Digest | None:
         """The digest the registry has under ``identifier`` (HEAD), or None if it has nothing there."""
@@ -354,7 +354,7 @@ def _check_bytes(data: bytes, digest: Digest, what: str) -> None:
         raise IntegrityError(f"{what}: content is {digest.algorithm}:{actual}, expected {digest}")
 
 
-def _media_type(raw: bytes, content_type: str, name: str) -> str:
+def manifest_media_type(raw: bytes, content_type: str, name: str) -> str:
     """The manifest's media type: the Content-Type when it names one, else the document's own ``mediaType``.
 
     Old registries answer ``application/json``; an OCI document without ``mediaType`` is

@@ -1,14 +1,18 @@
-"""Pull an image (or a whole index) from a registry into a content-addressed blob directory.
+"""Pull an image (or a whole index) from a registry into a content-addressed blob store.
 
 The result is an :class:`~builder.image.Image` or :class:`~builder.image.ImageIndex` whose
 manifest, index and config bytes are exactly the registry's (a Docker schema 2 manifest stays
 one: rewriting it to OCI would change its digest, the id the user asked for) and whose
-layers are files under ``DEST/blobs/<alg>/<hex>``, each verified on the way in, so a sink
-can hard-link them into a layout without reading them again.
+layers are files under ``DEST/blobs/<alg>/<hex>``, each verified.
 
-``DEST`` is a scratch or cache directory, not an output: temporary files appear beside the
-blobs while they download. A blob already there with the right size is not fetched again;
-only this module writes names there, and only after checking the content.
+``DEST`` is a :class:`~builder.blobstore.BlobStore`'s root: the cache directory, so that what
+one build downloads the next one reads from disk, or a scratch directory when no cache is
+usable. Never an output: temporary files appear beside the blobs while they download, and the
+layout sink clones what it takes from there. Nothing is fetched that is already there and
+still hashes to its digest, nor what an existing layout given as ``reuse`` holds (cloned in,
+then verified); a manifest named by a tag is looked up by the digest a HEAD of the tag answers,
+so a tag that has not moved costs one HEAD. For a single image, its config is fetched and its
+platform checked before any layer is.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder.blobstore import BlobStore
 from builder.errors import RegistryError
 from builder.image import Image, ImageIndex, LayerBlob
 from builder.oci.canonical import json_object
@@ -26,7 +31,7 @@ from builder.oci.descriptor import Descriptor, is_attestation, select_platform
 from builder.oci.digest import Digest
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
-from builder.registry.client import MAX_MANIFEST, RegistryClient, run_all
+from builder.registry.client import MAX_MANIFEST, RegistryClient, manifest_media_type, run_all
 from builder.registry.reference import Reference
 from builder.registry.transport import RegistryOptions
 from builder.registry.wire import MiB
@@ -51,15 +56,21 @@ def pull(
     platform: Platform | None = None,
     options: RegistryOptions | None = None,
     on_event: EventSink | None = None,
+    *,
+    reuse: Sequence[Path] = (),
 ) -> Image | ImageIndex:
     """Fetch ``ref``: one image (an index narrowed to ``platform``), or without a platform the whole index.
 
+    ``dest`` is the blob store's root (see the module docstring); ``reuse``: OCI layouts whose
+    blobs may be taken instead of downloaded (the output a build or pull writes to).
     Events: ``("manifest", digest, size)`` per manifest or index, ``("pulled", ...)`` per blob
-    downloaded and ``("existing", ...)`` per blob already in ``dest``.
+    downloaded and ``("existing", ...)`` per blob already in the store or in a ``reuse`` layout.
     """
     emit = on_event if on_event is not None else (lambda kind, digest, size: None)
+    store = BlobStore(dest)
+    sources = [root for root in reuse if (root / "oci-layout").is_file()]
     with RegistryClient(ref, options) as client:
-        raw, media_type, digest = client.get_manifest(ref.identifier)
+        raw, media_type, digest = _top_manifest(client, ref, store)
         emit("manifest", digest, len(raw))
         top = Descriptor(media_type, digest, len(raw))
         if media_type in MANIFEST_TYPES:
@@ -69,21 +80,47 @@ def pull(
             children = _children(raw, ref)
             if platform is not None:
                 chosen = select_platform(children, platform, ref)
-                manifests = [_fetch_manifest(client, chosen, ref, emit)]
+                manifests = [_fetch_manifest(client, store, chosen, ref, emit)]
             else:
-                manifests = [_fetch_manifest(client, child, ref, emit) for child in children]
+                manifests = [_fetch_manifest(client, store, child, ref, emit) for child in children]
         else:
             raise RegistryError(f"{ref}: unsupported manifest media type {media_type!r}")
-        _fetch_blobs(client, manifests, dest, emit)
-        images = tuple(_image(m, dest, ref) for m in manifests)
-    if media_type in MANIFEST_TYPES:
-        image = images[0]
-        if platform is not None:  # a single-platform image must still be the platform asked for
-            select_platform([image.descriptor()], platform, ref)
-        return image
-    if platform is not None:
+        blobs = _Blobs(client, store, sources, emit)
+        blobs.fetch([m.config for m in manifests])
+        configs = [blobs.read_config(m.config, ref) for m in manifests]
+        if media_type in MANIFEST_TYPES and platform is not None:
+            # a single-platform image must still be the platform asked for: known from its config,
+            # so a wrong one fails before any layer is downloaded
+            found = manifest.desc.platform or platform_of(_json(configs[0], f"{ref}: config", MAX_CONFIG))
+            select_platform([Descriptor(top.media_type, top.digest, top.size, platform=found)], platform, ref)
+        blobs.fetch([layer for m in manifests for layer in m.layers])
+        images = tuple(_image(m, raw_config, store, ref) for m, raw_config in zip(manifests, configs, strict=True))
+    if media_type in MANIFEST_TYPES or platform is not None:
         return images[0]
     return ImageIndex(raw, images, media_type)
+
+
+def _top_manifest(client: RegistryClient, ref: Reference, store: BlobStore) -> tuple[bytes, str, Digest]:
+    """The manifest or index ``ref`` names: from the store when it has the digest, else from the registry.
+
+    By digest, the store answers with no request at all. By tag, a HEAD tells the digest the tag
+    points at now (only asked when the store holds anything: a first pull into an empty one goes
+    straight to the GET); a registry that answers no digest, or fails the HEAD, gets the GET.
+    """
+    identifier = ref.identifier
+    known = _as_digest(identifier)
+    if known is None and not store.is_empty():
+        try:
+            known = client.manifest_digest(identifier)
+        except RegistryError:
+            known = None
+    if known is not None:
+        raw = store.read(known, MAX_MANIFEST)
+        if raw is not None:
+            return raw, manifest_media_type(raw, "", f"{ref}"), known
+    raw, media_type, digest = client.get_manifest(identifier)
+    store.put(digest, raw)
+    return raw, media_type, digest
 
 
 def _children(raw: bytes, ref: Reference) -> list[Descriptor]:
@@ -97,14 +134,19 @@ def _children(raw: bytes, ref: Reference) -> list[Descriptor]:
         raise RegistryError(f"{ref}: malformed descriptor in the index: {exc}") from exc
 
 
-def _fetch_manifest(client: RegistryClient, desc: Descriptor, ref: Reference, emit: EventSink) -> _Manifest:
-    """An index entry's manifest, fetched by digest; entries that are not image manifests are refused."""
+def _fetch_manifest(client: RegistryClient, store: BlobStore, desc: Descriptor, ref: Reference,
+                    emit: EventSink) -> _Manifest:
+    """An index entry's manifest, from the store or fetched by digest; entries that are not image manifests are refused."""
     if desc.media_type not in MANIFEST_TYPES:
         raise RegistryError(f"{ref}: index entry {desc.digest} is a {desc.media_type!r}; nested indexes and "
                             f"artifacts are not supported (pull one platform with --platform)")
     if desc.size > MAX_MANIFEST:
         raise RegistryError(f"{ref}: manifest {desc.digest} is {desc.size} bytes, too large")
-    raw, _, _ = client.get_manifest(desc.digest)
+    raw = store.read(desc.digest, MAX_MANIFEST)
+    if raw is None:
+        raw, _, _ = client.get_manifest(desc.digest)
+        if len(raw) == desc.size:
+            store.put(desc.digest, raw)
     if len(raw) != desc.size:
         raise RegistryError(f"{ref}: manifest {desc.digest} has {len(raw)} bytes, the index says {desc.size}")
     emit("manifest", desc.digest, desc.size)
@@ -123,30 +165,42 @@ def _parse_manifest(desc: Descriptor, raw: bytes, ref: Reference) -> _Manifest:
     return _Manifest(desc, raw, config, layers)
 
 
-def _fetch_blobs(client: RegistryClient, manifests: Sequence[_Manifest], dest: Path, emit: EventSink) -> None:
-    """Every config and layer once, a few at a time; each one 1 MiB at a time, so memory stays flat."""
-    wanted: dict[Digest, Descriptor] = {}
-    for manifest in manifests:
-        for desc in (manifest.config, *manifest.layers):
+class _Blobs:
+    """Where each config and layer comes from: the store (verified), a reuse layout (cloned, verified), or the registry."""
+
+    def __init__(self, client: RegistryClient, store: BlobStore, sources: Sequence[Path], emit: EventSink) -> None:
+        self.client, self.store, self.sources, self.emit = client, store, sources, emit
+
+    def fetch(self, descs: Sequence[Descriptor]) -> None:
+        """Every blob once, a few at a time; each download 1 MiB at a time, so memory stays flat."""
+        wanted: dict[Digest, Descriptor] = {}
+        for desc in descs:
             wanted.setdefault(desc.digest, desc)
+        run_all(self._one, list(wanted.values()), self.client.options.parallel, "pybuild-pull")
 
-    def one(desc: Descriptor) -> None:
-        path = blob_path(dest, desc.digest)
-        try:
-            present = path.stat().st_size == desc.size
-        except OSError:
-            present = False
-        if present:
-            emit("existing", desc.digest, desc.size)
+    def _one(self, desc: Descriptor) -> None:
+        if self.store.get(desc.digest, desc.size) is not None:
+            self.emit("existing", desc.digest, desc.size)
             return
-        client.fetch_blob(desc.digest, desc.size, path)
-        emit("pulled", desc.digest, desc.size)
+        for root in self.sources:
+            if self.store.adopt(blob_path(root, desc.digest), desc.digest, desc.size) is not None:
+                self.emit("existing", desc.digest, desc.size)
+                return
+        self.client.fetch_blob(desc.digest, desc.size, self.store.path(desc.digest))
+        self.emit("pulled", desc.digest, desc.size)
 
-    run_all(one, list(wanted.values()), client.options.parallel, "pybuild-pull")
+    def read_config(self, desc: Descriptor, ref: Reference) -> bytes:
+        """A config's bytes (fetched just before), hashed again as they are read."""
+        raw = self.store.read(desc.digest, MAX_CONFIG)
+        if raw is None:  # removed or damaged since it was fetched: once more from the registry
+            self._one(desc)
+            raw = self.store.read(desc.digest, MAX_CONFIG)
+        if raw is None or len(raw) != desc.size:
+            raise RegistryError(f"{ref}: config {desc.digest} could not be stored and read back")
+        return raw
 
 
-def _image(manifest: _Manifest, dest: Path, ref: Reference) -> Image:
-    raw_config = blob_path(dest, manifest.config.digest).read_bytes()
+def _image(manifest: _Manifest, raw_config: bytes, store: BlobStore, ref: Reference) -> Image:
     config = _json(raw_config, f"{ref}: config {manifest.config.digest}", MAX_CONFIG)
     desc = manifest.desc
     try:
@@ -159,7 +213,7 @@ def _image(manifest: _Manifest, dest: Path, ref: Reference) -> Image:
                                 f"has {len(ids)} diff_ids")
         ids = [d.digest for d in manifest.layers]  # attestations: in-toto documents, not layers
     layers = tuple(
-        LayerBlob(ldesc, diff_id, blob_path(dest, ldesc.digest), None, True)
+        LayerBlob(ldesc, diff_id, store.path(ldesc.digest), None, True)
         for ldesc, diff_id in zip(manifest.layers, ids, strict=True)
     )
     return Image(manifest.raw, raw_config, desc.media_type, layers, desc.platform or platform_of(config))
@@ -167,6 +221,13 @@ def _image(manifest: _Manifest, dest: Path, ref: Reference) -> Image:
 
 def blob_path(root: Path, digest: Digest) -> Path:
     return root / "blobs" / digest.algorithm / digest.hex
+
+
+def _as_digest(identifier: str) -> Digest | None:
+    try:
+        return Digest.parse(identifier)
+    except ValueError:
+        return None
 
 
 def _json(raw: bytes, what: str, limit: int) -> dict[str, Any]:

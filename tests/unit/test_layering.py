@@ -21,7 +21,8 @@ ALLOWED = {
     "sandbox": {"confine", "userns", "oci"},
     "confine": set(),
     "userns": set(),
-    "registry": {"image", "oci"},
+    "registry": {"image", "oci", "blobstore"},
+    "blobstore": {"oci", "sinks"},  # sinks.lock only: regular-file reads, clones, temp names
     "base": {"image", "oci", "sinks", "layer"},
     "inspect": {"image", "oci"},
     "progress": {"image", "oci"},

@@ -653,6 +653,75 @@ def test_pull_reuses_blobs_already_in_dest(tmp_path: Path, registry: FakeRegistr
     assert sorted(events.kinds()) == ["existing", "existing", "manifest"]
 
 
+def test_pull_again_resolves_the_tag_with_one_head(tmp_path: Path, registry: FakeRegistry) -> None:
+    image = make_image(tmp_path, {"a": b"1"})
+    push(image, registry.ref(), FAST)
+    first = len(registry.log)
+    pull(registry.ref(), tmp_path / "store", None, FAST)
+    assert [r.method for r in registry.log[first:]] == ["GET", "GET", "GET"]  # an empty store: no HEAD first
+    before = len(registry.log)
+    again = pull(registry.ref(), tmp_path / "store", None, FAST)
+    assert [(r.method, "/manifests/" in r.path) for r in registry.log[before:]] == [("HEAD", True)]
+    assert_same_image(again, image)  # type: ignore[arg-type]
+
+
+def test_pull_follows_a_tag_that_moved(tmp_path: Path, registry: FakeRegistry) -> None:
+    push(make_image(tmp_path, {"a": b"1"}), registry.ref(), FAST)
+    pull(registry.ref(), tmp_path / "store", None, FAST)
+    newer = make_image(tmp_path, {"a": b"2"})
+    push(newer, registry.ref(), FAST)
+    assert pull(registry.ref(), tmp_path / "store", None, FAST).digest == newer.digest
+
+
+def test_pull_by_digest_from_the_store_asks_nothing(tmp_path: Path, registry: FakeRegistry) -> None:
+    image = make_image(tmp_path, {"a": b"1"})
+    push(image, registry.ref(), FAST)
+    pull(registry.ref(f"test/app@{image.digest}"), tmp_path / "store", None, FAST)
+    before = len(registry.log)
+    pulled = pull(registry.ref(f"test/app@{image.digest}"), tmp_path / "store", None, FAST)
+    assert registry.log[before:] == [] and pulled.digest == image.digest
+
+
+def test_pull_downloads_a_damaged_stored_blob_again(tmp_path: Path, registry: FakeRegistry) -> None:
+    image = make_image(tmp_path, {"a": random_bytes(5000)}, compression="none")
+    push(image, registry.ref(), FAST)
+    pull(registry.ref(), tmp_path / "store", None, FAST)
+    stored = tmp_path / "store/blobs/sha256" / image.layers[0].digest.hex
+    data = bytearray(stored.read_bytes())
+    data[100] ^= 1  # same size: a size check alone would take it
+    stored.write_bytes(bytes(data))
+    gets = len(registry.requests("GET", "/blobs/"))
+    events = Events()
+    pulled = pull(registry.ref(), tmp_path / "store", None, FAST, events)
+    assert len(registry.requests("GET", "/blobs/")) == gets + 1
+    assert sorted(events.kinds()) == ["existing", "manifest", "pulled"]
+    assert Digest.of(pulled.layers[0].path.read_bytes()) == image.layers[0].digest  # type: ignore[union-attr]
+
+
+def test_pull_takes_blobs_from_a_reuse_layout(tmp_path: Path, registry: FakeRegistry) -> None:
+    from builder.sinks import write_layout
+
+    image = make_image(tmp_path, {"a": b"1"}, base=make_image(tmp_path, {"b": b"2"}))
+    push(image, registry.ref(), FAST)
+    write_layout(tmp_path / "layout", pull(registry.ref(), tmp_path / "store1", None, FAST), "v1")
+    gets = len(registry.requests("GET", "/blobs/"))
+    events = Events()
+    pulled = pull(registry.ref(), tmp_path / "store2", None, FAST, events, reuse=(tmp_path / "layout",))
+    assert len(registry.requests("GET", "/blobs/")) == gets
+    assert sorted(events.kinds()) == ["existing"] * 3 + ["manifest"]
+    for layer in pulled.layers:  # type: ignore[union-attr]
+        assert layer.path.parent == tmp_path / "store2/blobs/sha256"  # cloned into the store, not linked
+        assert layer.path.stat().st_nlink == 1
+
+
+def test_single_image_platform_is_checked_before_any_layer(tmp_path: Path, registry: FakeRegistry) -> None:
+    image = make_image(tmp_path, {"a": b"1"}, platform=AMD64)
+    push(image, registry.ref(), FAST)
+    with pytest.raises(InputError, match="no image for platform linux/arm64"):
+        pull(registry.ref(), tmp_path / "store", ARM64, FAST)
+    assert [r.path.rsplit("/", 1)[1] for r in registry.requests("GET", "/blobs/")] == [str(image.image_id)]
+
+
 def test_pull_by_digest(tmp_path: Path, registry: FakeRegistry) -> None:
     image = make_image(tmp_path, {"a": b"1"})
     push(image, registry.ref(), FAST)
@@ -803,7 +872,8 @@ def test_connection_dropped_mid_body_is_retried(tmp_path: Path, registry: FakeRe
     registry.drop_blob_body = 100
     with pytest.raises(RegistryError, match="connection broken"):
         pull(registry.ref(), tmp_path / "store2", None, RegistryOptions(retries=1, backoff=0, parallel=1))
-    assert not list((tmp_path / "store2/blobs/sha256").iterdir())  # no partial or temporary file left
+    # no partial or temporary file left: only the manifest, stored whole (by digest) before any blob
+    assert [p.name for p in (tmp_path / "store2/blobs/sha256").iterdir()] == [image.digest.hex]
 
 
 def test_corrupt_blob_is_refused_and_removed(tmp_path: Path, registry: FakeRegistry) -> None:
@@ -812,7 +882,7 @@ def test_corrupt_blob_is_refused_and_removed(tmp_path: Path, registry: FakeRegis
     registry.corrupt_blobs = True
     with pytest.raises(IntegrityError, match=r"blob content is sha256:"):
         pull(registry.ref(), tmp_path / "store", None, FAST)
-    assert not list((tmp_path / "store/blobs/sha256").iterdir())
+    assert [p.name for p in (tmp_path / "store/blobs/sha256").iterdir()] == [image.digest.hex]  # the manifest only
 
 
 def test_wrong_content_digest_header_is_refused(tmp_path: Path, registry: FakeRegistry) -> None:
