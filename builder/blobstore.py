@@ -153,6 +153,9 @@ class BlobStore:
                 data = None
         if data is None:
             _remove(path, (st.st_dev, st.st_ino))
+        else:
+            with contextlib.suppress(OSError):
+                os.utime(path, follow_symlinks=False)  # used now: `cache prune --max-age` keeps it
         return data
 
 

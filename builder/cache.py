@@ -109,6 +109,9 @@ class CacheUsage:
     layer_bytes: int
     mounts: int
     mount_bytes: int
+    blobs: int = 0
+    """Registry blobs in the blob store (``CACHE/blobs``, builder/blobstore.py)."""
+    blob_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,9 @@ class LayerCache:
         entries = sum(1 for _ in self._entries())
         blobs = sum(_size_of(p) for p in self._blob_files())
         mounts = [p for p in self.mounts.iterdir() if p.is_dir()] if self.mounts.is_dir() else []
-        return CacheUsage(entries, blobs, len(mounts), sum(_tree_size(p) for p in mounts))
+        store = self._store_files()
+        return CacheUsage(entries, blobs, len(mounts), sum(_tree_size(p) for p in mounts),
+                          len(store), sum(_size_of(p) for p in store))
 
     def prune(self, max_bytes: int | None = None, max_age: float | None = None) -> tuple[int, int]:
         """Drop what the cache no longer needs; returns (entries and mounts removed, bytes freed).
@@ -270,11 +275,54 @@ class LayerCache:
             if unused and _unlink(self.blobs / name):
                 freed += size
         self._prune_shapes(min((_mtime(p) for p in kept), default=None))
+        store_budget = None if max_bytes is None else max(max_bytes - sum(sizes[n] for n in live if n), 0)
+        store_removed, store_freed = self._prune_store(store_budget, None if max_age is None else now - max_age)
+        removed += store_removed
+        freed += store_freed
         if max_age is not None or max_bytes == 0:
             mounts, mount_bytes = self._prune_mounts(None if max_bytes == 0 else now - (max_age or 0))
             removed += mounts
             freed += mount_bytes
         return removed, freed
+
+    def _prune_store(self, budget: int | None, older_than: float | None) -> tuple[int, int]:
+        """The registry blob store: blobs last used before ``older_than``, then the least recently
+        used until the store takes at most ``budget`` (what the layers kept leave of --max-size:
+        a blob can be downloaded again, a layer had to be built), and anything there that is not a
+        regular file. Leftover temp files go after a minute. A blob lost early costs one download."""
+        removed = freed = 0
+        now = time.time()
+        files = sorted(self._store_files(), key=_mtime)
+        total = sum(_size_of(p) for p in files)
+        for path in files:
+            size = _size_of(path)
+            stale = older_than is not None and _mtime(path) < older_than
+            try:
+                irregular = not stat.S_ISREG(path.lstat().st_mode)
+            except OSError:
+                continue
+            if (stale or irregular or (budget is not None and total > budget)) and _unlink(path):
+                removed += 1
+                freed += size
+                total -= size
+        for tmp in self._store_tmp():
+            if now - _mtime(tmp) > 60:
+                _unlink(tmp)
+        return removed, freed
+
+    def _store_files(self) -> list[Path]:
+        top = self.root / "blobs"
+        if not top.is_dir():
+            return []
+        return [p for alg in top.iterdir() if alg.is_dir() and not alg.is_symlink()
+                for p in alg.iterdir() if not p.name.startswith(".")]
+
+    def _store_tmp(self) -> list[Path]:
+        top = self.root / "blobs"
+        if not top.is_dir():
+            return []
+        return [p for alg in top.iterdir() if alg.is_dir() and not alg.is_symlink()
+                for p in alg.iterdir() if p.name.startswith(".")]
 
     def _prune_mounts(self, older_than: float | None) -> tuple[int, int]:
         """Cache mounts last used before ``older_than`` (None: all). A build touches its mount's

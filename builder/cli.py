@@ -483,7 +483,7 @@ _CACHE_DIR = click.option("--cache-dir", type=click.Path(path_type=Path), help="
 @cache_group.command("prune")
 @_CACHE_DIR
 @click.option("--max-size", help="Also drop least recently used layers until they take at most this (e.g. 2G).")
-@click.option("--max-age", help="Also drop layers and cache mounts not used for this long (e.g. 30d, 12h).")
+@click.option("--max-age", help="Also drop layers, pulled blobs and cache mounts not used for this long (e.g. 30d).")
 @click.option("--all", "everything", is_flag=True, help="Empty the cache, run-step cache mounts included.")
 def cache_prune_cmd(cache_dir: Path | None, max_size: str | None, max_age: str | None, everything: bool) -> None:
     """Drop unreachable cache entries; with an option, also old or least recently used ones.
@@ -503,16 +503,19 @@ def cache_prune_cmd(cache_dir: Path | None, max_size: str | None, max_age: str |
 @_CACHE_DIR
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 def cache_du_cmd(cache_dir: Path | None, as_json: bool) -> None:
-    """Show how much the cache holds: layers, and run-step cache mounts."""
+    """Show how much the cache holds: layers, run-step cache mounts, registry blobs."""
     root = cache_dir or default_cache_dir()
     usage = LayerCache(root).usage()
     if as_json:
         click.echo(json.dumps({"cache_dir": str(root), "entries": usage.entries, "layer_bytes": usage.layer_bytes,
-                               "mounts": usage.mounts, "mount_bytes": usage.mount_bytes}))
+                               "mounts": usage.mounts, "mount_bytes": usage.mount_bytes, "blobs": usage.blobs,
+                               "blob_bytes": usage.blob_bytes}))
         return
+    total = usage.layer_bytes + usage.mount_bytes + usage.blob_bytes
     click.echo(f"{root}\n  layers  {usage.entries:>6} entries  {human(usage.layer_bytes):>10}\n"
                f"  mounts  {usage.mounts:>6} dirs     {human(usage.mount_bytes):>10}\n"
-               f"  total                   {human(usage.layer_bytes + usage.mount_bytes):>10}")
+               f"  pulled  {usage.blobs:>6} blobs    {human(usage.blob_bytes):>10}\n"
+               f"  total                   {human(total):>10}")
 
 
 @cache_group.command("ls")

@@ -291,3 +291,29 @@ def test_a_hit_checks_the_diff_id_of_every_compression(ctx, tmp_path, compressio
     assert cached_flags(again)[1] is False and again["digest"] == first["digest"]
     assert json.loads(entry.read_bytes())["diff_id"] == layer["diff_id"]
     assert all(cached_flags(build(ctx, tmp_path / "c", cache, "--compression", compression)))
+
+
+def test_prune_and_du_cover_the_registry_blob_store(tmp_path, capsys):
+    """Pulled blobs (``CACHE/blobs``) are counted by du and go with --max-age, --max-size and --all;
+    a plain prune removes only what is not a regular file there."""
+    cache = tmp_path / "cache"
+    store = cache / "blobs" / "sha256"
+    store.mkdir(parents=True)
+    old, new = store / ("a" * 64), store / ("b" * 64)
+    old.write_bytes(b"o" * 3000)
+    new.write_bytes(b"n" * 2000)
+    long_ago = time.time() - 40 * 86400
+    os.utime(old, (long_ago, long_ago))
+    os.symlink("/etc/passwd", store / ("c" * 64))
+    assert main(["cache", "du", "--cache-dir", str(cache), "--json"]) == 0
+    usage = json.loads(capsys.readouterr().out)
+    assert usage["blobs"] == 3 and usage["blob_bytes"] == 5000 + len("/etc/passwd")
+    assert main(["cache", "prune", "--cache-dir", str(cache)]) == 0
+    assert sorted(p.name for p in store.iterdir()) == ["a" * 64, "b" * 64]
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--max-age", "30d"]) == 0
+    assert [p.name for p in store.iterdir()] == ["b" * 64]
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--max-size", "1k"]) == 0
+    assert list(store.iterdir()) == []
+    new.write_bytes(b"n")
+    assert main(["cache", "prune", "--cache-dir", str(cache), "--all"]) == 0
+    assert list(store.iterdir()) == []
