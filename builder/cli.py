@@ -378,7 +378,7 @@ def _open_image(text: str, stack: contextlib.ExitStack, platform: Platform | Non
 
     found = _local(text)
     if found is None:
-        raise InputError(f"no such OCI layout directory or archive: {text!r}")
+        raise InputError(f"no such OCI layout directory or archive: {text!r} (a registry image is docker://REF)")
     kind, path, tag = found
     scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pybuild-open-")))
     image = open_local(kind, path, tag, scratch, platform)
@@ -388,20 +388,44 @@ def _open_image(text: str, stack: contextlib.ExitStack, platform: Platform | Non
 @cli.command("inspect")
 @click.argument("ref", metavar="IMAGE")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for tools.")
-def inspect_cmd(ref: str, as_json: bool) -> None:
+@_registry_flags
+def inspect_cmd(ref: str, as_json: bool, insecure_registry: tuple[str, ...], tls_verify: bool,
+                authfile: Path | None, creds: str | None, retry: int | None) -> None:
     """Show every id of an image, each explained.
 
-    IMAGE is a layout (OUT[:TAG]), an oci-archive or docker-archive file, or any of them with
-    skopeo's oci:, oci-archive: or docker-archive: prefix.
+    IMAGE is a layout (OUT[:TAG]), an oci-archive or docker-archive file, any of them with
+    skopeo's oci:, oci-archive: or docker-archive: prefix, or a registry image: docker://REF, or
+    REF itself when it names its registry (localhost:5000/app:1, ghcr.io/org/app).
     """
     with contextlib.ExitStack() as stack:
-        image, name = _open_image(ref, stack)
+        remote = _remote(ref)
+        if remote is not None:
+            from builder.registry.pull import pull
+
+            options = _registry_options(insecure_registry, tls_verify, authfile, creds, retry)
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pybuild-inspect-")))
+            image: Image | ImageIndex = pull(remote, scratch, None, options, layers=False)
+            name = str(remote)
+        else:
+            image, name = _open_image(ref, stack)
         desc = describe(image, name)
     if as_json:
         click.echo(json.dumps(desc, indent=2, sort_keys=False))
     else:
         for line in render_text(desc):
             click.echo(line)
+
+
+def _remote(text: str) -> Reference | None:
+    """The registry image ``text`` names: ``docker://REF``, or a REF whose first component is a
+    registry host, when no local path of that name exists (a mistyped directory never goes to
+    Docker Hub)."""
+    if text.startswith("docker://"):
+        return _reference(text.removeprefix("docker://"), "inspect")
+    first = text.split("/", 1)[0]
+    if "/" in text and ("." in first or ":" in first or first == "localhost") and _local(text) is None:
+        return _reference(text, "inspect")
+    return None
 
 
 def _only_tag(path: Path) -> str | None:

@@ -58,11 +58,14 @@ def pull(
     on_event: EventSink | None = None,
     *,
     reuse: Sequence[Path] = (),
+    layers: bool = True,
 ) -> Image | ImageIndex:
     """Fetch ``ref``: one image (an index narrowed to ``platform``), or without a platform the whole index.
 
     ``dest`` is the blob store's root (see the module docstring); ``reuse``: OCI layouts whose
-    blobs may be taken instead of downloaded (the output a build or pull writes to).
+    blobs may be taken instead of downloaded (the output a build or pull writes to). ``layers``
+    False fetches manifests and configs only (``pybuild inspect``): the layers' paths are then
+    where they would be stored, and are not there.
     Events: ``("manifest", digest, size)`` per manifest or index, ``("pulled", ...)`` per blob
     downloaded and ``("existing", ...)`` per blob already in the store or in a ``reuse`` layout.
     """
@@ -93,7 +96,8 @@ def pull(
             # so a wrong one fails before any layer is downloaded
             found = manifest.desc.platform or platform_of(_json(configs[0], f"{ref}: config", MAX_CONFIG))
             select_platform([Descriptor(top.media_type, top.digest, top.size, platform=found)], platform, ref)
-        blobs.fetch([layer for m in manifests for layer in m.layers])
+        if layers:
+            blobs.fetch([layer for m in manifests for layer in m.layers])
         images = tuple(_image(m, raw_config, store, ref) for m, raw_config in zip(manifests, configs, strict=True))
     if media_type in MANIFEST_TYPES or platform is not None:
         return images[0]

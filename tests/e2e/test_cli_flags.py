@@ -279,3 +279,27 @@ def test_inspect_push_and_unpack_take_archives_and_prefixes(
     wrong_tag = pybuild("inspect", f"{oci_tar}:v9")
     line = assert_user_error(wrong_tag)
     assert str(oci_tar) in line and "tags present: 'app:1'" in line and "pybuild-open" not in line
+
+
+@pytest.mark.needs("docker-registry")
+def test_inspect_a_registry_image_fetches_no_layer(plain_registry: Registry, make_proxy, pybuild, ctx: Path,
+                                                   tmp_path: Path) -> None:
+    (ctx / "pybuild.yaml").write_text(RECIPE)
+    repo = unique_repo("inspect")
+    out = tmp_path / "out"
+    built = pybuild(ctx / "pybuild.yaml", "-o", out, "-q", "--platform", "linux/amd64", "--platform", "linux/arm64",
+                    "--push", plain_registry.ref(repo, "multi"))
+    assert built.returncode == 0, describe(built)
+    local = json.loads(pybuild("inspect", "--json", out).stdout)
+    proxy = make_proxy(plain_registry)
+    for source in (proxy.ref(repo, "multi"), f"docker://{proxy.ref(repo, 'multi')}"):
+        shown = pybuild("inspect", "--json", source)
+        assert shown.returncode == 0, describe(shown)
+        remote = json.loads(shown.stdout)
+        assert remote["digest"] == local["digest"] == built.stdout.strip()
+        assert [m["layers"] for m in remote["manifests"]] == [m["layers"] for m in local["manifests"]]
+        assert [m["image_id"] for m in remote["manifests"]] == [m["image_id"] for m in local["manifests"]]
+    layer_digests = {la["digest"].split(":")[1] for m in local["manifests"] for la in m["layers"]}
+    fetched = {r.path.rsplit(":", 1)[-1] for r in proxy.seen("GET", "/blobs/")}
+    assert fetched and not fetched & layer_digests  # configs only
+    assert "docker://" in assert_user_error(pybuild("inspect", "no-such-dir:v1"))
