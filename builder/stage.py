@@ -9,6 +9,7 @@ fully cached rebuild reads no layer and compresses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,18 @@ class _Layerer:
         raise AssertionError("a change stream asked twice to restart")
 
     def _layer(self, changes: Iterator[Change]) -> tuple[LayerBlob | None, _Applied]:
+        try:
+            return self._write(changes)
+        finally:
+            # a change stream the writer stopped reading (a full disk, say) is closed here, on this
+            # thread and now: left to the garbage collector, it would close its archive readers on
+            # whatever thread collects it, and report the interruption as a broken input
+            close = getattr(changes, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+
+    def _write(self, changes: Iterator[Change]) -> tuple[LayerBlob | None, _Applied]:
         applied = _Applied([], {})
         first = next(changes, None)
         if first is None:

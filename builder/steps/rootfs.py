@@ -61,11 +61,18 @@ class _Scan:
 
 def _members(path: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
     """Stream the archive's members; any read error becomes an InputError naming the archive."""
+    closing = False  # the consumer stopped early (for an error of its own): nothing to report here
     with open(path, "rb") as raw:
         try:
             with open_decompressed(raw) as stream:
-                yield from tar_members(stream)
+                try:
+                    yield from tar_members(stream)
+                except GeneratorExit:
+                    closing = True
+                    raise
         except _READ_ERRORS as exc:
+            if closing:
+                return
             raise InputError(f"{path.name}: not a readable tar archive, or corrupt or truncated ({exc})") from exc
 
 

@@ -113,3 +113,33 @@ def test_progress_json_is_only_json_lines(pybuild, busybox_rootfs_tar: Path, tmp
     assert kinds.count("step") == 2 and kinds.count("step_done") == 2, kinds
     assert [e["line"] for e in events if e["event"] == "output"] == ["one", "a\rb"]
     assert events[-1]["event"] == "message" and result.stdout.strip() in events[-1]["text"]
+
+
+@pytest.mark.needs(root=True)
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_a_full_disk_gives_one_line_and_nothing_after_it(pybuild, ctx: Path, tmp_path: Path,
+                                                          compression: str) -> None:
+    """ENOSPC while a layer is written: one ``pybuild: error:`` line naming the full disk, no
+    traceback after it (the archive reader stopped mid-stream is not reported as a broken input),
+    and OUT is not created."""
+    import tarfile
+
+    big = ctx / "big.bin"
+    big.write_bytes(os.urandom(6 << 20))
+    with tarfile.open(ctx / "big.tar.gz", "w:gz") as tf:
+        tf.add(big, "big.bin")
+    (ctx / "r1.yaml").write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n  - rootfs: big.tar.gz\n")
+    (ctx / "r2.yaml").write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n  - copy: big.bin\n    to: /x\n")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], check=True)
+    try:
+        for recipe in ("r1.yaml", "r2.yaml"):
+            result = pybuild(ctx / recipe, "-o", small / "out", "--compression", compression, "--no-cache", "-q")
+            assert result.returncode == 1, describe(result)
+            assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, describe(result)
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and "No space left on device" in lines[0], describe(result)
+            assert os.listdir(small) == [], os.listdir(small)
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
