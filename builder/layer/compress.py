@@ -21,8 +21,10 @@ from builder.layer.pgzip import ParallelGzipWriter
 from builder.oci.digest import Writable
 from builder.oci.mediatypes import MediaType
 
-LAYER_FORMAT_VERSION = 2
-"""Bumped whenever tar header policy or compressor settings change the bytes of a layer."""
+LAYER_FORMAT_VERSION = 3
+"""Bumped whenever tar header policy, compressor settings or a step's rules (3: owner names take
+their passwd group; owned copies own the parents they create) change the bytes of a layer, so a
+cache never replays a layer the present rules would not make."""
 
 
 class Compression(StrEnum):

@@ -43,18 +43,19 @@ class StepContext:
         except ValueError as exc:
             raise InputError(str(exc)) from exc
 
-    def parent_entry(self, path: str) -> Entry:
-        """A missing parent is created 0:0 0755; an existing one is re-emitted unchanged."""
+    def parent_entry(self, path: str, owner: tuple[int, int] = (0, 0)) -> Entry:
+        """A missing parent is created 0755, owned by ``owner``; an existing one is re-emitted unchanged."""
         existing = self.tree.get(path)
         if existing is not None:
             if existing.kind is not Kind.DIR:
                 raise InputError(f"'/{path}' exists in the image and is not a directory")
             return existing
-        return Entry(path, Kind.DIR, 0o755, mtime=self.epoch)
+        return Entry(path, Kind.DIR, 0o755, owner[0], owner[1], mtime=self.epoch)
 
 
-def finish(changes: Iterable[Change], ctx: StepContext) -> list[Change]:
-    """Add the parent directories every change needs, then order canonically."""
+def finish(changes: Iterable[Change], ctx: StepContext, owner: tuple[int, int] = (0, 0)) -> list[Change]:
+    """Add the parent directories every change needs (missing ones owned by ``owner``: an owned
+    copy's, as Docker's, Kaniko's and Buildah's ``COPY --chown`` create them), then order canonically."""
     out = {(isinstance(c, Opaque), c.path): c for c in changes}
     have = {path for _, path in out}
     for _, path in list(out):
@@ -62,6 +63,6 @@ def finish(changes: Iterable[Change], ctx: StepContext) -> list[Change]:
         parent = path.rpartition("/")[0]
         while parent and parent not in have:
             have.add(parent)
-            out[(False, parent)] = ctx.parent_entry(parent)
+            out[(False, parent)] = ctx.parent_entry(parent, owner)
             parent = parent.rpartition("/")[0]
     return canonical(out.values())

@@ -16,6 +16,7 @@ there (owners, modes, devices), since it is image content already.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import os
@@ -78,17 +79,16 @@ class _Walker:
         self.excluder = Excluder.from_patterns(step.exclude)
         self.inodes: dict[tuple[int, int], str] = {}
 
+    def own_mode(self, st: os.stat_result) -> int:
+        """The mode an entry gets from its own stat, ``mode:`` aside."""
+        return stat.S_IMODE(st.st_mode) if self.preserve else stat.S_IMODE(st.st_mode) & ~_UMASK_BITS
+
     def classify(self, host: str, dest: str, st: os.stat_result) -> tuple[Kind, int, int, str] | None:
         """Kind, layer mode, size and link target of ``host`` copied to ``dest`` (a hardlink's
         target is the first ``dest`` seen for its inode); None for what an image cannot hold.
         The one place these rules live: the layer's entries and the cache key both come from it."""
         st_mode = st.st_mode
-        if self.mode is not None:
-            mode = self.mode
-        elif self.preserve:
-            mode = stat.S_IMODE(st_mode)
-        else:
-            mode = stat.S_IMODE(st_mode) & ~_UMASK_BITS  # never more permissive than on disk
+        mode = self.mode if self.mode is not None else self.own_mode(st)  # never more permissive than on disk
         fmt = stat.S_IFMT(st_mode)
         if fmt == stat.S_IFREG:
             if st.st_nlink > 1:
@@ -223,12 +223,13 @@ def copy_changes(step: CopyStep, ctx: StepContext, scan: CopyScan | None = None)
     changes: dict[str, Change] = {}
     for src, st, items, name in sources:
         if stat.S_ISDIR(st.st_mode):
-            # the destination directory itself: created like the source's contents, but an
-            # existing one keeps its owner and mode unless the step sets them
-            if dest and (step.owner is not None or step.mode is not None or not ctx.tree.is_dir(dest)):
+            # the destination directory itself is not copied (a directory source's *contents* are):
+            # an existing one is left as it is, owner and mode, as Docker and Buildah leave it; a
+            # new one gets the copy's owner and the source directory's own mode, not ``mode:``
+            if dest and not ctx.tree.is_dir(dest) and dest not in changes:
                 top = walker.entry(str(src), dest, st)
                 if top is not None:
-                    changes[dest] = top
+                    changes[dest] = dataclasses.replace(top, mode=walker.own_mode(st))
             for e in walker.entries(items, dest):
                 changes[e.path] = e
         else:
@@ -238,7 +239,7 @@ def copy_changes(step: CopyStep, ctx: StepContext, scan: CopyScan | None = None)
             single = walker.entry(str(src), target, st)
             if single is not None:
                 changes[target] = single
-    return finish(changes.values(), ctx)
+    return finish(changes.values(), ctx, (walker.uid, walker.gid) if step.owner is not None else (0, 0))
 
 
 _EMPTY_SHA256 = hashlib.sha256().hexdigest()

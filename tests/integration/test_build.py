@@ -148,6 +148,7 @@ def test_build_produces_a_valid_layout(tmp_path, capsys):
         members = {m.name: m for m in tf}
     assert "opt/app/lib/mod.pyc" not in members and "opt/app/lib/mod.py" in members
     assert members["opt/app/run.sh"].uid == 1000 and members["opt/app/run.sh"].mode == 0o755
+    assert (members["opt"].uid, members["opt"].gid) == (1000, 1000)  # a parent the owned copy created
     assert all(m.mtime == 0 for m in members.values())
     # the remove layer whites out exactly the file
     layer = out / "blobs" / "sha256" / manifest["layers"][5]["digest"].split(":")[1]

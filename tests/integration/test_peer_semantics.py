@@ -139,3 +139,76 @@ steps:
     owners = [(m.uid, m.gid) for i, name in [(2, "by-name"), (3, "by-name-and-group"), (4, "by-uid")]
               for m in [_layer(out, i)[name]]]
     assert owners == [(4, 7), (4, 50), (4, 4)]
+
+
+OWNED_BASE = """\
+version: 1
+steps:
+  - write: /etc/passwd
+    content: "root:x:0:0:root:/root:/bin/sh\\napp:x:1000:1000::/home/app:/bin/sh\\n"
+  - write: /etc/group
+    content: "root:x:0:\\napp:x:1000:\\n"
+  - mkdir: /existing
+    mode: "0750"
+"""
+
+
+def test_an_owned_copy_owns_the_parents_it_creates_and_leaves_existing_ones(tmp_path: Path) -> None:
+    """Docker's COPY --chown (and Kaniko's, Buildah's) create missing parent directories with the
+    copy's owner; a directory that is already there keeps its owner and mode, whatever is copied
+    into it."""
+    (tmp_path / "f.txt").write_text("x\n")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "g.txt").write_text("g\n")
+    recipe = OWNED_BASE + """\
+  - copy: f.txt
+    to: /new/deep/f.txt
+    owner: app
+  - copy: tree/
+    to: /existing/
+    owner: app
+"""
+    code, out = _build(tmp_path, recipe)
+    assert code == 0
+    first = _layer(out, 3)
+    assert [(first[n].uid, first[n].gid) for n in ("new", "new/deep", "new/deep/f.txt")] == [(1000, 1000)] * 3
+    second = _layer(out, 4)
+    assert (second["existing/g.txt"].uid, second["existing/g.txt"].gid) == (1000, 1000)
+    top = second["existing"]  # re-emitted as it was (a parent of the new file), not re-owned
+    assert (top.uid, top.gid, top.mode) == (0, 0, 0o750)
+
+
+def test_mode_applies_to_what_is_copied_not_to_the_destination_directory(tmp_path: Path) -> None:
+    """A directory source's *contents* are copied; the destination directory is not one of them.
+    Buildah leaves it alone, so does pybuild: ``mode:`` sets the copied files and directories, an
+    existing destination keeps its mode, and a new one gets the source directory's own mode."""
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "sub" / "f").write_text("f\n")
+    os.chmod(tmp_path / "tree", 0o755)
+    recipe = OWNED_BASE + """\
+  - copy: tree/
+    to: /existing/
+    mode: "0700"
+  - copy: tree/
+    to: /fresh/
+    mode: "0700"
+"""
+    code, out = _build(tmp_path, recipe)
+    assert code == 0
+    into_existing, into_new = _layer(out, 3), _layer(out, 4)
+    assert into_existing["existing"].mode == 0o750
+    assert into_existing["existing/sub"].mode == 0o700 and into_existing["existing/sub/f"].mode == 0o700
+    assert into_new["fresh"].mode == 0o755 and into_new["fresh/sub/f"].mode == 0o700
+
+
+def test_several_sources_to_a_path_without_a_slash_make_it_a_directory(tmp_path: Path) -> None:
+    """``copy: "*.txt"`` with two matches to ``/testdir``: Docker's documentation asks for a
+    trailing slash, Buildah writes every match onto one file (all but the last lost) and Kaniko
+    refuses. pybuild makes ``/testdir`` a directory holding both, as BuildKit does: nothing a
+    source holds is silently dropped, and the trailing slash is implied by the plural."""
+    (tmp_path / "a.txt").write_text("a\n")
+    (tmp_path / "b.txt").write_text("b\n")
+    code, out = _build(tmp_path, 'version: 1\nsteps:\n  - copy: "*.txt"\n    to: /testdir\n')
+    assert code == 0
+    members = _layer(out, 0)
+    assert members["testdir"].isdir() and members["testdir/a.txt"].isreg() and members["testdir/b.txt"].isreg()
