@@ -167,7 +167,11 @@ def _registry_flags(func: Callable[..., None]) -> Callable[..., None]:
 
 
 def _registry_options(insecure_registry: tuple[str, ...], tls_verify: bool, authfile: Path | None,
-                      creds: str | None, retry: int | None) -> RegistryOptions:
+                      creds: str | None, retry: int | None) -> RegistryOptions | None:
+    """The registry flags as options; None when none is given (the defaults), so that a build that
+    never talks to a registry never loads the registry stack."""
+    if not insecure_registry and tls_verify and authfile is None and creds is None and retry is None:
+        return None
     from builder.registry.auth import Credentials
     from builder.registry.transport import RegistryOptions
 

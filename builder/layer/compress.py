@@ -23,7 +23,8 @@ from builder.oci.mediatypes import MediaType
 
 LAYER_FORMAT_VERSION = 3
 """Bumped whenever tar header policy, compressor settings or a step's rules (3: owner names take
-their passwd group; owned copies own the parents they create) change the bytes of a layer, so a
+their passwd group; owned copies own the parents they create;
+rootfs to: takes the archive root entry) change the bytes of a layer, so a
 cache never replays a layer the present rules would not make."""
 
 

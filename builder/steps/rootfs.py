@@ -109,6 +109,8 @@ def _scan(path: Path, prefix: str, label: str, epoch: int) -> _Scan:
     for i, (_, ti) in enumerate(_members(path)):
         name = _name(ti, label)
         if not name:
+            if prefix and ti.isdir():  # the destination's own metadata (see _stream)
+                dirs[prefix] = _entry(ti, prefix, "", epoch, label)
             continue
         base = next((part for part in name.split("/") if is_whiteout_name(part)), "")  # a parent's name too
         if base:
@@ -181,11 +183,20 @@ def _stream(path: Path, prefix: str, scan: _Scan | None, label: str, ctx: StepCo
             written[parent] = Kind.DIR
             yield entry
 
-    if prefix:
-        yield from ensure_parents(prefix + "/x")
+    if prefix:  # the destination itself waits for the archive's own "./" entry, if it has one
+        yield from (ensure_parents(prefix + "/x") if scan is not None else ensure_parents(prefix))
     for i, (tf, ti) in enumerate(_members(path)):
         name = _name(ti, label)
-        if not name:
+        if not name:  # "./": the image root (never an entry), or with ``to:`` the destination, as Buildah
+            if not prefix or (scan is not None and prefix in written):
+                continue
+            if prefix in written:
+                raise again()  # listed after content: its metadata must come first
+            root = _entry(ti, prefix, "", ctx.epoch, label)
+            if root.kind is not Kind.DIR:
+                raise InputError(f"{label}: its root entry {ti.name!r} is not a directory")
+            written[prefix] = Kind.DIR
+            yield root
             continue
         full = f"{prefix}/{name}" if prefix else name
         if scan is None:
@@ -217,6 +228,8 @@ def _stream(path: Path, prefix: str, scan: _Scan | None, label: str, ctx: StepCo
         if entry.kind is Kind.FILE:
             entry = _with_content(entry, tf, ti, label)
         yield entry
+    if prefix and prefix not in written:  # an empty archive still makes its destination
+        yield from ensure_parents(prefix + "/x")
 
 
 class _Guarded(io.RawIOBase):

@@ -369,3 +369,19 @@ def test_a_scratch_image_has_dockers_default_path(tmp_path, env, expected):
     recipe.write_text("version: 1\nsteps:\n  - write: /hello\n    content: hi\nconfig:\n" + (env or "  cmd: [/hello]\n"))
     assert build(recipe, tmp_path / "out") == 0
     assert _config(tmp_path / "out")["config"]["Env"] == expected
+
+
+def test_a_build_without_a_registry_never_loads_the_registry_stack(tmp_path):
+    """The registry client (requests, urllib3) is imported only when a build pulls or pushes: a
+    local build starts faster, and runs where those packages cannot be imported (the rootless
+    re-exec as another user reads only pybuild's own dependencies)."""
+    import subprocess
+    import sys
+
+    ctx = make_context(tmp_path / "ctx")
+    code = ("import sys; from builder.cli import main; "
+            f"rc = main([{str(ctx / 'recipe.yaml')!r}, '-o', {str(tmp_path / 'out')!r}, '-q']); "
+            "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in ('requests', 'urllib3')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.stdout.split("\n")[-2] == "0 []", done.stdout + done.stderr

@@ -212,3 +212,34 @@ def test_several_sources_to_a_path_without_a_slash_make_it_a_directory(tmp_path:
     assert code == 0
     members = _layer(out, 0)
     assert members["testdir"].isdir() and members["testdir/a.txt"].isreg() and members["testdir/b.txt"].isreg()
+
+
+def _tar(path: Path, members: list[tuple[str, int, int, int]]) -> None:
+    """A tar of (name, type, mode, uid) directories and small files, in the order given."""
+    with tarfile.open(path, "w") as tf:
+        for name, kind, mode, uid in members:
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode, ti.uid, ti.gid = bytes([kind]), mode, uid, uid
+            data = b"x\n" if ti.type == tarfile.REGTYPE else b""
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+
+
+def test_a_rootfs_archive_root_entry_sets_its_destination(tmp_path: Path) -> None:
+    """``rootfs: x.tar`` with ``to: /t``: the archive's own ``./`` entry (its owner and mode) is the
+    destination directory's, as Buildah's ADD applies it; without ``to:`` the root stays the
+    image's. The same in one pass (``./`` first) and when ``./`` comes after its content."""
+    first = [("./", ord("5"), 0o700, 1234), ("./f", ord("0"), 0o644, 0)]
+    _tar(tmp_path / "first.tar", first)
+    _tar(tmp_path / "late.tar", [first[1], first[0]])
+    _tar(tmp_path / "empty.tar", [])
+    recipe = ("version: 1\nsteps:\n  - rootfs: first.tar\n    to: /t\n  - rootfs: late.tar\n    to: /u\n"
+              "  - rootfs: empty.tar\n    to: /v\n  - rootfs: first.tar\n")
+    code, out = _build(tmp_path, recipe)
+    assert code == 0
+    for index, dest in [(0, "t"), (1, "u")]:
+        members = _layer(out, index)
+        assert (members[dest].mode, members[dest].uid) == (0o700, 1234), dest
+        assert members[f"{dest}/f"].isreg()
+    assert (_layer(out, 2)["v"].mode, _layer(out, 2)["v"].uid) == (0o755, 0)
+    assert sorted(_layer(out, 3)) == ["f"]
