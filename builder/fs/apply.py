@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from builder.errors import InputError, IntegrityError, OutputError
+from builder.fs.xattrs import keep_from_archive
 from builder.image import LayerBlob
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.entry import WH_OPAQUE, WH_PREFIX, canon
@@ -41,8 +42,6 @@ _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _DIR_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _XATTR = "SCHILY.xattr."
-# host artefacts, dropped as the rootfs step does (overlay xattrs would act if the tree became a lower dir)
-_DROPPED_XATTRS = ("security.selinux", "trusted.overlay.", "user.overlay.")
 _AUFS_META = WH_PREFIX + WH_PREFIX  # ".wh..wh.plnk" etc.: aufs bookkeeping in old Docker layers, skipped
 
 
@@ -209,7 +208,7 @@ def _xattrs(ti: tarfile.TarInfo) -> list[tuple[str, bytes]]:
     """PAX ``SCHILY.xattr.*`` records (as Go, GNU tar and pybuild write them), host artefacts left out."""
     names = [(k[len(_XATTR):], v) for k, v in ti.pax_headers.items() if k.startswith(_XATTR)]
     return [(n, v.encode("utf-8", "surrogateescape")) for n, v in names
-            if n != _DROPPED_XATTRS[0] and not n.startswith(_DROPPED_XATTRS[1:])]
+            if keep_from_archive(n)]
 
 
 class _Applier:

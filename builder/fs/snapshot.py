@@ -16,7 +16,6 @@ from __future__ import annotations
 import operator
 import os
 import stat
-import struct
 import time
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from builder.errors import StepError
+from builder.fs.xattrs import read_xattrs
 from builder.layer.entry import Kind, canon
 
 _KINDS = {
@@ -35,18 +35,6 @@ _KINDS = {
     stat.S_IFIFO: Kind.FIFO,
 }
 
-#: xattrs kept: file capabilities and user/trusted data. ``security.selinux`` (a label of the
-#: build host's policy) and every other namespace are host state, and overlayfs keeps its own
-#: bookkeeping in ``trusted.overlay.*``/``user.overlay.*`` (FIELD-NOTES 6 #13).
-_KEEP_XATTR_PREFIXES = ("user.", "trusted.")
-_DROP_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
-_CAPABILITY = "security.capability"
-
-# VFS capability revisions (linux/capability.h): v3 adds the owning user namespace's root uid.
-_VFS_CAP_REVISION_MASK = 0xFF000000
-_VFS_CAP_REVISION_2 = 0x02000000
-_VFS_CAP_REVISION_3 = 0x03000000
-_VFS_CAP_FLAGS_EFFECTIVE = 0x000001
 
 #: How long :func:`snapshot` waits at most for the clock to pass the newest ctime it saw.
 _MAX_SETTLE_NS = 100_000_000
@@ -116,41 +104,6 @@ class Snapshot:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.nodes)
-
-
-def _cap_v2(value: bytes) -> bytes:
-    """A namespaced (v3) file capability as the equivalent v2 one.
-
-    ``setcap`` in a user namespace writes v3, which names the namespace's root uid; in an
-    image that uid means nothing (umoci's note in ``tar_generate.go``), so the rootid is dropped.
-    """
-    if len(value) != 24:
-        return value
-    (magic,) = struct.unpack_from("<I", value)
-    if magic & _VFS_CAP_REVISION_MASK != _VFS_CAP_REVISION_3:
-        return value
-    return struct.pack("<I", _VFS_CAP_REVISION_2 | (magic & _VFS_CAP_FLAGS_EFFECTIVE)) + value[4:20]
-
-
-def read_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
-    """The image-worthy xattrs of ``path`` (not following a symlink), sorted by name.
-
-    A filesystem without xattr support, or a name that vanishes between list and get, gives
-    no xattrs rather than a failed build: they are optional metadata.
-    """
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-        if not names:
-            return ()
-        out = []
-        for name in names:
-            if name == _CAPABILITY:
-                out.append((name, _cap_v2(os.getxattr(path, name, follow_symlinks=False))))
-            elif name.startswith(_KEEP_XATTR_PREFIXES) and not name.startswith(_DROP_XATTR_PREFIXES):
-                out.append((name, os.getxattr(path, name, follow_symlinks=False)))
-    except OSError:
-        return ()
-    return tuple(sorted(out))
 
 
 def snapshot(root: Path, exclude: Collection[str] = ()) -> Snapshot:

@@ -28,6 +28,7 @@ from pathlib import Path
 from builder.errors import InputError
 from builder.fs.patterns import Excluder
 from builder.fs.safepath import glob_in_root, resolve_in_root
+from builder.fs.xattrs import read_xattrs
 from builder.layer.entry import WH_PREFIX, Change, Entry, Kind
 from builder.layer.hostfile import HostFile
 from builder.oci.digest import sha256_file
@@ -121,11 +122,12 @@ class _Walker:
             mtime = min(int(st.st_mtime), self.epoch)
         else:
             uid, gid, mtime = self.uid, self.gid, self.epoch
+        xattrs = read_xattrs(host) if kind is not Kind.HARDLINK else ()
         if kind is Kind.FILE:
-            return Entry(dest, kind, mode, uid, gid, size, mtime, "", 0, 0, (), HostFile(host, self.digests))
+            return Entry(dest, kind, mode, uid, gid, size, mtime, "", 0, 0, xattrs, HostFile(host, self.digests))
         if kind is Kind.CHAR or kind is Kind.BLOCK:
-            return Entry(dest, kind, mode, uid, gid, 0, mtime, "", os.major(st.st_rdev), os.minor(st.st_rdev))
-        return Entry(dest, kind, mode, uid, gid, 0, mtime, link)
+            return Entry(dest, kind, mode, uid, gid, 0, mtime, "", os.major(st.st_rdev), os.minor(st.st_rdev), xattrs)
+        return Entry(dest, kind, mode, uid, gid, 0, mtime, link, 0, 0, xattrs)
 
     def scan(self, top: Path, rel: str = "") -> Iterator[tuple[str, str, os.stat_result]]:
         """``(relative path, host path, lstat)`` of everything below ``top`` that is not excluded,
@@ -247,7 +249,7 @@ _EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
 def copy_inputs(step: CopyStep, scan: CopyScan, *, contents: bool) -> str:
     """What a copy reads, for the layer cache key, as one digest: per source, every entry's
-    relative path, type, layer mode, size, link target and content digest. mtimes, owners on disk
+    relative path, type, layer mode, size, link target, kept xattrs and content digest. mtimes, owners on disk
     and inode numbers never reach the layer, so they are left out (hardlink grouping is kept via
     the link target).
 
@@ -278,7 +280,8 @@ def _key_rows(step: CopyStep, scan: CopyScan) -> list[tuple[str, str, int]]:
             found = walker.classify(host, rel, est)
             if found is not None:
                 kind, mode, size, link = found
-                rows.append((f"{rel}\0{kind}\0{mode}\0{size}\0{link}", host if kind is Kind.FILE else "", size))
+                xattrs = "".join(f"\0{k}={v.hex()}" for k, v in read_xattrs(host)) if kind is not Kind.HARDLINK else ""
+                rows.append((f"{rel}\0{kind}\0{mode}\0{size}\0{link}{xattrs}", host if kind is Kind.FILE else "", size))
     return rows
 
 

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, cast
 from builder.errors import InputError
 from builder.fs.tree import WATCHED
 from builder.fs.users import read_account_file
+from builder.fs.xattrs import keep_from_archive
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.entry import Change, Entry, Kind, Opener, canon, is_whiteout_name, parents
 from builder.layer.tarstream import tar_members
@@ -47,7 +48,6 @@ _KINDS = {
     tarfile.FIFOTYPE: Kind.FIFO,
 }
 _READ_ERRORS: tuple[type[Exception], ...] = (tarfile.TarError, *DECODE_ERRORS)
-_DROP_XATTR_PREFIXES = ("security.selinux", "trusted.overlay.", "user.overlay.")
 
 
 @dataclass
@@ -89,7 +89,7 @@ def _xattrs(ti: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
     for key, value in ti.pax_headers.items():
         if key.startswith("SCHILY.xattr."):
             name = key[len("SCHILY.xattr."):]
-            if not name.startswith(_DROP_XATTR_PREFIXES):
+            if keep_from_archive(name):
                 out.append((name, value.encode("utf-8", "surrogateescape")))
     return tuple(sorted(out))
 

@@ -243,3 +243,50 @@ def test_a_rootfs_archive_root_entry_sets_its_destination(tmp_path: Path) -> Non
         assert members[f"{dest}/f"].isreg()
     assert (_layer(out, 2)["v"].mode, _layer(out, 2)["v"].uid) == (0o755, 0)
     assert sorted(_layer(out, 3)) == ["f"]
+
+
+def test_copy_keeps_xattrs_from_the_context_and_from_a_stage(tmp_path: Path) -> None:
+    """Docker's COPY and Buildah keep a file's extended attributes; so does every step here, with one
+    policy (builder/fs/xattrs.py): user.* and trusted.* data and file capabilities, never the host's
+    SELinux label or overlayfs bookkeeping. An xattr is part of the copy's cache key."""
+    import pytest
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "tool").write_text("#!/bin/sh\n")
+    try:
+        os.setxattr(ctx / "tool", "user.origin", b"context")
+    except OSError:
+        pytest.skip("this filesystem does not take user.* xattrs")
+    os.setxattr(ctx / "tool", "user.overlay.opaque", b"y")  # overlayfs bookkeeping: never kept
+    with tarfile.open(ctx / "base.tar", "w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("bin/ping")
+        ti.size, ti.mode = 2, 0o755
+        ti.pax_headers = {"SCHILY.xattr.user.from": "stage", "SCHILY.xattr.security.selinux": "host_t"}
+        tf.addfile(ti, io.BytesIO(b"x\n"))
+    recipe = """\
+version: 1
+stages:
+  base:
+    steps:
+      - rootfs: base.tar
+steps:
+  - copy: tool
+    to: /usr/bin/tool
+  - copy: /bin/ping
+    from: base
+    to: /bin/ping
+"""
+    meta = tmp_path / "meta.json"
+    code, out = _build(ctx, recipe, "--metadata-file", str(meta), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0
+    tool = _layer(out, 0)["usr/bin/tool"]
+    assert tool.pax_headers.get("SCHILY.xattr.user.origin") == "context"
+    assert "SCHILY.xattr.user.overlay.opaque" not in tool.pax_headers
+    ping = _layer(out, 1)["bin/ping"]
+    assert ping.pax_headers.get("SCHILY.xattr.user.from") == "stage"
+    assert not any("selinux" in k for k in ping.pax_headers)
+    os.setxattr(ctx / "tool", "user.origin", b"changed")
+    code, again = _build(ctx, recipe, "--metadata-file", str(meta), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0 and not json.loads(meta.read_text())["steps"][-2]["cached"]
+    assert _layer(again, 0)["usr/bin/tool"].pax_headers.get("SCHILY.xattr.user.origin") == "changed"

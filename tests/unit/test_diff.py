@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from builder.errors import InputError, StepError
 from builder.fs.diff import diff
-from builder.fs.snapshot import COMPARED_KEYWORDS, Node, _cap_v2, snapshot
+from builder.fs.snapshot import COMPARED_KEYWORDS, Node, snapshot
+from builder.fs.xattrs import cap_v2 as _cap_v2
 from builder.layer.entry import Change, Entry, Kind, Opaque, Whiteout
 from builder.layer.tarwriter import write_tar
 
