@@ -2,7 +2,8 @@
 
 ``*`` and ``?`` stay within one path segment, ``**`` spans any number of directories (zero
 included, so ``**/*.pyc`` also matches a top-level ``x.pyc``), ``[...]`` is a class, and a
-leading ``!`` re-includes. The last matching pattern wins, as in Docker.
+leading ``!`` re-includes. The last matching pattern wins, as in Docker. An excluded directory
+is not entered unless an exception names a path inside it literally (:meth:`Excluder.may_reinclude`).
 """
 
 from __future__ import annotations
@@ -59,20 +60,28 @@ class Excluder:
     """Decides whether a path relative to the copy source is excluded."""
 
     rules: tuple[tuple[bool, re.Pattern[str]], ...]
+    exceptions: tuple[str, ...] = ()
+    """The ``!`` patterns as written (without the ``!``), for :meth:`may_reinclude`."""
 
     @classmethod
     def from_patterns(cls, patterns: tuple[str, ...]) -> Excluder:
         rules = []
+        exceptions = []
         for pat in patterns:
             negate = pat.startswith("!")
             body = pat[1:] if negate else pat
             if body.strip("/"):
                 rules.append((negate, _translate(body)))
-        return cls(tuple(rules))
+                if negate:
+                    exceptions.append(body.strip("/"))
+        return cls(tuple(rules), tuple(exceptions))
 
-    @property
-    def has_negations(self) -> bool:
-        return any(neg for neg, _ in self.rules)
+    def may_reinclude(self, directory: str) -> bool:
+        """Whether an excluded ``directory`` is walked for exceptions: only if an exception's text
+        starts with the directory's literal path, as Docker's classic builder and Buildah decide
+        (``exclude: [sub, "!sub/keep"]`` walks ``sub``; ``[sub, "!*/keep"]`` does not)."""
+        prefix = directory + "/"
+        return any((pat + "/").startswith(prefix) for pat in self.exceptions)
 
     def excluded(self, rel: str) -> bool:
         result = False

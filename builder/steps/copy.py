@@ -139,7 +139,7 @@ class _Walker:
             st = de.stat(follow_symlinks=False)
             is_dir = stat.S_ISDIR(st.st_mode)
             excluded = self.excluder.excluded(sub)
-            if excluded and not (is_dir and self.excluder.has_negations):
+            if excluded and not (is_dir and self.excluder.may_reinclude(sub)):
                 continue
             if not excluded:
                 yield sub, de.path, st

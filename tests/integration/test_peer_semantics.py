@@ -290,3 +290,27 @@ steps:
     code, again = _build(ctx, recipe, "--metadata-file", str(meta), "--cache-dir", str(tmp_path / "cache"))
     assert code == 0 and not json.loads(meta.read_text())["steps"][-2]["cached"]
     assert _layer(again, 0)["usr/bin/tool"].pax_headers.get("SCHILY.xattr.user.origin") == "changed"
+
+
+def test_an_excluded_directory_is_entered_only_for_an_exception_naming_it(tmp_path: Path) -> None:
+    """Docker's classic builder and Buildah skip an excluded directory unless an exception (``!``)
+    starts with that directory's literal path: ``[sub, "!*/f"]`` leaves ``sub/f`` out, while
+    ``[sub, "!sub/f"]`` brings it back."""
+    (tmp_path / "src" / "sub").mkdir(parents=True)
+    (tmp_path / "src" / "sub" / "f").write_text("f\n")
+    (tmp_path / "src" / "sub" / "g").write_text("g\n")
+    (tmp_path / "src" / "top").write_text("t\n")
+    recipe = """\
+version: 1
+steps:
+  - copy: src/
+    to: /a/
+    exclude: [sub, "!*/f"]
+  - copy: src/
+    to: /b/
+    exclude: [sub, "!sub/f"]
+"""
+    code, out = _build(tmp_path, recipe)
+    assert code == 0
+    assert sorted(_layer(out, 0)) == ["a", "a/top"]
+    assert sorted(_layer(out, 1)) == ["b", "b/sub", "b/sub/f", "b/top"]
