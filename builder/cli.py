@@ -113,6 +113,19 @@ def _parse_kv(values: tuple[str, ...], flag: str) -> dict[str, str]:
     return out
 
 
+def _build_args(values: tuple[str, ...]) -> dict[str, str]:
+    """``--build-arg NAME=VALUE``, or ``--build-arg NAME``: the value of the environment variable
+    NAME, and no value at all when it is not set (as ``docker build --build-arg HTTP_PROXY``)."""
+    bare = [v for v in values if "=" not in v]
+    out = _parse_kv(tuple(v for v in values if "=" in v), "--build-arg")
+    for name in bare:
+        if not name:
+            raise click.UsageError("--build-arg expects NAME=VALUE or NAME")
+        if name in os.environ:
+            out[name] = os.environ[name]
+    return out
+
+
 def _secrets(values: tuple[str, ...], stack: contextlib.ExitStack) -> dict[str, Path]:
     """``--secret id=ID,src=PATH`` (``source=`` also accepted, as BuildKit does) or ``id=ID,env=VAR``.
 
@@ -201,7 +214,8 @@ def _registry_options(insecure_registry: tuple[str, ...], tls_verify: bool, auth
 @click.option("-t", "--tag", help="Name the image is recorded under (default: the recipe's tag, else latest).")
 @click.option("--target", help="Make the image of this stage, not the recipe's final image.")
 @click.option("--platform", "platforms", multiple=True, help="os/arch[/variant]; repeatable.")
-@click.option("--build-arg", "build_args", multiple=True, help="KEY=VALUE; overrides the recipe's args.")
+@click.option("--build-arg", "build_args", multiple=True,
+              help="KEY=VALUE (or KEY: its value from the environment); overrides the recipe's args.")
 @click.option("--label", "labels", multiple=True, help="KEY=VALUE: a config label, over the recipe's.")
 @click.option("--annotation", "annotations", multiple=True, help="KEY=VALUE: a manifest annotation, over the recipe's.")
 @click.option("--env", "env", multiple=True, help="KEY=VALUE: an Env entry of the image config, over the recipe's.")
@@ -248,7 +262,7 @@ def build_cmd(recipe: Path | None, recipe_file: Path | None, out: Path | None, f
     if context is not None and not context.is_dir():
         raise InputError(f"--context: no such directory: {str(context)!r}")
     reporter = _reporter(quiet, progress)
-    if os.geteuid() != 0 and not in_user_namespace() and has_run_steps(recipe, _parse_kv(build_args, "--build-arg")):
+    if os.geteuid() != 0 and not in_user_namespace() and has_run_steps(recipe, _build_args(build_args)):
         status = _in_user_namespace(reporter)
         if status is not None:
             raise SystemExit(status)
@@ -257,7 +271,7 @@ def build_cmd(recipe: Path | None, recipe_file: Path | None, out: Path | None, f
     with contextlib.ExitStack() as stack:
         options = BuildOptions(
             context=context, epoch=epoch_from_env(source_date_epoch), compression=kind, level=compression_level,
-            platforms=_platforms(platforms), build_args=_parse_kv(build_args, "--build-arg"), tag=tag,
+            platforms=_platforms(platforms), build_args=_build_args(build_args), tag=tag,
             secrets=_secrets(secret, stack), cache_dir=cache_dir, use_cache=not no_cache, registry=registry,
             allow=frozenset(allow), target=target, labels=_parse_kv(labels, "--label"),
             env=_parse_kv(env, "--env"), annotations=_parse_kv(annotations, "--annotation"),

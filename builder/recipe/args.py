@@ -4,7 +4,9 @@ Precedence, lowest first: ``builtin_args`` (what pybuild itself defines), the re
 then ``--build-arg`` (which may also define a name the recipe does not declare, as Docker does).
 A recipe arg's default may use args declared before it (``IMAGE: "app:${VERSION}"``).
 
-Only the ``${NAME}`` form is special, plus ``$$`` for a literal ``$``. A bare ``$HOME`` is left alone
+Only the ``${NAME}`` form is special, with the shell's ``${NAME:-default}`` (``default`` when NAME
+is unset or empty) and ``${NAME:+alternative}`` (``alternative`` when it is set and not empty, else
+nothing), as a Dockerfile has them, plus ``$$`` for a literal ``$``. A bare ``$HOME`` is left alone
 so that shell-looking values (``PATH: $PATH:/opt/bin``) pass through; a malformed ``${`` is an error
 rather than silently kept, because it is almost always a typo.
 
@@ -28,6 +30,8 @@ NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_VALUE = 1 << 20
 """Characters in one string after substitution (1 MiB of ASCII): far above any real path, label or
 file content written inline, far below what hurts."""
+MAX_NESTING = 8
+"""``${A:-${B:-...}}`` levels: real recipes use two."""
 MAX_TOTAL = 16 << 20
 """Characters produced by substitution in one recipe: bounds many references to a large value."""
 
@@ -66,27 +70,33 @@ def substitute(text: str, args: Mapping[str, str], where: Location, budget: Budg
             piece += "$"
             pos = dollar + 2
         elif after == "{":
-            end = text.find("}", dollar + 2)
-            if end < 0:
-                raise RecipeError("unterminated '${' (write '$$' for a literal '$')", where)
-            name = text[dollar + 2 : end]
+            end = _closing(text, dollar + 2, where)
+            name, op, word = _parts(text[dollar + 2 : end])
             if not NAME.fullmatch(name):
                 raise RecipeError(
-                    f"bad argument reference ${{{name}}}: a name is letters, digits and '_', "
-                    "not starting with a digit (write '$$' for a literal '$')",
+                    f"bad argument reference ${{{text[dollar + 2 : end]}}}: a name is letters, digits and '_', "
+                    "not starting with a digit, then optionally :-default or :+alternative "
+                    "(write '$$' for a literal '$')",
                     where,
                 )
-            if name not in args:
+            present = bool(args.get(name))
+            if op == ":-":
+                value = args[name] if present else substitute(word, args, where)
+            elif op == ":+":
+                value = substitute(word, args, where) if present else ""
+            elif name not in args:
                 raise RecipeError(
                     f"undefined argument ${{{name}}} (define it in args: or pass --build-arg {name}=...)", where
                 )
-            if size + len(piece) + len(args[name]) > MAX_VALUE:
+            else:
+                value = args[name]
+            if size + len(piece) + len(value) > MAX_VALUE:
                 raise RecipeError(
                     f"${{{name}}} makes this value longer than {MAX_VALUE} characters ({MAX_VALUE >> 20} MiB), "
                     "the limit for one substituted string",
                     where,
                 )
-            piece += args[name]
+            piece += value
             expanded = True
             pos = end + 1
         else:
@@ -106,6 +116,33 @@ def substitute(text: str, args: Mapping[str, str], where: Location, budget: Budg
             budget.spend(size + len(tail), where)
     out.append(tail)
     return "".join(out)
+
+
+def _closing(text: str, start: int, where: Location) -> int:
+    """The index of the ``}`` that closes the ``${`` whose name starts at ``start`` (a ``:-`` or
+    ``:+`` word may hold ``${...}`` of its own)."""
+    depth, i = 1, start
+    while i < len(text):
+        if text.startswith("${", i):
+            depth, i = depth + 1, i + 2
+            if depth > MAX_NESTING:
+                raise RecipeError(f"'${{...}}' nested more than {MAX_NESTING} deep", where)
+            continue
+        if text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    raise RecipeError("unterminated '${' (write '$$' for a literal '$')", where)
+
+
+def _parts(inner: str) -> tuple[str, str, str]:
+    """``NAME``, ``NAME:-word`` or ``NAME:+word`` -> (name, operator or "", word)."""
+    for op in (":-", ":+"):
+        name, sep, word = inner.partition(op)
+        if sep and NAME.fullmatch(name):
+            return name, op, word
+    return inner, "", ""
 
 
 def resolve(

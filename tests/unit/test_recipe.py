@@ -248,7 +248,7 @@ BAD: list[tuple[str, str | bytes, str]] = [
         V + "tag: v${1X}\n",
         (
             "recipe.yaml:2: tag: bad argument reference ${1X}: a name is letters, digits and '_', "
-            "not starting with a digit (write '$$' for a literal '$')"
+            "not starting with a digit, then optionally :-default or :+alternative (write '$$' for a literal '$')"
         ),
     ),
     (

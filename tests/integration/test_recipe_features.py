@@ -1,0 +1,75 @@
+"""Recipe features users migrating from a Dockerfile reach for, through the CLI (in process).
+
+Each test states the Dockerfile rule it follows, in its docstring.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from builder.cli import main
+
+
+def _build(ctx: Path, recipe: str, *args: str) -> tuple[int, Path]:
+    (ctx / "pybuild.yaml").write_text(recipe)
+    out = ctx / "out"
+    return main([str(ctx / "pybuild.yaml"), "-o", str(out), "-q", *args]), out
+
+
+def _manifest(out: Path) -> dict:
+    blobs = out / "blobs" / "sha256"
+    idx = json.loads((out / "index.json").read_text())
+    return json.loads((blobs / idx["manifests"][0]["digest"].split(":")[1]).read_bytes())
+
+
+def _config(out: Path) -> dict:
+    blobs = out / "blobs" / "sha256"
+    return json.loads((blobs / _manifest(out)["config"]["digest"].split(":")[1]).read_bytes())
+
+
+def _file(out: Path, layer: int, name: str) -> bytes:
+    blobs = out / "blobs" / "sha256"
+    data = gzip.decompress((blobs / _manifest(out)["layers"][layer]["digest"].split(":")[1]).read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        member = tf.extractfile(name)
+        assert member is not None
+        return member.read()
+
+
+def test_default_and_alternative_values(tmp_path: Path) -> None:
+    """Dockerfile's ``${VAR:-word}`` (word when VAR is unset or empty) and ``${VAR:+word}`` (word
+    when VAR is set and not empty, else nothing); the word may use other args."""
+    recipe = """\
+version: 1
+args: {SET: "yes", EMPTY: "", NAME: app}
+steps:
+  - write: /out
+    content: "${SET:-no} ${UNSET:-${NAME}-default} ${EMPTY:-was-empty} [${SET:+on}] [${UNSET:+on}]\\n"
+"""
+    code, out = _build(tmp_path, recipe)
+    assert code == 0
+    assert _file(out, 0, "out") == b"yes app-default was-empty [on] []\n"
+
+
+def test_build_arg_without_a_value_takes_it_from_the_environment(tmp_path: Path, monkeypatch) -> None:
+    """``docker build --build-arg NAME`` uses the environment's NAME; unset, the arg keeps its default."""
+    recipe = 'version: 1\nargs: {PROXY: none, OTHER: kept}\nsteps:\n  - write: /out\n    content: "${PROXY} ${OTHER}"\n'
+    monkeypatch.setenv("PROXY", "http://proxy:3128")
+    monkeypatch.delenv("OTHER", raising=False)
+    code, out = _build(tmp_path, recipe, "--build-arg", "PROXY", "--build-arg", "OTHER")
+    assert code == 0
+    assert _file(out, 0, "out") == b"http://proxy:3128 kept"
+
+
+@pytest.mark.parametrize("text", ["${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-x}}}}}}}}}", "${A:-x"])
+def test_bad_or_deep_references_are_one_line_errors(tmp_path: Path, text: str, capsys) -> None:
+    code, out = _build(tmp_path, f'version: 1\nsteps:\n  - write: /out\n    content: "{text}"\n')
+    assert code == 1 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pybuild: error:") and "pybuild.yaml:4" in err[0], err
