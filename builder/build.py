@@ -191,6 +191,8 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
     spec = runtime_spec(recipe.config) if options.target is None else {}
     runtime = cfgmod.merge_runtime(cfgmod.merge_runtime(config.get("config") or {}, spec), _cli_config(options))
     config = cfgmod.with_runtime(config, runtime, created)
+    if options.target is None and recipe.config.author is not None:
+        config["author"] = recipe.config.author
     raw_config = canonical_json(config)
     config_desc = Descriptor(str(MediaType.OCI_CONFIG), Digest.of(raw_config), len(raw_config))
     annotations = _annotations(recipe, final[0], base, options)

@@ -58,6 +58,12 @@ def runtime_spec(spec: ConfigSpec) -> dict[str, Any]:
         out["Labels"] = dict(spec.labels)
     if spec.stop_signal is not None:
         out["StopSignal"] = spec.stop_signal
+    if spec.shell is not None:
+        out["Shell"] = list(spec.shell)
+    if spec.healthcheck is not None:
+        out["Healthcheck"] = dict(spec.healthcheck)
+    if spec.onbuild:
+        out["OnBuild"] = list(spec.onbuild)
     return out
 
 
@@ -195,12 +201,25 @@ class StageBuilder:
         self.tree_layers = len(layers)
         return self.tree
 
+    def _shell(self, step: Step, config: dict[str, Any]) -> tuple[str, ...]:
+        """A run step's shell: its own ``shell:``, else the recipe's ``config.shell`` (for the final
+        image's steps), else the image's ``Shell`` (a base built with Dockerfile's SHELL), else
+        ``sh -e -c``, as Docker's RUN takes SHELL."""
+        own = step.shell if isinstance(step, RunStep) else None
+        recipe = self.recipe.config.shell if self.name == "" else None
+        inherited = (config.get("config") or {}).get("Shell")
+        if own or recipe:
+            return tuple(own or recipe or ())
+        if isinstance(inherited, list) and inherited and all(isinstance(a, str) for a in inherited):
+            return tuple(inherited)
+        return DEFAULT_SHELL
+
     def _key(self, step: Step, layers: list[LayerBlob], config: dict[str, Any], prepared: CopyScan | None, *,
              contents: bool) -> str:
         inputs = cache_inputs(step, self.context, self.stage_chains, prepared, contents=contents)
         if isinstance(step, RunStep):
             inputs = {"env": _run_env(config, self.recipe), "workdir": _workdir(config),
-                      "shell": list(step.shell or DEFAULT_SHELL)}
+                      "shell": list(self._shell(step, config))}
         settings = {"platform": str(self.platform), "compression": str(self.options.compression),
                     "level": self.options.level, "epoch": self.options.epoch}
         return step_key([blob.diff_id for blob in layers], step, inputs, settings)
@@ -261,7 +280,8 @@ class StageBuilder:
         run_ctx = None
         if is_run:
             run_ctx = RunContext(
-                rootfs=self.workspace.sync(layers, self.reporter), platform=self.platform, env=_run_env(config, self.recipe), workdir=_workdir(config),
+                rootfs=self.workspace.sync(layers, self.reporter), platform=self.platform,
+                env=_run_env(config, self.recipe), workdir=_workdir(config), shell=self._shell(step, config),
                 secrets=self.options.secrets, cache_dir=self.options.cache_dir or default_cache_dir(),
                 allow_insecure="security.insecure" in self.options.allow, on_output=self.reporter.step_output,
             )

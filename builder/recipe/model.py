@@ -136,6 +136,14 @@ class ConfigSpec:
     volumes: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     stop_signal: str | None = None
+    author: str | None = None
+    """The image config's top-level ``author`` (Dockerfile's MAINTAINER / LABEL maintainer)."""
+    shell: tuple[str, ...] | None = None
+    """Dockerfile's SHELL: the config's ``Shell`` and the shell of the image's run steps without one."""
+    healthcheck: Mapping[str, object] | None = None
+    """Docker's ``Healthcheck`` object (Test, Interval, Timeout, StartPeriod, StartInterval, Retries)."""
+    onbuild: tuple[str, ...] = ()
+    """Dockerfile instructions recorded as ``OnBuild`` for a Docker build FROM this image."""
     where: Location | None = None
 
 

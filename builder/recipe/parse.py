@@ -62,7 +62,10 @@ _STEP_KEYS: dict[str, tuple[str, ...]] = {
     "run": ("shell", "env", "user", "workdir", "network", "mounts", "security"),
 }
 _REQUIRED = {"copy": ("to",), "write": ("content",), "symlink": ("target",)}
-_CONFIG_KEYS = ("env", "entrypoint", "cmd", "workdir", "user", "ports", "volumes", "labels", "stop_signal")
+_CONFIG_KEYS = ("env", "entrypoint", "cmd", "workdir", "user", "ports", "volumes", "labels", "stop_signal", "author",
+                "shell", "healthcheck", "onbuild")
+_HEALTH_KEYS = ("test", "interval", "timeout", "start_period", "start_interval", "retries")
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?")
 
 _STAGE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _SECRET_ID = re.compile(r"[A-Za-z0-9_.-]+")
@@ -450,7 +453,7 @@ class _Parser:
         m = expect_map(entry.value, "a mapping (env:, entrypoint:, cmd:, ...)")
         check_keys(m, _CONFIG_KEYS)
         get = m.get
-        env, labels, workdir = get("env"), get("labels"), get("workdir")
+        env, labels, workdir, author = get("env"), get("labels"), get("workdir"), get("author")
         return ConfigSpec(
             env=self.pairs(env, env_names=True) if env is not None else (),
             entrypoint=self.argv(get("entrypoint")),
@@ -461,8 +464,58 @@ class _Parser:
             volumes=tuple(self.image_path(v) for v in self.items(get("volumes"), "a list of absolute paths")),
             labels=self.pairs(labels) if labels is not None else (),
             stop_signal=self.signal(get("stop_signal")),
+            author=self.text(author) if author is not None else None,
+            shell=self.shell(get("shell")),
+            healthcheck=self.healthcheck(get("healthcheck")),
+            onbuild=tuple(self.text(i, "a Dockerfile instruction") for i in self.items(
+                get("onbuild"), "a list of Dockerfile instructions, e.g. [\"RUN make\"]")),
             where=entry.key_where,
         )
+
+    def shell(self, node: Node | None) -> tuple[str, ...] | None:
+        argv = self.argv(node)
+        if argv is not None and not argv:
+            raise RecipeError('must name a shell, e.g. ["/bin/bash", "-e", "-c"]', node.where if node else None)
+        return argv
+
+    def healthcheck(self, node: Node | None) -> dict[str, object] | None:
+        """Docker's HEALTHCHECK: ``test`` a command list, a shell string, or ``none``; durations like
+        30s or 1m30s (stored in nanoseconds, as Docker's config has them); ``retries`` a count."""
+        if node is None:
+            return None
+        m = expect_map(node, "a mapping (test:, interval:, timeout:, start_period:, start_interval:, retries:)")
+        check_keys(m, _HEALTH_KEYS)
+        test = m.get("test")
+        if test is None:
+            raise RecipeError("needs test: (a command list, a shell string, or none)", node.where)
+        if isinstance(test, Scalar) and test.tag != "null":
+            text = self.text(test)
+            out: dict[str, object] = {"Test": ["NONE"] if text.lower() == "none" else ["CMD-SHELL", text]}
+        else:
+            argv = list(self.strings(test) or ())
+            if not argv:
+                raise RecipeError("test: must not be empty", test.where)
+            out = {"Test": argv if argv[0] in ("CMD", "CMD-SHELL", "NONE") else ["CMD", *argv]}
+        for key, name in (("interval", "Interval"), ("timeout", "Timeout"), ("start_period", "StartPeriod"),
+                          ("start_interval", "StartInterval")):
+            value = m.get(key)
+            if value is not None:
+                out[name] = self.duration(value)
+        retries = m.get("retries")
+        if retries is not None:
+            count = self.text(retries, "a number of retries")
+            if not count.isdigit():
+                raise RecipeError(f"must be a whole number, got {count!r}", retries.where)
+            out["Retries"] = int(count)
+        return out
+
+    def duration(self, node: Node) -> int:
+        text = self.text(node, "a duration like 30s, 1m30s or 500ms")
+        match = _DURATION.fullmatch(text)
+        if not text or not match or not any(match.groups()):
+            raise RecipeError(f"must be a duration like 30s, 1m30s or 500ms, got {text!r}", node.where)
+        h, m, sec, ms = (int(g or 0) for g in match.groups())
+        return ((h * 3600 + m * 60 + sec) * 1000 + ms) * 1_000_000
 
     def argv(self, node: Node | None) -> tuple[str, ...] | None:
         if isinstance(node, Scalar) and node.tag != "null":

@@ -48,6 +48,8 @@ class RunContext:
     """The image's Env merged with the build args (the step's own env goes on top)."""
     workdir: str
     secrets: Mapping[str, Path] = field(default_factory=dict)
+    shell: tuple[str, ...] = DEFAULT_SHELL
+    """The shell for a step without its own ``shell:`` (the recipe's or the image's SHELL)."""
     cache_dir: Path | None = None
     allow_insecure: bool = False
     """``--allow security.insecure`` was given."""
@@ -207,7 +209,7 @@ def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]
         raise StepError("`security: insecure` runs the command with every capability and no seccomp filter: "
                         "start the build with --allow security.insecure to permit it")
     root = rc.rootfs
-    shell = list(step.shell or DEFAULT_SHELL)
+    shell = list(step.shell or rc.shell)
     shell_path = secure_join(root, shell[0])
     if not shell_path.is_file():
         raise StepError(f"the image has no {shell[0]}: a run step needs a shell "

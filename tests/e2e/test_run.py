@@ -168,6 +168,24 @@ def test_a_failing_line_in_the_middle_of_a_script_fails_the_build(pybuild, ctx: 
     assert pybuild(ctx / "old.yaml", "-o", tmp_path / "out", "-q").returncode == 0  # asked for: the last status
 
 
+def test_config_shell_is_the_run_steps_default_and_a_base_shell_is_inherited(pybuild, ctx: Path,
+                                                                               tmp_path: Path) -> None:
+    """Dockerfile's SHELL: ``config.shell`` is the shell of every run step without its own, and an
+    image whose config carries a ``Shell`` (a Docker-built base) gives it to the steps built on it."""
+    (ctx / "r.yaml").write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n"
+                                "  - run: |\n      false\n      echo $0 > /which\n"
+                                "config:\n  shell: [/bin/sh, -c]\n")
+    base = tmp_path / "base"
+    built = pybuild(ctx / "r.yaml", "-o", base, "-q", "-t", "b")
+    assert built.returncode == 0, describe(built)
+    assert layer_members(base, "b", 1)["which"].size > 0
+    (ctx / "derived.yaml").write_text(f"version: 1\nfrom: oci:{base}:b\nsteps:\n"
+                                      "  - run: |\n      false\n      echo inherited > /inherited\n")
+    derived = pybuild(ctx / "derived.yaml", "-o", tmp_path / "derived", "-q", "-t", "d")
+    assert derived.returncode == 0, describe(derived)  # no -e: the base's Shell says so
+    assert "inherited" in layer_members(tmp_path / "derived", "d", 2)
+
+
 def test_run_without_a_shell_says_so(pybuild, tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text("version: 1\nsteps:\n  - write: /a\n    content: a\n  - run: echo hi\n")
     failed = pybuild(tmp_path / "r.yaml", "-o", tmp_path / "out")

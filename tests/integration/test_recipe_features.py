@@ -73,3 +73,49 @@ def test_bad_or_deep_references_are_one_line_errors(tmp_path: Path, text: str, c
     assert code == 1 and not out.exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pybuild: error:") and "pybuild.yaml:4" in err[0], err
+
+
+def test_config_author_healthcheck_onbuild_and_shell(tmp_path: Path) -> None:
+    """Dockerfile's MAINTAINER (the config's ``author``), HEALTHCHECK, ONBUILD and SHELL land where
+    Docker's image config has them: ``Healthcheck`` with durations in nanoseconds, a shell-string
+    test as CMD-SHELL, ``OnBuild`` as written, ``Shell`` as an argv."""
+    recipe = """\
+version: 1
+steps:
+  - write: /f
+    content: "x"
+config:
+  author: "Jane Doe <jane@example.com>"
+  shell: [/bin/bash, -o, pipefail, -c]
+  healthcheck:
+    test: curl -f http://localhost/ || exit 1
+    interval: 1m30s
+    timeout: 5s
+    start_period: 500ms
+    retries: 3
+  onbuild: ["RUN make", "COPY . /src"]
+"""
+    code, out = _build(tmp_path, recipe)
+    assert code == 0
+    config = _config(out)
+    assert config["author"] == "Jane Doe <jane@example.com>"
+    c = config["config"]
+    assert c["Shell"] == ["/bin/bash", "-o", "pipefail", "-c"]
+    assert c["Healthcheck"] == {"Test": ["CMD-SHELL", "curl -f http://localhost/ || exit 1"],
+                                "Interval": 90_000_000_000, "Timeout": 5_000_000_000,
+                                "StartPeriod": 500_000_000, "Retries": 3}
+    assert c["OnBuild"] == ["RUN make", "COPY . /src"]
+    code, out = _build(tmp_path, "version: 1\nsteps:\n  - write: /f\n    content: x\n"
+                                 "config:\n  healthcheck: {test: [curl, -f, http://x/]}\n")
+    assert code == 0 and _config(out)["config"]["Healthcheck"] == {"Test": ["CMD", "curl", "-f", "http://x/"]}
+    code, out = _build(tmp_path, "version: 1\nsteps:\n  - write: /f\n    content: x\n"
+                                 "config:\n  healthcheck: {test: none}\n")
+    assert code == 0 and _config(out)["config"]["Healthcheck"] == {"Test": ["NONE"]}
+
+
+@pytest.mark.parametrize("bad", ["interval: soon", "retries: many", "tset: x"])
+def test_a_bad_healthcheck_is_one_located_line(tmp_path: Path, bad: str, capsys) -> None:
+    code, _out = _build(tmp_path, "version: 1\nsteps:\n  - write: /f\n    content: x\n"
+                                 f"config:\n  healthcheck:\n    test: [true]\n    {bad}\n")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "pybuild.yaml:8" in err[0], err
