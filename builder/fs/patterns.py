@@ -8,8 +8,12 @@ is not entered unless an exception names a path inside it literally (:meth:`Excl
 
 from __future__ import annotations
 
+import os
+import posixpath
 import re
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from builder.errors import InputError
 
@@ -89,3 +93,43 @@ class Excluder:
             if rx.fullmatch(rel):
                 result = not negate
         return result
+
+
+IGNORE_FILES = (".pybuildignore", ".dockerignore")
+"""The context-wide ignore file: the first of these at the context root (one, never both)."""
+MAX_IGNORE_FILE = 1 << 20
+
+
+def read_ignore_file(context: Path) -> tuple[str, Excluder] | None:
+    """(file name, its patterns) of the context's ignore file, or None without one.
+
+    The ``.dockerignore`` format: one pattern per line, ``#`` comments and blank lines skipped,
+    surrounding whitespace and a leading ``/`` dropped, ``!`` re-including. Paths are relative to
+    the context root.
+    """
+    for name in IGNORE_FILES:
+        path = context / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO there never blocks the build
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise InputError(f"{name}: not a regular file")
+                data = f.read(MAX_IGNORE_FILE + 1)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read it ({exc.strerror})") from None
+        if len(data) > MAX_IGNORE_FILE:
+            raise InputError(f"{name}: larger than {MAX_IGNORE_FILE} bytes")
+        lines = []
+        for line in data.decode("utf-8", "surrogateescape").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            negate = line.startswith("!")
+            body = line[1:].strip() if negate else line
+            body = posixpath.normpath(body.lstrip("/")) if body.strip("/") else ""
+            if body and body != ".":
+                lines.append(("!" if negate else "") + body)
+        return name, Excluder.from_patterns(tuple(lines))
+    return None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import InputError
-from builder.fs.patterns import Excluder
+from builder.fs.patterns import Excluder, read_ignore_file
 from builder.fs.safepath import glob_in_root, resolve_in_root
 from builder.fs.xattrs import read_xattrs
 from builder.layer.entry import WH_PREFIX, Change, Entry, Kind
@@ -41,19 +41,25 @@ _UMASK_BITS = 0o022
 no checkout means to hand to every user of the image."""
 
 
-def _sources(step: CopyStep, context: Path) -> list[tuple[str, Path]]:
+def _sources(step: CopyStep, context: Path, ignore: tuple[str, Excluder] | None = None) -> list[tuple[str, Path]]:
     """(name, resolved path) of each source: a source that is a symlink is its target's content
     under the link's own name, as Docker's COPY gives it (``link.txt -> target.txt`` copied to
-    ``/dir/`` is ``/dir/link.txt``)."""
+    ``/dir/`` is ``/dir/link.txt``). A source the context's ignore file excludes is an error, as
+    Docker refuses a COPY of a ``.dockerignore``d path; a glob simply does not match it."""
     root = context.resolve()
     found: list[tuple[str, Path]] = []
     unmatched = []
     for src in step.sources:
         if _GLOB_CHARS & set(src):
             matches = sorted(glob.glob(src, root_dir=root, include_hidden=True))
+            if ignore is not None:
+                matches = [m for m in matches if not ignore[1].excluded(os.path.normpath(m))]
             unmatched += [] if matches else [src]
             candidates = [root / m for m in matches]
         else:
+            rel = os.path.normpath(src).lstrip("/")
+            if ignore is not None and rel != "." and ignore[1].excluded(rel):
+                raise InputError(f"{src!r} is excluded by the context's {ignore[0]}")
             candidates = [root / src]
         for cand in candidates:
             if not os.path.lexists(cand):
@@ -78,6 +84,8 @@ class _Walker:
         self.keep_owner = preserve and step.owner is None
         self.mode = step.mode
         self.excluder = Excluder.from_patterns(step.exclude)
+        self.ignore: Excluder | None = None
+        """The context's ignore file, matched against context-relative paths (``base`` in :meth:`scan`)."""
         self.inodes: dict[tuple[int, int], str] = {}
 
     def own_mode(self, st: os.stat_result) -> int:
@@ -129,9 +137,10 @@ class _Walker:
             return Entry(dest, kind, mode, uid, gid, 0, mtime, "", os.major(st.st_rdev), os.minor(st.st_rdev), xattrs)
         return Entry(dest, kind, mode, uid, gid, 0, mtime, link, 0, 0, xattrs)
 
-    def scan(self, top: Path, rel: str = "") -> Iterator[tuple[str, str, os.stat_result]]:
-        """``(relative path, host path, lstat)`` of everything below ``top`` that is not excluded,
-        parents before children, names in byte order; symlinks are never followed."""
+    def scan(self, top: Path, rel: str = "", base: str = "") -> Iterator[tuple[str, str, os.stat_result]]:
+        """``(relative path, host path, lstat)`` of everything below ``top`` that is not excluded
+        (by the step's ``exclude:``, or by the context's ignore file for ``top`` at ``base`` in the
+        context), parents before children, names in byte order; symlinks are never followed."""
         with os.scandir(os.path.join(top, rel) if rel else top) as it:
             items = sorted(it, key=lambda d: d.name)
         for de in items:
@@ -139,12 +148,16 @@ class _Walker:
             st = de.stat(follow_symlinks=False)
             is_dir = stat.S_ISDIR(st.st_mode)
             excluded = self.excluder.excluded(sub)
-            if excluded and not (is_dir and self.excluder.may_reinclude(sub)):
-                continue
+            walk = is_dir and (not excluded or self.excluder.may_reinclude(sub))
+            if self.ignore is not None:
+                in_context = f"{base}/{sub}" if base else sub
+                if self.ignore.excluded(in_context):
+                    excluded = True
+                    walk = walk and self.ignore.may_reinclude(in_context)
             if not excluded:
                 yield sub, de.path, st
-            if is_dir:
-                yield from self.scan(top, sub)
+            if walk:
+                yield from self.scan(top, sub, base)
 
     def entries(self, items: list[tuple[str, str, os.stat_result]], dest: str) -> Iterator[Entry]:
         for rel, host, st in items:
@@ -198,11 +211,15 @@ class CopyScan:
 def scan_copy(step: CopyStep, context: Path) -> CopyScan:
     """Walk a copy step's sources in the build context (never for a copy from a stage)."""
     walker = _Walker(step, 0, 0, 0)
+    ignore = read_ignore_file(context.resolve())
+    walker.ignore = ignore[1] if ignore is not None else None
+    root = context.resolve()
     sources = []
-    for name, src in _sources(step, context):
+    for name, src in _sources(step, context, ignore):
         st = os.stat(src)
-        sources.append((src, st, list(walker.scan(src)) if stat.S_ISDIR(st.st_mode) else [], name))
-    return CopyScan(context.resolve(), sources)
+        base = "" if src == root else str(src.relative_to(root))
+        sources.append((src, st, list(walker.scan(src, base=base)) if stat.S_ISDIR(st.st_mode) else [], name))
+    return CopyScan(root, sources)
 
 
 def copy_changes(step: CopyStep, ctx: StepContext, scan: CopyScan | None = None) -> list[Change]:

@@ -119,3 +119,29 @@ def test_a_bad_healthcheck_is_one_located_line(tmp_path: Path, bad: str, capsys)
                                  f"config:\n  healthcheck:\n    test: [true]\n    {bad}\n")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "pybuild.yaml:8" in err[0], err
+
+
+@pytest.mark.parametrize("name", [".dockerignore", ".pybuildignore"])
+def test_the_context_ignore_file_filters_every_copy(tmp_path: Path, name: str, capsys) -> None:
+    """A ``.dockerignore`` (or pybuild's own ``.pybuildignore``, which wins) at the context root:
+    what it matches is left out of every copy from the context, an exception brings a path back,
+    a glob does not match ignored paths, and naming an ignored source is an error, as in Docker."""
+    for rel in ("app/main.py", "app/secret.env", "app/cache/x.pyc", "app/cache/keep.txt", "notes.txt",
+                "build/out.bin"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    (tmp_path / name).write_text("# comments and blank lines are skipped\n\n**/*.env\n/app/cache\n"
+                                 "!app/cache/keep.txt\nbuild\n")
+    if name == ".pybuildignore":
+        (tmp_path / ".dockerignore").write_text("app\n")  # not read: .pybuildignore is there
+    recipe = 'version: 1\nsteps:\n  - copy: app/\n    to: /app/\n  - copy: "*.txt"\n    to: /t/\n'
+    code, out = _build(tmp_path, recipe)
+    assert code == 0, capsys.readouterr().err
+    blobs = out / "blobs" / "sha256"
+    data = gzip.decompress((blobs / _manifest(out)["layers"][0]["digest"].split(":")[1]).read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        names = sorted(m.name for m in tf)
+    assert names == ["app", "app/cache", "app/cache/keep.txt", "app/main.py"]
+    code, _out = _build(tmp_path, "version: 1\nsteps:\n  - copy: build/out.bin\n    to: /x\n")
+    err = capsys.readouterr().err
+    assert code == 1 and f"'build/out.bin' is excluded by the context's {name}" in err
