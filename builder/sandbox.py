@@ -89,6 +89,8 @@ class RunSpec:
     """Canonical paths (relative to the rootfs) that get a private tmpfs, filled with ``copies`` and then
     made read-only, e.g. run/secrets."""
     copies: list[Copy] = field(default_factory=list)
+    scratch: list[str] = field(default_factory=list)
+    """Canonical paths that get a private, writable tmpfs (``tmpfs:`` mounts): gone with the command."""
     confined: bool = True
     """False only for ``security: insecure`` steps (allowed by the CLI): no confine.* at all."""
 
@@ -418,7 +420,8 @@ def _enter_root(root: str) -> None:
 def _checked_source(bind: Bind) -> str:
     if bind.checked_fd < 0:
         return bind.source
-    fd = os.open(bind.source, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)  # stays open until exec (cloexec)
+    directory = os.O_DIRECTORY if bind.is_dir else 0
+    fd = os.open(bind.source, os.O_PATH | directory | os.O_NOFOLLOW)  # stays open until exec (cloexec)
     got, want = os.fstat(fd), os.fstat(bind.checked_fd)
     if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
         raise OSError(errno.ESTALE, f"{bind.source} was replaced while being mounted")
@@ -444,6 +447,8 @@ def child(spec: RunSpec) -> None:
     for rel in spec.tmpfs:
         _mount(None, f"{root}/{rel}", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                "mode=755,size=65536k")
+    for rel in spec.scratch:
+        _mount("tmpfs", f"{root}/{rel}", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     for bind in spec.binds:
         target = f"{root}/{bind.target}"
         if not bind.is_dir and not os.path.exists(target):

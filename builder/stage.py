@@ -34,7 +34,7 @@ from builder.progress import Reporter, human
 from builder.recipe.model import ConfigSpec, Recipe, RunStep, Step
 from builder.steps import CopyScan, RunContext, StepContext, cache_inputs, changes_for, describe, prepare
 from builder.steps.base import RestartLayer
-from builder.steps.run import DEFAULT_SHELL
+from builder.steps.run import DEFAULT_SHELL, bind_inputs
 
 
 def runtime_spec(spec: ConfigSpec) -> dict[str, Any]:
@@ -220,6 +220,8 @@ class StageBuilder:
         if isinstance(step, RunStep):
             inputs = {"env": _run_env(config, self.recipe), "workdir": _workdir(config),
                       "shell": list(self._shell(step, config))}
+            if any(m.kind == "bind" for m in step.mounts):
+                inputs["binds"] = bind_inputs(step, self.context)
         settings = {"platform": str(self.platform), "compression": str(self.options.compression),
                     "level": self.options.level, "epoch": self.options.epoch}
         return step_key([blob.diff_id for blob in layers], step, inputs, settings)
@@ -282,6 +284,7 @@ class StageBuilder:
             run_ctx = RunContext(
                 rootfs=self.workspace.sync(layers, self.reporter), platform=self.platform,
                 env=_run_env(config, self.recipe), workdir=_workdir(config), shell=self._shell(step, config),
+                context=self.context,
                 secrets=self.options.secrets, cache_dir=self.options.cache_dir or default_cache_dir(),
                 allow_insecure="security.insecure" in self.options.allow, on_output=self.reporter.step_output,
             )

@@ -96,11 +96,15 @@ class RemoveStep:
 
 @dataclass(frozen=True, slots=True)
 class Mount:
-    """A ``cache:`` or ``secret:`` mount of a run step."""
+    """A mount of a run step: ``cache: PATH``, ``secret: ID``, ``tmpfs: PATH`` or ``bind:``.
 
-    kind: Literal["cache", "secret"]
+    ``value`` is the target in the image (a secret's id for ``secret``); ``source`` a ``bind``'s
+    path in the build context, mounted read-only."""
+
+    kind: Literal["cache", "secret", "tmpfs", "bind"]
     value: str
     where: Location
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -427,14 +427,28 @@ class _Parser:
         if node is None:
             return ()
         mounts: list[Mount] = []
+        kinds = "cache: PATH, secret: ID, tmpfs: PATH or bind: {source: PATH, target: PATH}"
         for item in expect_seq(node, "a list of mounts like [cache: /var/cache/apt, secret: ID]").items:
-            m = expect_map(item, "a mapping with one key: cache: PATH or secret: ID")
-            check_keys(m, ("cache", "secret"))
+            m = expect_map(item, f"a mapping with one key: {kinds}")
+            check_keys(m, ("cache", "secret", "tmpfs", "bind"))
             if len(m.entries) != 1:
-                raise RecipeError("a mount has exactly one key: cache: PATH or secret: ID", m.where)
+                raise RecipeError(f"a mount has exactly one key: {kinds}", m.where)
             entry = next(iter(m.entries.values()))
-            if entry.key == "cache":
-                mount = Mount("cache", self.image_path(entry.value, root_ok=False), entry.key_where)
+            if entry.key in ("cache", "tmpfs"):
+                mount = Mount("cache" if entry.key == "cache" else "tmpfs", self.image_path(entry.value, root_ok=False),
+                              entry.key_where)
+            elif entry.key == "bind":
+                b = expect_map(entry.value, "a mapping: {source: PATH in the context, target: PATH in the image}")
+                check_keys(b, ("source", "target"))
+                source, target = b.get("source"), b.get("target")
+                if source is None or target is None:
+                    raise RecipeError("a bind mount needs source: (in the context) and target: (in the image)",
+                                      b.where)
+                rel = self.text(source, "a path in the build context")
+                if not rel or rel.startswith("/") or ".." in rel.split("/") or "\0" in rel:
+                    raise RecipeError(f"must be a relative path inside the build context, got {rel!r}",
+                                      source.where)
+                mount = Mount("bind", self.image_path(target, root_ok=False), entry.key_where, rel)
             else:
                 secret = self.text(entry.value)
                 if not _SECRET_ID.fullmatch(secret):

@@ -25,6 +25,7 @@ from builder.fs.snapshot import snapshot
 from builder.fs.users import resolve_user
 from builder.layer.entry import Change, Entry, canon
 from builder.oci.config import DEFAULT_PATH
+from builder.oci.digest import sha256_file
 from builder.oci.platform import Platform
 from builder.recipe.model import RunStep
 from builder.sandbox import Bind, Copy, MountPoints, RunSpec, run, secure_join
@@ -50,6 +51,8 @@ class RunContext:
     secrets: Mapping[str, Path] = field(default_factory=dict)
     shell: tuple[str, ...] = DEFAULT_SHELL
     """The shell for a step without its own ``shell:`` (the recipe's or the image's SHELL)."""
+    context: Path | None = None
+    """The build context, where ``bind:`` mounts' sources are."""
     cache_dir: Path | None = None
     allow_insecure: bool = False
     """``--allow security.insecure`` was given."""
@@ -105,7 +108,7 @@ def _cache_fd(cache_dir: Path | None, target: str) -> int:
 def _excluded(step: RunStep, root: Path) -> set[str]:
     """Paths kept out of both snapshots: what the sandbox mounts over (nothing under them can change)."""
     out = set(ALWAYS_EXCLUDED)
-    targets = [m.value for m in step.mounts if m.kind == "cache"]
+    targets = [m.value for m in step.mounts if m.kind in ("cache", "tmpfs", "bind")]
     if any(m.kind == "secret" for m in step.mounts):
         targets.append(SECRETS_DIR)
     for target in targets:
@@ -118,6 +121,7 @@ class _Mounts:
     binds: list[Bind] = field(default_factory=list)
     tmpfs: list[str] = field(default_factory=list)
     copies: list[Copy] = field(default_factory=list)
+    scratch: list[str] = field(default_factory=list)
     fds: list[int] = field(default_factory=list)
 
     def close(self) -> None:
@@ -153,6 +157,53 @@ def _plan_mounts(step: RunStep, rc: RunContext, points: MountPoints, out: _Mount
             out.fds.append(fd)
             source = str(rc.cache_dir / "mounts" / _cache_key(mount.value)) if rc.cache_dir else ""
             out.binds.append(Bind(source, rel, readonly=False, is_dir=True, nodev=True, checked_fd=fd))
+        elif mount.kind == "tmpfs":
+            out.scratch.append(points.ensure(mount.value, is_dir=True))
+        elif mount.kind == "bind":
+            real, is_dir = bind_source(rc.context, mount.source)
+            rel = points.ensure(mount.value, is_dir=is_dir)
+            fd = os.open(real, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            out.fds.append(fd)
+            out.binds.append(Bind(str(real), rel, readonly=True, is_dir=is_dir, nodev=True, checked_fd=fd))
+
+
+def bind_source(context: Path | None, source: str) -> tuple[Path, bool]:
+    """A ``bind:`` mount's source: a path of the build context, resolved, never outside it."""
+    if context is None:
+        raise InputError("bind mounts need a build context")
+    root = context.resolve()
+    real = Path(os.path.realpath(root / source))
+    if real != root and root not in real.parents:
+        raise InputError(f"bind source {source!r} leads outside the build context (to {str(real)!r})")
+    if not real.exists():
+        raise InputError(f"bind source {source!r}: no such file or directory in the build context")
+    return real, real.is_dir()
+
+
+def bind_inputs(step: RunStep, context: Path) -> list[list[str]]:
+    """What a run step's ``bind:`` mounts show it, for the cache key: per mount, every file's path,
+    mode, size and content digest (a changed source is a changed step, as BuildKit keys them)."""
+    out = []
+    for mount in step.mounts:
+        if mount.kind != "bind":
+            continue
+        real, is_dir = bind_source(context, mount.source)
+        rows = [mount.source, mount.value]
+        tops = [(str(real), "")] if not is_dir else []
+        if is_dir:
+            for top, dirs, files in os.walk(real):
+                dirs.sort()
+                for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(top, d))]):
+                    path = os.path.join(top, name)
+                    tops.append((path, os.path.relpath(path, real)))
+        for path, rel in tops:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                rows.append(f"{rel}\0{stat.S_IMODE(st.st_mode):o}\0{st.st_size}\0{sha256_file(path)[0]}")
+            elif stat.S_ISLNK(st.st_mode):
+                rows.append(f"{rel}\0link\0{os.readlink(path)}")
+        out.append(rows)
+    return out
 
 
 def _map_rootless(changes: list[Change]) -> list[Change]:
@@ -229,6 +280,7 @@ def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]
         spec = RunSpec(rootfs=str(root), argv=[*shell, step.script], env=env, uid=user.uid, gid=user.gid,
                        groups=sorted({user.gid, *user.additional_gids}), workdir="/" + canon(str(wd.relative_to(root))),
                        network=step.network, binds=mounts.binds, tmpfs=mounts.tmpfs, copies=mounts.copies,
+                       scratch=mounts.scratch,
                        confined=step.security != "insecure")
         status, tail = run(spec, rc.on_output, fds=tuple(mounts.fds))
         if status != 0:

@@ -186,6 +186,38 @@ def test_config_shell_is_the_run_steps_default_and_a_base_shell_is_inherited(pyb
     assert "inherited" in layer_members(tmp_path / "derived", "d", 2)
 
 
+def test_tmpfs_and_bind_mounts(pybuild, ctx: Path, tmp_path: Path) -> None:
+    """Docker's ``RUN --mount=type=tmpfs`` (a writable scratch directory that no layer keeps) and
+    ``--mount=type=bind`` (a context path, read-only, never in the layer); a bind's content is an
+    input of the step: changed, the step is built again."""
+    (ctx / "src").mkdir()
+    (ctx / "src" / "input.txt").write_text("one\n")
+    (ctx / "r.yaml").write_text(
+        "version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n"
+        "  - run: |\n      echo scratch > /scratch/tmp\n      cat /src/input.txt > /copied\n"
+        "      ! touch /src/new 2>/dev/null\n      test -d /scratch\n"
+        "    mounts:\n      - tmpfs: /scratch\n      - bind: {source: src, target: /src}\n")
+    cache = tmp_path / "cache"
+    meta = tmp_path / "meta.json"
+    built = pybuild(ctx / "r.yaml", "-o", tmp_path / "a", "-q", "-t", "t", "--cache-dir", cache,
+                    "--metadata-file", meta)
+    assert built.returncode == 0, describe(built)
+    layer = layer_members(tmp_path / "a", "t", 1)
+    assert "copied" in layer and not any(n.startswith(("scratch", "src")) for n in layer), sorted(layer)
+    assert not (ctx / "src" / "new").exists()
+    again = pybuild(ctx / "r.yaml", "-o", tmp_path / "b", "-q", "-t", "t", "--cache-dir", cache,
+                    "--metadata-file", meta)
+    assert again.returncode == 0 and json.loads(meta.read_text())["steps"][1]["cached"] is True
+    (ctx / "src" / "input.txt").write_text("two\n")
+    changed = pybuild(ctx / "r.yaml", "-o", tmp_path / "c", "-q", "-t", "t", "--cache-dir", cache,
+                      "--metadata-file", meta)
+    assert changed.returncode == 0 and json.loads(meta.read_text())["steps"][1]["cached"] is False
+    (ctx / "bad.yaml").write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n  - run: true\n"
+                                  "    mounts:\n      - bind: {source: ../etc, target: /x}\n")
+    bad = pybuild(ctx / "bad.yaml", "-o", tmp_path / "d")
+    assert bad.returncode == 1 and "inside the build context" in bad.stderr, describe(bad)
+
+
 def test_run_without_a_shell_says_so(pybuild, tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text("version: 1\nsteps:\n  - write: /a\n    content: a\n  - run: echo hi\n")
     failed = pybuild(tmp_path / "r.yaml", "-o", tmp_path / "out")
