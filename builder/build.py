@@ -172,6 +172,12 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
                                stage_root=stages.root, stage_chains=stages.chains())
         result = builder.run(steps, layers, config)
         records.extend(result.records)
+        stage = recipe.stages.get(name) if name else None
+        if stage is not None:  # its config: is part of what a from: STAGE or --target STAGE gets
+            runtime = cfgmod.merge_runtime(result.config.get("config") or {}, runtime_spec(stage.config))
+            result.config = cfgmod.with_runtime(result.config, runtime, cfgmod.rfc3339(options.epoch))
+            if stage.config.author is not None:
+                result.config["author"] = stage.config.author
         return base, result
 
     final = _final(recipe, options.target)
@@ -267,7 +273,8 @@ def unused_build_args(recipe: Recipe, given: Mapping[str, str]) -> list[str]:
         text = recipe.path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
-    return [name for name in given if name not in recipe.declared_args and f"${{{name}}}" not in text]
+    declared = recipe.declared_args.union(*(stage.declared_args for stage in recipe.stages.values()))
+    return [name for name in given if name not in declared and f"${{{name}}}" not in text]
 
 
 def has_run_steps(recipe_path: Path, build_args: Mapping[str, str]) -> bool:

@@ -206,7 +206,7 @@ class StageBuilder:
         image's steps), else the image's ``Shell`` (a base built with Dockerfile's SHELL), else
         ``sh -e -c``, as Docker's RUN takes SHELL."""
         own = step.shell if isinstance(step, RunStep) else None
-        recipe = self.recipe.config.shell if self.name == "" else None
+        recipe = _scope(self.recipe, self.name)[0].shell
         inherited = (config.get("config") or {}).get("Shell")
         if own or recipe:
             return tuple(own or recipe or ())
@@ -218,7 +218,7 @@ class StageBuilder:
              contents: bool) -> str:
         inputs = cache_inputs(step, self.context, self.stage_chains, prepared, contents=contents)
         if isinstance(step, RunStep):
-            inputs = {"env": _run_env(config, self.recipe), "workdir": _workdir(config),
+            inputs = {"env": _run_env(config, self.recipe, self.name), "workdir": _workdir(config),
                       "shell": list(self._shell(step, config))}
             if any(m.kind == "bind" for m in step.mounts):
                 inputs["binds"] = bind_inputs(step, self.context)
@@ -283,7 +283,7 @@ class StageBuilder:
         if is_run:
             run_ctx = RunContext(
                 rootfs=self.workspace.sync(layers, self.reporter), platform=self.platform,
-                env=_run_env(config, self.recipe), workdir=_workdir(config), shell=self._shell(step, config),
+                env=_run_env(config, self.recipe, self.name), workdir=_workdir(config), shell=self._shell(step, config),
                 context=self.context,
                 secrets=self.options.secrets, cache_dir=self.options.cache_dir or default_cache_dir(),
                 allow_insecure="security.insecure" in self.options.allow, on_output=self.reporter.step_output,
@@ -296,7 +296,16 @@ class StageBuilder:
         return blob
 
 
-def _run_env(config: dict[str, Any], recipe: Recipe) -> dict[str, str]:
+def _scope(recipe: Recipe, name: str) -> tuple[ConfigSpec, Mapping[str, str], frozenset[str]]:
+    """The ``config:``, argument values and declared names the steps of stage ``name`` see ("" is the
+    recipe's own steps)."""
+    stage = recipe.stages.get(name) if name else None
+    if stage is not None:
+        return stage.config, stage.args, stage.declared_args
+    return recipe.config, recipe.args, recipe.declared_args
+
+
+def _run_env(config: dict[str, Any], recipe: Recipe, name: str = "") -> dict[str, str]:
     """A run step's environment before its own ``env``: the image's Env, then the args the recipe declares.
 
     As Docker's ARG: an argument reaches a command only if the recipe declares it under ``args:``
@@ -304,9 +313,10 @@ def _run_env(config: dict[str, Any], recipe: Recipe) -> dict[str, str]:
     not declare, and the built-ins it does not, stay out of the environment (and so out of the
     step's cache key).
     """
-    runtime = cfgmod.merge_runtime(config.get("config") or {}, runtime_spec(recipe.config))
+    spec, args, declared = _scope(recipe, name)
+    runtime = cfgmod.merge_runtime(config.get("config") or {}, runtime_spec(spec))
     env = dict(item.partition("=")[::2] for item in runtime.get("Env") or [])
-    env.update((name, value) for name, value in recipe.args.items() if name in recipe.declared_args)
+    env.update((arg, value) for arg, value in args.items() if arg in declared)
     return env
 
 

@@ -159,6 +159,13 @@ class Stage:
     base: BaseRef
     steps: tuple[Step, ...]
     where: Location
+    config: ConfigSpec = field(default_factory=lambda: ConfigSpec())
+    """The stage's ``config:``, applied when the stage is done: a ``from: STAGE`` inherits it, and
+    ``--target STAGE`` makes an image with it."""
+    args: Mapping[str, str] = field(default_factory=dict)
+    """The argument values inside the stage: the recipe's, then the stage's own ``args:``."""
+    declared_args: frozenset[str] = frozenset()
+    """The names declared by the recipe's and the stage's ``args:`` (what its run steps see)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,8 @@ class _Parser:
     def __init__(self, file: str) -> None:
         self.file = file
         self.args: dict[str, str] = {}
+        self.build_args: dict[str, str] = {}
+        self.declared: frozenset[str] = frozenset()
         self.stage_names: tuple[str, ...] = ()
         self.current: str | None = None  # the stage being parsed; None for the main steps
         self.edges: dict[str, list[tuple[str, Location]]] = {}
@@ -132,6 +134,8 @@ class _Parser:
         self.version(root.entries["version"].value)
         declared = self.declared_args(root.get("args"))
         self.args = argsmod.resolve(declared, build_args, builtin_args, self.budget)
+        self.build_args = dict(build_args or {})
+        self.declared = frozenset(name for name, _, _ in declared)
         stages_node = root.get("stages")
         stages_map = expect_map(stages_node, "a mapping of stage names") if stages_node is not None else None
         self.stage_names = self.check_stage_names(stages_map) if stages_map else ()
@@ -241,15 +245,25 @@ class _Parser:
         self.current = entry.key
         self.edges[entry.key] = []
         body = expect_map(entry.value, "a mapping with from: and steps:")
-        check_keys(body, ("from", "steps"))
+        check_keys(body, ("from", "steps", "config", "args"))
         base, steps = body.get("from"), body.get("steps")
         where = Location(self.file, entry.key_where.line, f"{entry.key_where.keypath}.from")
-        return Stage(
-            name=entry.key,
-            base=self.base(base) if base is not None else BaseRef("scratch", "", None, where),
-            steps=self.steps(steps) if steps is not None else (),
-            where=entry.key_where,
-        )
+        outer = self.args
+        declared = self.declared_args(body.get("args"))  # the recipe's args, then the stage's own over them
+        self.args = argsmod.resolve(declared, self.build_args, outer, self.budget) if declared else outer
+        try:
+            config = body.entries.get("config")
+            return Stage(
+                name=entry.key,
+                base=self.base(base) if base is not None else BaseRef("scratch", "", None, where),
+                steps=self.steps(steps) if steps is not None else (),
+                where=entry.key_where,
+                config=self.config(config) if config is not None else ConfigSpec(),
+                args=self.args,
+                declared_args=self.declared | {name for name, _, _ in declared},
+            )
+        finally:
+            self.args = outer
 
     def base(self, node: Node) -> BaseRef:
         """``from:``: scratch, a stage, an image on disk (oci:, oci-archive:, docker-archive:) or a registry."""

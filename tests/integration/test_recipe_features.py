@@ -145,3 +145,40 @@ def test_the_context_ignore_file_filters_every_copy(tmp_path: Path, name: str, c
     code, _out = _build(tmp_path, "version: 1\nsteps:\n  - copy: build/out.bin\n    to: /x\n")
     err = capsys.readouterr().err
     assert code == 1 and f"'build/out.bin' is excluded by the context's {name}" in err
+
+
+def test_stage_config_and_args(tmp_path: Path) -> None:
+    """A Dockerfile stage has its own ENV/LABEL/CMD (inherited by ``FROM stage``) and its own ARGs
+    (the global ones visible, a stage's default over them, ``--build-arg`` over both). The same with
+    ``config:`` and ``args:`` under a stage; ``--target`` gives the stage's own config."""
+    recipe = """\
+version: 1
+args: {WHO: global, KEPT: g}
+stages:
+  base:
+    args: {WHO: stage-default, ONLY: "${KEPT}-only"}
+    steps:
+      - write: /who
+        content: "${WHO} ${ONLY}"
+    config:
+      env: {FROM_STAGE: "1"}
+      labels: {stage: base}
+      cmd: [/bin/stage]
+from: base
+steps:
+  - write: /final
+    content: "${WHO}"
+config:
+  labels: {final: "yes"}
+"""
+    code, out = _build(tmp_path, recipe)
+    assert code == 0
+    assert _file(out, 0, "who") == b"stage-default g-only"
+    assert _file(out, 1, "final") == b"global"  # the stage's args stay in the stage
+    c = _config(out)["config"]
+    assert "FROM_STAGE=1" in c["Env"] and c["Labels"] == {"stage": "base", "final": "yes"}
+    assert c["Cmd"] == ["/bin/stage"]
+    code, out = _build(tmp_path, recipe, "--build-arg", "WHO=cli", "--target", "base")
+    assert code == 0
+    assert _file(out, 0, "who") == b"cli g-only"
+    assert _config(out)["config"]["Labels"] == {"stage": "base"}
