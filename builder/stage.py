@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 from builder.cache import CacheHit, LayerCache, step_key
 from builder.errors import located
@@ -184,6 +185,7 @@ class StageBuilder:
         self.stage_root, self.stage_chains = stage_root, stage_chains or {}
         self.context, self.reporter, self.cache = context, reporter, cache
         self.layerer = _Layerer(options, workdir / "layers", reporter)
+        self.workdir = workdir
         self.workspace = _Workspace(workdir / "rootfs")
         self.tree: FsTree | None = None
         self.tree_layers = 0
@@ -200,6 +202,18 @@ class StageBuilder:
         update_tree(self.tree, layers[self.tree_layers:])
         self.tree_layers = len(layers)
         return self.tree
+
+    def _fetch(self, url: str, digest: Digest) -> Path:
+        """A ``fetch:`` step's file, from the blob store or downloaded into it (builder/fetch.py)."""
+        from builder.fetch import fetch_file
+        from builder.registry.transport import RegistryOptions
+
+        registry = self.options.registry or RegistryOptions()
+        host = urlsplit(url).netloc
+        self.reporter.message(f"      fetching {urlsplit(url)._replace(query='', fragment='').geturl()}")
+        return fetch_file(url, digest, self.options.cache_dir or default_cache_dir(), self.workdir,
+                          insecure=(registry.is_insecure(host) and not registry.tls_verify) or host in registry.insecure,
+                          timeout=registry.timeout)
 
     def _shell(self, step: Step, config: dict[str, Any]) -> tuple[str, ...]:
         """A run step's shell: its own ``shell:``, else the recipe's ``config.shell`` (for the final
@@ -278,7 +292,8 @@ class StageBuilder:
         # brought up to date for it (reading every lower layer again), and catches up when needed
         is_run = isinstance(step, RunStep)
         tree = FsTree() if is_run else self._tree(layers)
-        ctx = StepContext(context=self.context, tree=tree, epoch=self.options.epoch, stage_root=self.stage_root)
+        ctx = StepContext(context=self.context, tree=tree, epoch=self.options.epoch, stage_root=self.stage_root,
+                          fetch=self._fetch)
         run_ctx = None
         if is_run:
             run_ctx = RunContext(

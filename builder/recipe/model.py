@@ -67,6 +67,20 @@ class WriteStep:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchStep:
+    """A file downloaded from an http(s) URL, accepted only if it has the recipe's sha256
+    (Dockerfile's ``ADD --checksum=sha256:... URL DEST``)."""
+
+    url: str
+    sha256: str
+    to: str
+    """The file's path; ending in ``/``, a directory the URL's last path component goes into."""
+    mode: int | None
+    owner: str | None
+    where: Location
+
+
+@dataclass(frozen=True, slots=True)
 class MkdirStep:
     """A directory (and its missing parents)."""
 
@@ -124,7 +138,7 @@ class RunStep:
     refused unless the build is started with ``--allow security.insecure``."""
 
 
-Step = RootfsStep | CopyStep | WriteStep | MkdirStep | SymlinkStep | RemoveStep | RunStep
+Step = RootfsStep | CopyStep | WriteStep | FetchStep | MkdirStep | SymlinkStep | RemoveStep | RunStep
 
 
 @dataclass(frozen=True, slots=True)

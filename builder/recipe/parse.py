@@ -15,6 +15,7 @@ import posixpath
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from builder.errors import InputError, Location, RecipeError
 from builder.oci.platform import Platform
@@ -24,6 +25,7 @@ from builder.recipe.model import (
     BaseRef,
     ConfigSpec,
     CopyStep,
+    FetchStep,
     MkdirStep,
     Mount,
     Recipe,
@@ -56,12 +58,13 @@ _STEP_KEYS: dict[str, tuple[str, ...]] = {
     "rootfs": ("to",),
     "copy": ("to", "owner", "mode", "exclude", "from"),
     "write": ("content", "mode", "owner"),
+    "fetch": ("sha256", "to", "mode", "owner"),
     "mkdir": ("mode", "owner"),
     "symlink": ("target", "owner"),
     "remove": (),
     "run": ("shell", "env", "user", "workdir", "network", "mounts", "security"),
 }
-_REQUIRED = {"copy": ("to",), "write": ("content",), "symlink": ("target",)}
+_REQUIRED = {"copy": ("to",), "write": ("content",), "symlink": ("target",), "fetch": ("sha256", "to")}
 _CONFIG_KEYS = ("env", "entrypoint", "cmd", "workdir", "user", "ports", "volumes", "labels", "stop_signal", "author",
                 "shell", "healthcheck", "onbuild")
 _HEALTH_KEYS = ("test", "interval", "timeout", "start_period", "start_interval", "retries")
@@ -326,6 +329,7 @@ class _Parser:
             "rootfs": self.rootfs,
             "copy": self.copy,
             "write": self.write,
+            "fetch": self.fetch,
             "mkdir": self.mkdir,
             "symlink": self.symlink,
             "remove": self.remove,
@@ -377,6 +381,26 @@ class _Parser:
         return WriteStep(
             path=self.image_path(kind.value, root_ok=False),
             content=self.text(m.entries["content"].value),
+            mode=self.mode(m.get("mode")),
+            owner=self.owner(m.get("owner")),
+            where=kind.key_where,
+        )
+
+    def fetch(self, m: Map, kind: Entry) -> Step:
+        url = self.text(kind.value, "an http:// or https:// URL")
+        split = urlsplit(url)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise RecipeError(f"must be an http:// or https:// URL, got {url!r}", kind.value.where)
+        if split.username or split.password:
+            raise RecipeError("credentials do not belong in a recipe's URL", kind.value.where)
+        digest_node = m.entries["sha256"].value
+        digest = self.text(digest_node, "the file's sha256 (64 hex digits)").lower().removeprefix("sha256:")
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise RecipeError(f"must be the file's sha256, 64 hex digits, got {digest!r}", digest_node.where)
+        return FetchStep(
+            url=url,
+            sha256=digest,
+            to=self.image_path(m.entries["to"].value, root_ok=False, keep_slash=True),
             mode=self.mode(m.get("mode")),
             owner=self.owner(m.get("owner")),
             where=kind.key_where,

@@ -11,6 +11,7 @@ from builder.layer.entry import Change
 from builder.oci.digest import Digest
 from builder.recipe.model import (
     CopyStep,
+    FetchStep,
     MkdirStep,
     RemoveStep,
     RootfsStep,
@@ -21,7 +22,7 @@ from builder.recipe.model import (
 )
 from builder.steps.base import StepContext
 from builder.steps.copy import CopyScan, copy_changes, copy_inputs, scan_copy
-from builder.steps.files import mkdir_changes, remove_changes, symlink_changes, write_changes
+from builder.steps.files import fetch_changes, mkdir_changes, remove_changes, symlink_changes, write_changes
 from builder.steps.rootfs import rootfs_changes, rootfs_inputs
 from builder.steps.run import RunContext, run_changes
 
@@ -46,6 +47,8 @@ def changes_for(step: Step, ctx: StepContext, run: RunContext | None = None,
         return iter(copy_changes(step, ctx, prepared))
     if isinstance(step, WriteStep):
         return iter(write_changes(step, ctx))
+    if isinstance(step, FetchStep):
+        return iter(fetch_changes(step, ctx))
     if isinstance(step, MkdirStep):
         return iter(mkdir_changes(step, ctx))
     if isinstance(step, SymlinkStep):
@@ -91,6 +94,8 @@ def describe(step: Step) -> str:
         return f"pybuild copy{extra}{excl} {' '.join(step.sources)} {step.to}"
     if isinstance(step, WriteStep):
         return f"pybuild write {step.path} ({len(step.content.encode())} bytes)"
+    if isinstance(step, FetchStep):
+        return f"pybuild fetch {step.url} sha256:{step.sha256} {step.to}"
     if isinstance(step, MkdirStep):
         return f"pybuild mkdir {step.path}"
     if isinstance(step, SymlinkStep):

@@ -11,6 +11,7 @@ from builder.fs.tree import FsTree
 from builder.fs.users import resolve_owner
 from builder.layer.entry import Change, Entry, Kind, Opaque, canon
 from builder.layer.order import canonical
+from builder.oci.digest import Digest
 
 
 class RestartLayer(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -31,6 +32,8 @@ class StepContext:
     epoch: int
     stage_root: Callable[[str], Path] | None = None
     """The root filesystem of a named stage, for ``copy: ... from: STAGE``."""
+    fetch: Callable[[str, Digest], Path] | None = None
+    """A verified local copy of a URL's content with that digest, for ``fetch:`` steps."""
 
     def owner(self, spec: str | None) -> tuple[int, int]:
         """Resolve an ``owner`` through the image's own passwd/group files."""

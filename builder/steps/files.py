@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import os
+from urllib.parse import urlsplit
 
 from builder.errors import InputError
 from builder.layer.entry import Change, Entry, Kind, Whiteout
-from builder.recipe.model import MkdirStep, RemoveStep, SymlinkStep, WriteStep
+from builder.layer.hostfile import HostFile
+from builder.oci.digest import Digest
+from builder.recipe.model import FetchStep, MkdirStep, RemoveStep, SymlinkStep, WriteStep
 from builder.steps.base import StepContext, finish
 
 
@@ -62,3 +66,22 @@ def remove_changes(step: RemoveStep, ctx: StepContext) -> list[Change]:
     if not kept:
         return []
     return finish([Whiteout(p) for p in kept], ctx)
+
+
+def fetch_changes(step: FetchStep, ctx: StepContext) -> list[Change]:
+    """The downloaded file (see builder/fetch.py), 0600 unless ``mode:`` says (as Docker's ADD of a
+    URL); into a directory ``to:`` under the URL's last path component."""
+    if ctx.fetch is None:
+        raise InputError("fetch steps need a download function")
+    host = ctx.fetch(step.url, Digest("sha256", step.sha256))
+    path = _target(ctx, step.to)
+    if step.to.endswith("/") or ctx.tree.is_dir(path):
+        name = urlsplit(step.url).path.rstrip("/").rpartition("/")[2]
+        if not name or name in (".", ".."):
+            raise InputError(f"cannot name a file after {step.url!r}: give to: a file name")
+        path = f"{path}/{name}"
+    uid, gid = ctx.owner(step.owner)
+    mode = 0o600 if step.mode is None else step.mode
+    size = os.stat(host).st_size
+    entry = Entry(path, Kind.FILE, mode, uid, gid, size, ctx.epoch, content=HostFile(str(host), None))
+    return finish([entry], ctx, (uid, gid) if step.owner is not None else (0, 0))

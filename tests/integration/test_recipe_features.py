@@ -182,3 +182,70 @@ config:
     assert code == 0
     assert _file(out, 0, "who") == b"cli g-only"
     assert _config(out)["config"]["Labels"] == {"stage": "base"}
+
+
+@pytest.fixture
+def http_files(tmp_path: Path):
+    """A plain HTTP server on 127.0.0.1 serving ``tmp_path/www``; returns (base URL, root, GET paths)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    seen: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_fetch_a_url_with_a_pinned_checksum(tmp_path: Path, http_files, capsys) -> None:
+    """Dockerfile's ``ADD --checksum=sha256:... URL DEST``: the file is accepted only with that
+    digest, is mode 0600 unless ``mode:`` says, is downloaded once (kept by digest in the cache),
+    and a wrong checksum or a 404 is one located error line."""
+    import hashlib
+
+    base, www, seen = http_files
+    data = b"#!/bin/sh\necho tool\n" * 100
+    (www / "tool.sh").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    recipe = (f"version: 1\nsteps:\n  - fetch: {base}/tool.sh\n    sha256: {digest}\n    to: /usr/bin/\n"
+              f"  - fetch: {base}/tool.sh\n    sha256: sha256:{digest}\n    to: /opt/t\n    mode: '0755'\n")
+    cache = str(tmp_path / "cache")
+    code, out = _build(ctx, recipe, "--cache-dir", cache)
+    assert code == 0, capsys.readouterr().err
+    assert _file(out, 0, "usr/bin/tool.sh") == data and _file(out, 1, "opt/t") == data
+    blobs = out / "blobs" / "sha256"
+    raw = gzip.decompress((blobs / _manifest(out)["layers"][1]["digest"].split(":")[1]).read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        assert tf.getmember("opt/t").mode == 0o755
+    raw = gzip.decompress((blobs / _manifest(out)["layers"][0]["digest"].split(":")[1]).read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tf:
+        assert tf.getmember("usr/bin/tool.sh").mode == 0o600
+    assert seen == ["/tool.sh"]  # the second step found it in the blob store
+    code, _out = _build(ctx, recipe, "--cache-dir", cache, "--no-cache")
+    assert code == 0 and seen == ["/tool.sh"]  # a rebuild of the steps reads the stored file, re-hashed
+    capsys.readouterr()
+    (www / "tool.sh").write_bytes(data + b"tampered\n")
+    code, _out = _build(ctx, recipe, "--cache-dir", str(tmp_path / "other-cache"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "pybuild.yaml:3" in err[0] and "the recipe says" in err[0], err
+    code, _out = _build(ctx, recipe.replace("tool.sh", "missing.sh"), "--cache-dir", str(tmp_path / "c3"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "404" in err[0], err

@@ -151,12 +151,12 @@ BAD: list[tuple[str, str | bytes, str]] = [
     (
         "no-kind",
         V + "steps:\n  - to: /x\n",
-        "recipe.yaml:3: steps[0]: a step needs one of: rootfs, copy, write, mkdir, symlink, remove, run",
+        "recipe.yaml:3: steps[0]: a step needs one of: rootfs, copy, write, fetch, mkdir, symlink, remove, run",
     ),
     (
         "no-kind-unknown-key",
         V + "steps:\n  - zzz: 1\n",
-        "recipe.yaml:3: steps[0]: a step needs one of: rootfs, copy, write, mkdir, symlink, remove, run",
+        "recipe.yaml:3: steps[0]: a step needs one of: rootfs, copy, write, fetch, mkdir, symlink, remove, run",
     ),
     (
         "kind-typo",
