@@ -161,18 +161,19 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
 
     def run(name: str, base_ref: BaseRef, steps: tuple[Step, ...]) -> tuple[Image | None, StageResult]:
         here = workdir / (f"stage-{name}" if name else "main")
+        stage = recipe.stages.get(name) if name else None
+        built_for = stage.platform if stage is not None and stage.platform is not None else platform
         if base_ref.kind == "stage":
             upstream = stages.results[base_ref.value]
             base, layers, config = None, list(upstream.layers), dict(upstream.config)
         else:
-            base = _load_base(base_ref, context, platform, here / "base", options, reporter)
+            base = _load_base(base_ref, context, built_for, here / "base", options, reporter)
             layers = list(base.layers) if base else []
-            config = dict(base.config) if base else cfgmod.empty_config(platform)
-        builder = StageBuilder(recipe, platform, options, context, here, reporter, cache, name=name,
+            config = dict(base.config) if base else cfgmod.empty_config(built_for)
+        builder = StageBuilder(recipe, built_for, options, context, here, reporter, cache, name=name,
                                stage_root=stages.root, stage_chains=stages.chains())
         result = builder.run(steps, layers, config)
         records.extend(result.records)
-        stage = recipe.stages.get(name) if name else None
         if stage is not None:  # its config: is part of what a from: STAGE or --target STAGE gets
             runtime = cfgmod.merge_runtime(result.config.get("config") or {}, runtime_spec(stage.config))
             result.config = cfgmod.with_runtime(result.config, runtime, cfgmod.rfc3339(options.epoch))

@@ -180,6 +180,9 @@ class Stage:
     """The argument values inside the stage: the recipe's, then the stage's own ``args:``."""
     declared_args: frozenset[str] = frozenset()
     """The names declared by the recipe's and the stage's ``args:`` (what its run steps see)."""
+    platform: Platform | None = None
+    """Dockerfile's ``FROM --platform``: the stage is built for this platform, whatever the image's
+    (``platform: ${BUILDPLATFORM}`` for a stage that cross-compiles natively)."""
 
 
 @dataclass(frozen=True, slots=True)

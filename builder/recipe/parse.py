@@ -248,7 +248,7 @@ class _Parser:
         self.current = entry.key
         self.edges[entry.key] = []
         body = expect_map(entry.value, "a mapping with from: and steps:")
-        check_keys(body, ("from", "steps", "config", "args"))
+        check_keys(body, ("from", "steps", "config", "args", "platform"))
         base, steps = body.get("from"), body.get("steps")
         where = Location(self.file, entry.key_where.line, f"{entry.key_where.keypath}.from")
         outer = self.args
@@ -264,6 +264,7 @@ class _Parser:
                 config=self.config(config) if config is not None else ConfigSpec(),
                 args=self.args,
                 declared_args=self.declared | {name for name, _, _ in declared},
+                platform=self.platform(body.entries["platform"].value) if "platform" in body.entries else None,
             )
         finally:
             self.args = outer

@@ -96,3 +96,44 @@ def test_multi_platform_docker_archive_lists_every_platform(pybuild, ctx: Path, 
     assert any(n.endswith("multi:latest") for n in names), names
     ran = podman.run("localhost/multi:latest")
     assert ran.stdout.strip() == "linux/amd64 built on linux/amd64", describe(ran)
+
+
+@pytest.mark.needs("unshare", root=True)
+def test_a_stage_on_the_build_platform_serves_every_target(pybuild, ctx: Path, tmp_path: Path) -> None:
+    """Dockerfile's ``FROM --platform=$BUILDPLATFORM`` cross-compile idiom: the stage's run step
+    runs natively (no emulation) for each target platform, sees that target's TARGETARCH, and the
+    final image of each platform copies its own result."""
+    shutil.copy(ctx / "rootfs.tar.gz", ctx / "rootfs-amd64.tar.gz")
+    tiny_rootfs(ctx / "rootfs-arm64.tar.gz")
+    (ctx / "pybuild.yaml").write_text("""\
+version: 1
+platforms: [linux/amd64, linux/arm64]
+args: {TARGETARCH: null}
+stages:
+  build:
+    platform: ${BUILDPLATFORM}
+    steps:
+      - rootfs: rootfs.tar.gz
+      - run: echo "built on $(uname -m) for $TARGETARCH" > /artifact
+steps:
+  - rootfs: rootfs-${TARGETARCH}.tar.gz
+  - copy: /artifact
+    from: build
+    to: /artifact
+""")
+    meta = tmp_path / "meta.json"
+    built = pybuild(ctx / "pybuild.yaml", "-o", tmp_path / "out", "--metadata-file", meta, "-q")
+    assert built.returncode == 0, describe(built)
+    index = json.loads(meta.read_text())
+    blobs = tmp_path / "out" / "blobs" / "sha256"
+    got = []
+    for image in index["manifests"]:
+        data = (blobs / image["layers"][-1]["digest"].split(":")[1]).read_bytes()
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            member = tf.extractfile("artifact")
+            assert member is not None
+            got.append(member.read().decode().strip())
+    import platform
+
+    machine = platform.machine()
+    assert got == [f"built on {machine} for amd64", f"built on {machine} for arm64"]
