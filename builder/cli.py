@@ -126,6 +126,23 @@ def _build_args(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _ssh(values: tuple[str, ...]) -> dict[str, Path]:
+    """``--ssh ID[=SOCKET]`` (BuildKit's syntax; ``default`` and no socket: ``$SSH_AUTH_SOCK``)."""
+    out: dict[str, Path] = {}
+    for item in values:
+        sid, sep, sock = item.partition("=")
+        if not sid or (sep and not sock):
+            raise click.UsageError(f"--ssh expects ID or ID=SOCKET, got {item!r}")
+        if not sep:
+            sock = os.environ.get("SSH_AUTH_SOCK", "")
+            if not sock:
+                raise InputError(f"--ssh {sid}: no socket given and SSH_AUTH_SOCK is not set (is an agent running?)")
+        if not os.path.exists(sock):
+            raise InputError(f"--ssh {sid}: no such socket: {sock!r}")
+        out[sid] = Path(sock).resolve()
+    return out
+
+
 def _secrets(values: tuple[str, ...], stack: contextlib.ExitStack) -> dict[str, Path]:
     """``--secret id=ID,src=PATH`` (``source=`` also accepted, as BuildKit does) or ``id=ID,env=VAR``.
 
@@ -229,6 +246,8 @@ def _registry_options(insecure_registry: tuple[str, ...], tls_verify: bool, auth
 @click.option("--push", "push_ref", help="Also push the result to a registry.")
 @_registry_flags
 @click.option("--secret", multiple=True, help="id=ID,src=PATH or id=ID,env=VAR, for run steps.")
+@click.option("--ssh", multiple=True, help="ID[=SOCKET]: an ssh-agent for run steps' ssh: ID mounts "
+              "(default socket $SSH_AUTH_SOCK).")
 @click.option("--allow", "allow", multiple=True, type=click.Choice(["security.insecure"]),
               help="Let run steps with `security: insecure` run unconfined (all capabilities, no seccomp).")
 @click.option("--digest-file", type=click.Path(path_type=Path), help="Write the manifest (or index) digest here.")
@@ -241,7 +260,8 @@ def build_cmd(recipe: Path | None, recipe_file: Path | None, out: Path | None, f
               annotations: tuple[str, ...], env: tuple[str, ...], context: Path | None, compression: str,
               compression_level: int | None, source_date_epoch: int | None, cache_dir: Path | None, no_cache: bool,
               push_ref: str | None, insecure_registry: tuple[str, ...], tls_verify: bool, authfile: Path | None,
-              creds: str | None, retry: int | None, secret: tuple[str, ...], allow: tuple[str, ...],
+              creds: str | None, retry: int | None, secret: tuple[str, ...], ssh: tuple[str, ...],
+              allow: tuple[str, ...],
               digest_file: Path | None, iidfile: Path | None, metadata_file: Path | None, quiet: bool,
               progress: str) -> None:
     """Build RECIPE (a file, or a directory with a pybuild.yaml or recipe.yaml) into OUT."""
@@ -272,7 +292,7 @@ def build_cmd(recipe: Path | None, recipe_file: Path | None, out: Path | None, f
         options = BuildOptions(
             context=context, epoch=epoch_from_env(source_date_epoch), compression=kind, level=compression_level,
             platforms=_platforms(platforms), build_args=_build_args(build_args), tag=tag,
-            secrets=_secrets(secret, stack), cache_dir=cache_dir, use_cache=not no_cache, registry=registry,
+            secrets=_secrets(secret, stack), ssh=_ssh(ssh), cache_dir=cache_dir, use_cache=not no_cache, registry=registry,
             allow=frozenset(allow), target=target, labels=_parse_kv(labels, "--label"),
             env=_parse_kv(env, "--env"), annotations=_parse_kv(annotations, "--annotation"),
         )

@@ -47,6 +47,8 @@ class BuildOptions:
     """Scratch space for layer blobs; put it on OUT's filesystem so blobs are renamed, not copied."""
     secrets: Mapping[str, Path] = field(default_factory=dict)
     """``--secret id=ID,src=PATH``: files bound read-only at /run/secrets/ID in run steps."""
+    ssh: Mapping[str, Path] = field(default_factory=dict)
+    """``--ssh ID[=SOCKET]``: ssh-agent sockets a run step's ``ssh: ID`` mount reaches."""
     cache_dir: Path | None = None
     """Where ``cache:`` mounts of run steps, the layer cache and the registry blob store live."""
     use_cache: bool = True

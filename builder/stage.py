@@ -300,7 +300,7 @@ class StageBuilder:
                 rootfs=self.workspace.sync(layers, self.reporter), platform=self.platform,
                 env=_run_env(config, self.recipe, self.name), workdir=_workdir(config), shell=self._shell(step, config),
                 context=self.context,
-                secrets=self.options.secrets, cache_dir=self.options.cache_dir or default_cache_dir(),
+                secrets=self.options.secrets, ssh=self.options.ssh, cache_dir=self.options.cache_dir or default_cache_dir(),
                 allow_insecure="security.insecure" in self.options.allow, on_output=self.reporter.step_output,
             )
         blob, applied = self.layerer.layer(changes_for(step, ctx, run_ctx, prepared))

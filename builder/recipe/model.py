@@ -110,12 +110,12 @@ class RemoveStep:
 
 @dataclass(frozen=True, slots=True)
 class Mount:
-    """A mount of a run step: ``cache: PATH``, ``secret: ID``, ``tmpfs: PATH`` or ``bind:``.
+    """A mount of a run step: ``cache: PATH``, ``secret: ID``, ``tmpfs: PATH``, ``bind:`` or ``ssh: ID``.
 
     ``value`` is the target in the image (a secret's id for ``secret``); ``source`` a ``bind``'s
     path in the build context, mounted read-only."""
 
-    kind: Literal["cache", "secret", "tmpfs", "bind"]
+    kind: Literal["cache", "secret", "tmpfs", "bind", "ssh"]
     value: str
     where: Location
     source: str = ""

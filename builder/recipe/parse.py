@@ -466,10 +466,10 @@ class _Parser:
         if node is None:
             return ()
         mounts: list[Mount] = []
-        kinds = "cache: PATH, secret: ID, tmpfs: PATH or bind: {source: PATH, target: PATH}"
+        kinds = "cache: PATH, secret: ID, tmpfs: PATH, bind: {source: PATH, target: PATH} or ssh: ID"
         for item in expect_seq(node, "a list of mounts like [cache: /var/cache/apt, secret: ID]").items:
             m = expect_map(item, f"a mapping with one key: {kinds}")
-            check_keys(m, ("cache", "secret", "tmpfs", "bind"))
+            check_keys(m, ("cache", "secret", "tmpfs", "bind", "ssh"))
             if len(m.entries) != 1:
                 raise RecipeError(f"a mount has exactly one key: {kinds}", m.where)
             entry = next(iter(m.entries.values()))
@@ -488,6 +488,14 @@ class _Parser:
                     raise RecipeError(f"must be a relative path inside the build context, got {rel!r}",
                                       source.where)
                 mount = Mount("bind", self.image_path(target, root_ok=False), entry.key_where, rel)
+            elif entry.key == "ssh":
+                ssh_id = self.text(entry.value)
+                if not _SECRET_ID.fullmatch(ssh_id):
+                    raise RecipeError(f"an ssh id is letters, digits, '_', '.' or '-', got {ssh_id!r}",
+                                      entry.value.where)
+                if any(x.kind == "ssh" for x in mounts):
+                    raise RecipeError("one ssh: mount per run step (SSH_AUTH_SOCK names one agent)", entry.key_where)
+                mount = Mount("ssh", ssh_id, entry.key_where)
             else:
                 secret = self.text(entry.value)
                 if not _SECRET_ID.fullmatch(secret):

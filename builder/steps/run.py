@@ -37,6 +37,8 @@ DEFAULT_SHELL = ("/bin/sh", "-e", "-c")
 line 2 fails the build instead of giving an image without the package (``sh -c`` alone reports only
 the last line's status). ``shell: ["/bin/sh", "-c"]`` restores the old behaviour."""
 SECRETS_DIR = "run/secrets"
+SSH_SOCKET = "run/buildkit/ssh_agent.0"
+"""Where an ``ssh:`` mount's agent socket appears (BuildKit's path), named by ``SSH_AUTH_SOCK``."""
 
 
 @dataclass
@@ -53,6 +55,8 @@ class RunContext:
     """The shell for a step without its own ``shell:`` (the recipe's or the image's SHELL)."""
     context: Path | None = None
     """The build context, where ``bind:`` mounts' sources are."""
+    ssh: Mapping[str, Path] = field(default_factory=dict)
+    """``--ssh ID=SOCKET``: agent sockets for ``ssh: ID`` mounts."""
     cache_dir: Path | None = None
     allow_insecure: bool = False
     """``--allow security.insecure`` was given."""
@@ -109,6 +113,8 @@ def _excluded(step: RunStep, root: Path) -> set[str]:
     """Paths kept out of both snapshots: what the sandbox mounts over (nothing under them can change)."""
     out = set(ALWAYS_EXCLUDED)
     targets = [m.value for m in step.mounts if m.kind in ("cache", "tmpfs", "bind")]
+    if any(m.kind == "ssh" for m in step.mounts):
+        targets.append("/" + SSH_SOCKET)
     if any(m.kind == "secret" for m in step.mounts):
         targets.append(SECRETS_DIR)
     for target in targets:
@@ -157,6 +163,15 @@ def _plan_mounts(step: RunStep, rc: RunContext, points: MountPoints, out: _Mount
             out.fds.append(fd)
             source = str(rc.cache_dir / "mounts" / _cache_key(mount.value)) if rc.cache_dir else ""
             out.binds.append(Bind(source, rel, readonly=False, is_dir=True, nodev=True, checked_fd=fd))
+        elif mount.kind == "ssh":
+            sock = rc.ssh.get(mount.value)
+            if sock is None:
+                raise InputError(f"ssh agent {mount.value!r} was not given (--ssh {mount.value}[=SOCKET])")
+            st = os.stat(sock)
+            if not stat.S_ISSOCK(st.st_mode):
+                raise InputError(f"--ssh {mount.value}: {str(sock)!r} is not a socket")
+            rel = points.ensure(SSH_SOCKET, is_dir=False)
+            out.binds.append(Bind(str(sock), rel, readonly=False, is_dir=False, nodev=True))
         elif mount.kind == "tmpfs":
             out.scratch.append(points.ensure(mount.value, is_dir=True))
         elif mount.kind == "bind":
@@ -267,6 +282,8 @@ def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]
                         "(add one in an earlier step, or set `shell:` to one the image has)")
     user = resolve_user(step.user, read_in_root(root, "etc/passwd"), read_in_root(root, "etc/group"))
     env = {"PATH": DEFAULT_PATH, "HOME": user.home, **rc.env, **step.env}
+    if any(m.kind == "ssh" for m in step.mounts):
+        env["SSH_AUTH_SOCK"] = "/" + SSH_SOCKET
     excluded = _excluded(step, root)
     points = MountPoints(root)
     mounts = _Mounts()

@@ -218,6 +218,32 @@ def test_tmpfs_and_bind_mounts(pybuild, ctx: Path, tmp_path: Path) -> None:
     assert bad.returncode == 1 and "inside the build context" in bad.stderr, describe(bad)
 
 
+def test_an_ssh_mount_gives_the_step_the_agent_socket_and_nothing_else(pybuild, ctx: Path,
+                                                                        tmp_path: Path) -> None:
+    """BuildKit's ``RUN --mount=type=ssh`` with ``--ssh default``: the agent's socket at
+    /run/buildkit/ssh_agent.0, named by SSH_AUTH_SOCK; neither reaches the layer nor the cache key."""
+    import socket
+
+    sock_path = tmp_path / "agent.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock_path))
+    server.listen(1)
+    try:
+        (ctx / "r.yaml").write_text(
+            "version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n"
+            "  - run: test -S \"$SSH_AUTH_SOCK\" && echo \"$SSH_AUTH_SOCK\" > /checked\n"
+            "    mounts:\n      - ssh: default\n")
+        built = pybuild(ctx / "r.yaml", "-o", tmp_path / "out", "-q", "-t", "t", "--ssh", "default",
+                        env={"SSH_AUTH_SOCK": str(sock_path)})
+        assert built.returncode == 0, describe(built)
+        layer = layer_members(tmp_path / "out", "t", 1)
+        assert "checked" in layer and not any(n.startswith("run/") for n in layer), sorted(layer)
+        missing = pybuild(ctx / "r.yaml", "-o", tmp_path / "out2", "-q", "--no-cache")
+        assert missing.returncode == 1 and "--ssh default" in missing.stderr, describe(missing)
+    finally:
+        server.close()
+
+
 def test_run_without_a_shell_says_so(pybuild, tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text("version: 1\nsteps:\n  - write: /a\n    content: a\n  - run: echo hi\n")
     failed = pybuild(tmp_path / "r.yaml", "-o", tmp_path / "out")

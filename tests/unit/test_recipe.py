@@ -427,7 +427,7 @@ BAD: list[tuple[str, str | bytes, str]] = [
     (
         "mount-two-keys",
         V + "steps:\n  - run: make\n    mounts:\n      - {cache: /a, secret: b}\n",
-        "recipe.yaml:5: steps[0].mounts[0]: a mount has exactly one key: cache: PATH, secret: ID, tmpfs: PATH or bind: {source: PATH, target: PATH}",
+        "recipe.yaml:5: steps[0].mounts[0]: a mount has exactly one key: cache: PATH, secret: ID, tmpfs: PATH, bind: {source: PATH, target: PATH} or ssh: ID",
     ),
     (
         "mount-relative",
