@@ -122,6 +122,7 @@ def _needed_stages(recipe: Recipe, final: tuple[BaseRef, tuple[Step, ...]]) -> l
     def visit(base: BaseRef, steps: tuple[Step, ...]) -> None:
         names = [base.value] if base.kind == "stage" else []
         names += [s.from_stage for s in steps if isinstance(s, CopyStep) and s.from_stage]
+        names += [m.from_stage for s in steps if isinstance(s, RunStep) for m in s.mounts if m.from_stage]
         for name in names:
             if name not in order:
                 stage = recipe.stages[name]

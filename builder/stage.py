@@ -235,7 +235,7 @@ class StageBuilder:
             inputs = {"env": _run_env(config, self.recipe, self.name), "workdir": _workdir(config),
                       "shell": list(self._shell(step, config))}
             if any(m.kind == "bind" for m in step.mounts):
-                inputs["binds"] = bind_inputs(step, self.context)
+                inputs["binds"] = bind_inputs(step, self.context, self.stage_chains)
         settings = {"platform": str(self.platform), "compression": str(self.options.compression),
                     "level": self.options.level, "epoch": self.options.epoch}
         return step_key([blob.diff_id for blob in layers], step, inputs, settings)
@@ -300,7 +300,7 @@ class StageBuilder:
                 rootfs=self.workspace.sync(layers, self.reporter), platform=self.platform,
                 env=_run_env(config, self.recipe, self.name), workdir=_workdir(config), shell=self._shell(step, config),
                 context=self.context,
-                secrets=self.options.secrets, ssh=self.options.ssh, cache_dir=self.options.cache_dir or default_cache_dir(),
+                secrets=self.options.secrets, ssh=self.options.ssh, stage_root=self.stage_root, cache_dir=self.options.cache_dir or default_cache_dir(),
                 allow_insecure="security.insecure" in self.options.allow, on_output=self.reporter.step_output,
             )
         blob, applied = self.layerer.layer(changes_for(step, ctx, run_ctx, prepared))

@@ -119,6 +119,8 @@ class Mount:
     value: str
     where: Location
     source: str = ""
+    from_stage: str | None = None
+    """A ``bind``'s stage: its source is a path of that stage's filesystem, not of the context."""
 
 
 @dataclass(frozen=True, slots=True)

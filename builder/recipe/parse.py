@@ -478,16 +478,20 @@ class _Parser:
                               entry.key_where)
             elif entry.key == "bind":
                 b = expect_map(entry.value, "a mapping: {source: PATH in the context, target: PATH in the image}")
-                check_keys(b, ("source", "target"))
-                source, target = b.get("source"), b.get("target")
+                check_keys(b, ("source", "target", "from"))
+                source, target, stage = b.get("source"), b.get("target"), b.get("from")
                 if source is None or target is None:
                     raise RecipeError("a bind mount needs source: (in the context) and target: (in the image)",
                                       b.where)
-                rel = self.text(source, "a path in the build context")
-                if not rel or rel.startswith("/") or ".." in rel.split("/") or "\0" in rel:
-                    raise RecipeError(f"must be a relative path inside the build context, got {rel!r}",
-                                      source.where)
-                mount = Mount("bind", self.image_path(target, root_ok=False), entry.key_where, rel)
+                from_stage = self.stage_ref(stage) if stage is not None else None
+                if from_stage is not None:
+                    rel = self.image_path(source)
+                else:
+                    rel = self.text(source, "a path in the build context")
+                    if not rel or rel.startswith("/") or ".." in rel.split("/") or "\0" in rel:
+                        raise RecipeError(f"must be a relative path inside the build context, got {rel!r}",
+                                          source.where)
+                mount = Mount("bind", self.image_path(target, root_ok=False), entry.key_where, rel, from_stage)
             elif entry.key == "ssh":
                 ssh_id = self.text(entry.value)
                 if not _SECRET_ID.fullmatch(ssh_id):

@@ -14,18 +14,19 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import InputError, StepError
 from builder.fs.apply import read_in_root
 from builder.fs.diff import diff
+from builder.fs.safepath import resolve_in_root
 from builder.fs.snapshot import snapshot
 from builder.fs.users import resolve_user
 from builder.layer.entry import Change, Entry, canon
 from builder.oci.config import DEFAULT_PATH
-from builder.oci.digest import sha256_file
+from builder.oci.digest import Digest, sha256_file
 from builder.oci.platform import Platform
 from builder.recipe.model import RunStep
 from builder.sandbox import Bind, Copy, MountPoints, RunSpec, run, secure_join
@@ -57,6 +58,8 @@ class RunContext:
     """The build context, where ``bind:`` mounts' sources are."""
     ssh: Mapping[str, Path] = field(default_factory=dict)
     """``--ssh ID=SOCKET``: agent sockets for ``ssh: ID`` mounts."""
+    stage_root: Callable[[str], Path] | None = None
+    """A stage's filesystem, for ``bind:`` mounts ``from:`` a stage."""
     cache_dir: Path | None = None
     allow_insecure: bool = False
     """``--allow security.insecure`` was given."""
@@ -175,15 +178,26 @@ def _plan_mounts(step: RunStep, rc: RunContext, points: MountPoints, out: _Mount
         elif mount.kind == "tmpfs":
             out.scratch.append(points.ensure(mount.value, is_dir=True))
         elif mount.kind == "bind":
-            real, is_dir = bind_source(rc.context, mount.source)
+            real, is_dir = bind_source(rc.context, mount.source, rc.stage_root, mount.from_stage)
             rel = points.ensure(mount.value, is_dir=is_dir)
             fd = os.open(real, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
             out.fds.append(fd)
             out.binds.append(Bind(str(real), rel, readonly=True, is_dir=is_dir, nodev=True, checked_fd=fd))
 
 
-def bind_source(context: Path | None, source: str) -> tuple[Path, bool]:
-    """A ``bind:`` mount's source: a path of the build context, resolved, never outside it."""
+def bind_source(context: Path | None, source: str, stage_root: Callable[[str], Path] | None = None,
+                from_stage: str | None = None) -> tuple[Path, bool]:
+    """A ``bind:`` mount's source: a path of the build context, or of a stage's filesystem
+    (resolved there as in a chroot), never outside it."""
+    if from_stage is not None:
+        if stage_root is None:
+            raise InputError(f"stage {from_stage!r} is not available here")
+        top = stage_root(from_stage).resolve()
+        inside = resolve_in_root(top, source)
+        if inside is None or not os.path.lexists(top / inside):
+            raise InputError(f"bind source {source!r}: no such file or directory in stage {from_stage!r}")
+        real = top / inside
+        return real, real.is_dir()
     if context is None:
         raise InputError("bind mounts need a build context")
     root = context.resolve()
@@ -195,12 +209,18 @@ def bind_source(context: Path | None, source: str) -> tuple[Path, bool]:
     return real, real.is_dir()
 
 
-def bind_inputs(step: RunStep, context: Path) -> list[list[str]]:
-    """What a run step's ``bind:`` mounts show it, for the cache key: per mount, every file's path,
-    mode, size and content digest (a changed source is a changed step, as BuildKit keys them)."""
-    out = []
+def bind_inputs(step: RunStep, context: Path, stage_chains: Mapping[str, Sequence[Digest]] | None = None,
+                ) -> list[list[str]]:
+    """What a run step's ``bind:`` mounts show it, for the cache key: per mount from the context,
+    every file's path, mode, size and content digest (a changed source is a changed step, as
+    BuildKit keys them); from a stage, that stage's diff_id chain, which decides every byte."""
+    out: list[list[str]] = []
     for mount in step.mounts:
         if mount.kind != "bind":
+            continue
+        if mount.from_stage is not None:
+            out.append([mount.from_stage, mount.source, mount.value,
+                        *(str(d) for d in (stage_chains or {}).get(mount.from_stage, ()))])
             continue
         real, is_dir = bind_source(context, mount.source)
         rows = [mount.source, mount.value]

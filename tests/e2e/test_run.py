@@ -218,6 +218,22 @@ def test_tmpfs_and_bind_mounts(pybuild, ctx: Path, tmp_path: Path) -> None:
     assert bad.returncode == 1 and "inside the build context" in bad.stderr, describe(bad)
 
 
+def test_a_bind_mount_from_a_stage(pybuild, ctx: Path, tmp_path: Path) -> None:
+    """``RUN --mount=type=bind,from=stage,source=/out,target=/in``: a stage's files, read-only, for one
+    command, never in the layer; the stage is built first, and its layers key the step."""
+    (ctx / "r.yaml").write_text(
+        "version: 1\nstages:\n  tools:\n    steps:\n      - rootfs: rootfs.tar.gz\n"
+        "      - write: /out/made\n        content: \"from the stage\\n\"\n"
+        "steps:\n  - rootfs: rootfs.tar.gz\n"
+        "  - run: cat /in/made > /got && ! touch /in/x 2>/dev/null\n"
+        "    mounts:\n      - bind: {from: tools, source: /out, target: /in}\n")
+    built = pybuild(ctx / "r.yaml", "-o", tmp_path / "out", "-q", "-t", "t")
+    assert built.returncode == 0, describe(built)
+    layer = layer_members(tmp_path / "out", "t", 1)
+    assert "got" in layer and layer["got"].size == len("from the stage\n")
+    assert not any(n.startswith("in") for n in layer), sorted(layer)
+
+
 def test_an_ssh_mount_gives_the_step_the_agent_socket_and_nothing_else(pybuild, ctx: Path,
                                                                         tmp_path: Path) -> None:
     """BuildKit's ``RUN --mount=type=ssh`` with ``--ssh default``: the agent's socket at
