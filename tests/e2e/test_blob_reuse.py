@@ -81,20 +81,28 @@ def _build(pybuild, ctx: Path, out: Path, cache: Path, recipe: str, *args: str):
                    *args)
 
 
-def _events(stderr: str, kind: str) -> list[str]:
-    """The short digests of the ``kind`` lines (``existing``/``pulled``) of ``--progress plain``."""
-    return re.findall(rf"\b{kind} +(sha256:[0-9a-f]+)", stderr)  # (lines of parallel downloads may run together)
-
-
-def test_second_build_from_a_registry_base_downloads_no_blob(
-    pybuild, ctx: Path, tmp_path: Path, plain_registry: Registry, make_proxy, base, oci_check
-) -> None:
+@pytest.fixture
+def warm(pybuild, ctx: Path, tmp_path: Path, plain_registry: Registry, make_proxy, base):
+    """A first build FROM the registry base through a counting proxy, into ``out1`` with the cache
+    dir ``cache``: (repo, base manifest, proxy, recipe, cache dir, the build's result)."""
     repo, manifest = base
     proxy = make_proxy(plain_registry)
     recipe = DERIVED.format(base=proxy.ref(repo, "v1"))
     cache = tmp_path / "cache"
     first = _build(pybuild, ctx, tmp_path / "out1", cache, recipe)
     assert first.returncode == 0, describe(first)
+    return repo, manifest, proxy, recipe, cache, first
+
+
+def _events(stderr: str, kind: str) -> list[str]:
+    """The short digests of the ``kind`` lines (``existing``/``pulled``) of ``--progress plain``."""
+    return re.findall(rf"\b{kind} +(sha256:[0-9a-f]+)", stderr)  # (lines of parallel downloads may run together)
+
+
+def test_second_build_from_a_registry_base_downloads_no_blob(
+    pybuild, ctx: Path, tmp_path: Path, plain_registry: Registry, warm, oci_check
+) -> None:
+    _repo, manifest, proxy, recipe, cache, _first = warm
     wanted = {manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])}
     assert {p.rsplit("/", 1)[1] for p in _blob_gets(proxy)} == wanted, proxy.requests
     assert all((cache / "blobs/sha256" / _hex(d)).is_file() for d in wanted)
@@ -157,14 +165,9 @@ def test_pull_into_a_layout_that_has_the_blobs_downloads_none(
 
 
 def test_a_damaged_blob_in_the_store_is_downloaded_again(
-    pybuild, ctx: Path, tmp_path: Path, plain_registry: Registry, make_proxy, base, oci_check
+    pybuild, ctx: Path, tmp_path: Path, plain_registry: Registry, warm, oci_check
 ) -> None:
-    repo, manifest = base
-    proxy = make_proxy(plain_registry)
-    recipe = DERIVED.format(base=proxy.ref(repo, "v1"))
-    cache = tmp_path / "cache"
-    first = _build(pybuild, ctx, tmp_path / "out1", cache, recipe)
-    assert first.returncode == 0, describe(first)
+    _repo, manifest, proxy, recipe, cache, _first = warm
     store = cache / "blobs/sha256"
     layer, config = manifest["layers"][0]["digest"], manifest["config"]["digest"]
     blob = store / _hex(layer)
@@ -186,14 +189,9 @@ def test_a_damaged_blob_in_the_store_is_downloaded_again(
 
 
 def test_a_damaged_manifest_in_the_store_is_fetched_again(
-    pybuild, ctx: Path, tmp_path: Path, plain_registry: Registry, make_proxy, base
+    pybuild, ctx: Path, tmp_path: Path, plain_registry: Registry, warm
 ) -> None:
-    repo, _ = base
-    proxy = make_proxy(plain_registry)
-    recipe = DERIVED.format(base=proxy.ref(repo, "v1"))
-    cache = tmp_path / "cache"
-    first = _build(pybuild, ctx, tmp_path / "out1", cache, recipe)
-    assert first.returncode == 0, describe(first)
+    repo, _, proxy, recipe, cache, first = warm
     digest = plain_registry.digest(repo, "v1")
     stored = cache / "blobs/sha256" / _hex(digest)
     stored.write_bytes(json.dumps({"schemaVersion": 2, "layers": []}).encode())  # not what its name says
