@@ -1,4 +1,4 @@
-"""Recipe parsing: every rule of SPEC section 2 as a bad-recipe table, good recipes, and a fuzz property."""
+"""Recipe parsing: every rule of the recipe (docs/recipe.md) as a bad-recipe table, good recipes, and a fuzz property."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from builder.recipe.model import (
     WriteStep,
 )
 
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "SPEC.md"
+REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "recipe.md"
 
 
 @pytest.fixture
@@ -520,15 +520,21 @@ def test_error_location_fields(recipe) -> None:
 # good recipes
 
 
-def spec_example() -> str:
-    """The recipe of SPEC section 2, with its placeholder stage steps made real."""
-    text = SPEC.read_text(encoding="utf-8").split("## 2. The recipe")[1].split("```yaml\n")[1].split("```")[0]
+def reference_example() -> str:
+    """The first recipe of docs/recipe.md, with its placeholder stage steps made real."""
+    text = REFERENCE.read_text(encoding="utf-8").split("```yaml\n")[1].split("```")[0]
     return text.replace("steps: [...]", "steps: [{write: /built, content: x}]")
 
 
-@pytest.mark.skipif(not SPEC.exists(), reason="SPEC.md not found next to the repository")
-def test_spec_example(recipe) -> None:
-    r = recipe(spec_example())
+def test_the_reference_examples_of_more_keys_parse(recipe) -> None:
+    text = REFERENCE.read_text(encoding="utf-8").split("```yaml\n")[2].split("```")[0]
+    r = recipe(text, builtin_args={"BUILDPLATFORM": "linux/amd64"})
+    assert r.stages["build"].platform is not None and r.config.healthcheck is not None
+    assert [m.kind for m in r.stages["build"].steps[1].mounts] == ["tmpfs", "bind", "bind", "ssh"]
+
+
+def test_the_reference_example(recipe) -> None:
+    r = recipe(reference_example())
     assert r.path == Path("recipe.yaml")
     assert r.version == 1
     assert (r.base.kind, r.base.value, r.base.where.line) == ("scratch", "", 2)
@@ -773,12 +779,12 @@ def _subtrees(node: object, at: tuple[object, ...] = ()) -> list[tuple[object, .
     return [at, *inner]
 
 
-_SPEC_DOC = yaml.safe_load(spec_example()) if SPEC.exists() else {"version": 1, "steps": [{"mkdir": "/a"}]}
+_SPEC_DOC = yaml.safe_load(reference_example())
 
 
 @settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations=st.lists(st.tuples(st.sampled_from(_subtrees(_SPEC_DOC)[1:]), _trees), min_size=1, max_size=3))
-def test_fuzz_mutated_spec_example(tmp_path: Path, mutations: list[tuple[tuple[object, ...], object]]) -> None:
+def test_fuzz_mutated_reference_example(tmp_path: Path, mutations: list[tuple[tuple[object, ...], object]]) -> None:
     """Deep rules get exercised too: replace a few values of the good example with arbitrary ones."""
     doc = copy.deepcopy(_SPEC_DOC)
     for at, value in mutations:
