@@ -1,4 +1,4 @@
-"""``pybuild inspect``: every id of an image, as JSON for tools and as lines for people (SPEC section 5).
+"""``pybuild inspect``: every id of an image, as JSON for tools and as lines for people.
 
 Images carry several ids that are easy to confuse; the text output names each one and says
 what it is the hash of, so a user can match it with what a registry, docker/podman or a
@@ -15,7 +15,7 @@ from builder.oci.descriptor import is_attestation
 
 
 def describe(image: Image | ImageIndex, name: str) -> dict[str, Any]:
-    """The SPEC section 5 JSON object for ``image`` recorded under ``name``."""
+    """The ``pybuild inspect --json`` object for ``image`` recorded under ``name``."""
     if isinstance(image, ImageIndex):
         return {
             "name": name,

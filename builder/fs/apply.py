@@ -1,11 +1,11 @@
 """Apply layer tars onto a directory: a build's working rootfs, or the rootfs of ``pybuild unpack``.
 
-Layers are untrusted and tarfile's filters do not fit a rootfs (FIELD-NOTES 6 #12), so extraction
+Layers are untrusted and tarfile's filters do not fit a rootfs (they refuse device nodes and absolute links a rootfs has), so extraction
 is ours. Nothing outside ``root`` is touched: an entry's *parent* is resolved component by
 component with chroot semantics (symlinks followed, an absolute target restarts at ``root``,
 ``..`` stops there) through directory fds opened ``O_NOFOLLOW``, and the last component is only
 touched through that fd by calls that never follow it. So ``a -> /etc``, ``a/passwd`` writes
-``root/etc/passwd``. Semantics are image-spec ``layer.md`` (FIELD-NOTES 5.1): whiteouts and
+``root/etc/passwd``. Semantics are image-spec ``layer.md``: whiteouts and
 opaque markers delete what lower layers made, never what the same layer added, whatever the
 entry order; dir over dir updates attributes, any other collision replaces the old path.
 

@@ -1,7 +1,7 @@
 """Two snapshots of a ``run`` step's root -> the step's layer, as a canonical change set.
 
-The rules are those of the OCI layer changeset (image-spec ``layer.md``, FIELD-NOTES 5.1) and
-avoid what other builders got wrong (FIELD-NOTES 6):
+The rules are those of the OCI layer changeset (image-spec ``layer.md``) and
+avoid what other builders got wrong:
 
 - an added or changed path is a full entry: a layer entry replaces the lower one (a dir's
   attributes, any other type unlinked and recreated), so a type change needs no whiteout;
@@ -15,7 +15,7 @@ avoid what other builders got wrong (FIELD-NOTES 6):
   outside itself (#4, #6);
 - parent directories of every change are emitted (unchanged, from the after snapshot) so the
   tar never names a child before its parent (#2, #5);
-- mtimes are clamped to the build epoch (SPEC 4).
+- mtimes are clamped to the build epoch (README, "Reproducible").
 
 A ``.wh.*`` name the command created is an error: it would read as a deletion (5.1 #8).
 """

@@ -1,7 +1,7 @@
 """Layer compression: gzip (default), zstd and none, each with one fixed, deterministic code path.
 
 The same tar must always give the same compressed bytes, or the layer digest would change
-from build to build (FIELD-NOTES 6 #9). So: gzip through :mod:`builder.layer.pgzip` (fixed
+from build to build. So: gzip through :mod:`builder.layer.pgzip` (fixed
 blocks deflated in parallel by one pinned library, no name or time in the header); zstd always
 streaming with a worker pool (the zstd output is identical for any worker count >= 1, and a
 streamed frame never records a content size); fixed default levels. Changing any of this changes

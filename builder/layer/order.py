@@ -1,6 +1,6 @@
 """The canonical order of a change set, and hardlink groups that respect it.
 
-Order (image-spec layer.md, FIELD-NOTES 6 #2): a directory, then its opaque marker, then its
+Order (image-spec layer.md, and what runtimes need to apply a layer in one pass): a directory, then its opaque marker, then its
 whiteouts, then its other children, each level compared as bytes; so parents always come
 before children and whiteouts before their siblings. A hardlink must follow the entry it
 links to, so within each hardlink group the member that sorts first carries the content

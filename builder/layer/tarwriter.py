@@ -1,6 +1,6 @@
 """Change sets -> a deterministic PAX tar stream.
 
-Header policy (FIELD-NOTES 5.7), frozen under ``LAYER_FORMAT_VERSION``: PAX format with PAX
+Header policy, frozen under ``LAYER_FORMAT_VERSION``: PAX format with PAX
 records only where needed (long or non-ASCII names, xattrs); integer mtimes clamped to the
 build epoch; empty uname/gname; no atime/ctime; directories end in ``/``; whiteouts are empty
 regular files. Headers are built from :class:`Entry` values, never from ``gettarinfo`` (which

@@ -2,7 +2,7 @@
 
 Each method is one operation of the spec (``spec.md``: pulling manifests and blobs, checking
 existence, mounting, monolithic and chunked uploads, pushing manifests) with its quirks
-handled where they arise (FIELD-NOTES 5.4, 6 #10 and #14). Nothing read is trusted: a
+handled where they arise (the distribution spec's rules, and the retry and redirect bugs other clients shipped). Nothing read is trusted: a
 manifest is checked against the digest it was asked by (or the registry's
 ``Docker-Content-Digest`` when asked by tag), and a blob is hashed while it streams to a
 temporary file that only becomes the blob once digest and size match.

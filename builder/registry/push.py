@@ -1,6 +1,6 @@
 """Push an image or an index to a registry: blobs first, then manifests, then the index.
 
-The order is the spec's (FIELD-NOTES 5.4 #9, 5.9): a registry checks that everything a
+The order is the distribution spec's: a registry checks that everything a
 manifest names is already there, so layers and configs go before the manifest that names
 them, and an index's children before the index. Nothing is sent twice: a manifest the
 repository already has (HEAD by digest) brings all its blobs with it, so its blobs are not

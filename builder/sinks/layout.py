@@ -1,6 +1,6 @@
 """OCI image layouts on disk: written atomically and concurrently, read with every blob checked.
 
-Writing follows SPEC section 6. A blob is written to a temporary file outside
+Writing is atomic (README, "Atomic outputs"). A blob is written to a temporary file outside
 ``blobs/<alg>/`` and renamed into place, so ``blobs/sha256/`` only ever holds files named
 after their content; ``index.json`` is replaced last, so a reader (or a build killed half
 way) sees either the old layout or the new one. A new OUT is built whole in a private sibling

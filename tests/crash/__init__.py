@@ -1,1 +1,1 @@
-"""Crash safety (SPEC section 6): pybuild killed at many points, full and read-only outputs, concurrent writers."""
+"""Crash safety (README, "Atomic outputs"): pybuild killed at many points, full and read-only outputs, concurrent writers."""

@@ -1,4 +1,4 @@
-"""Crash safety (SPEC section 6): whatever moment pybuild dies at, OUT and the registry stay consistent.
+"""Crash safety (README, "Atomic outputs"): whatever moment pybuild dies at, OUT and the registry stay consistent.
 
 The harness runs the real CLI (``python -m builder``) as a subprocess in a session of its own and
 SIGKILLs the whole session at a deterministic list of points:

@@ -1,4 +1,4 @@
-"""``describe`` gives exactly the SPEC section 5 object; ``render_text`` explains every id."""
+"""``describe`` gives exactly the ``inspect --json`` object; ``render_text`` explains every id."""
 
 from __future__ import annotations
 
