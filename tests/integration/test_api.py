@@ -44,3 +44,13 @@ def test_the_docs_example_runs_as_written(tmp_path: Path, busybox_rootfs_tar: Pa
     assert tag == "hello:latest"
     assert digest.startswith("sha256:") and (tmp_path / "out" / "index.json").is_file()
     assert done.stdout.splitlines()[1].startswith("sha256:")
+
+
+def test_the_cli_reference_is_current() -> None:
+    """docs/cli.md is the commands' own --help: regenerate it with scripts/cli_docs.py after a change."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import cli_docs
+    finally:
+        sys.path.pop(0)
+    assert (REPO / "docs" / "cli.md").read_text() == cli_docs.render(), "run scripts/cli_docs.py"
