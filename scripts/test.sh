@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 
 need_debs ca-certificates tar gzip xz-utils zstd bzip2 util-linux python3-venv \
     skopeo umoci runc podman containerd buildah busybox-static docker-registry debootstrap openssl \
-    gcc libc6-dev libseccomp2 uidmap
+    gcc libc6-dev libseccomp2 uidmap oci-image-tool
 python=$(venv "[test]")
 exec "$python" -m pytest -q "$@"
