@@ -305,24 +305,18 @@ class LayerCache:
                 removed += 1
                 freed += size
                 total -= size
-        for tmp in self._store_tmp():
+        for tmp in self._store_files(temporary=True):
             if now - _mtime(tmp) > 60:
                 _unlink(tmp)
         return removed, freed
 
-    def _store_files(self) -> list[Path]:
+    def _store_files(self, *, temporary: bool = False) -> list[Path]:
+        """The blob store's blobs (``temporary``: its downloads in progress or left over, ``.*``)."""
         top = self.root / "blobs"
         if not top.is_dir():
             return []
         return [p for alg in top.iterdir() if alg.is_dir() and not alg.is_symlink()
-                for p in alg.iterdir() if not p.name.startswith(".")]
-
-    def _store_tmp(self) -> list[Path]:
-        top = self.root / "blobs"
-        if not top.is_dir():
-            return []
-        return [p for alg in top.iterdir() if alg.is_dir() and not alg.is_symlink()
-                for p in alg.iterdir() if p.name.startswith(".")]
+                for p in alg.iterdir() if p.name.startswith(".") == temporary]
 
     def _prune_mounts(self, older_than: float | None) -> tuple[int, int]:
         """Cache mounts last used before ``older_than`` (None: all). A build touches its mount's

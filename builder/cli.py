@@ -180,12 +180,17 @@ def _platforms(values: tuple[str, ...]) -> tuple[Platform, ...]:
         raise click.UsageError(f"--platform: {exc}") from exc
 
 
+_INSECURE_REGISTRY = click.option("--insecure-registry", multiple=True,
+                                  help="HOST[:PORT] reached over plain HTTP / unverified TLS.")
+_TLS_VERIFY = click.option("--tls-verify", type=bool, default=True, show_default=True,
+                           help="false: any registry may use plain HTTP or an unverified certificate.")
+
+
 def _registry_flags(func: Callable[..., None]) -> Callable[..., None]:
     """The flags every command that talks to a registry takes, named as skopeo and Buildah name them."""
     flags = [
-        click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP / unverified TLS."),
-        click.option("--tls-verify", type=bool, default=True, show_default=True,
-                     help="false: any registry may use plain HTTP or an unverified certificate."),
+        _INSECURE_REGISTRY,
+        _TLS_VERIFY,
         click.option("--authfile", type=click.Path(path_type=Path, dir_okay=False),
                      help="Credentials file (auth.json / config.json format; default as podman and docker)."),
         click.option("--creds", metavar="USER[:PASSWORD]", help="Credentials for the registries of this command."),
@@ -670,9 +675,8 @@ def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, in
 @click.option("-u", "--username", help="Default: asked for.")
 @click.option("-p", "--password", help="Visible to other users in `ps`: prefer --password-stdin.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
-@click.option("--insecure-registry", multiple=True, help="HOST[:PORT] reached over plain HTTP / unverified TLS.")
-@click.option("--tls-verify", type=bool, default=True, show_default=True,
-              help="false: the registry may use plain HTTP or an unverified certificate.")
+@_INSECURE_REGISTRY
+@_TLS_VERIFY
 @click.option("--authfile", type=click.Path(path_type=Path, dir_okay=False),
               help="Write here (default: $REGISTRY_AUTH_FILE, else the auth.json podman uses).")
 def login_cmd(registry: str, username: str | None, password: str | None, password_stdin: bool,

@@ -25,10 +25,10 @@ from typing import Any
 
 from builder.errors import InputError, OutputError
 from builder.oci.canonical import json_value
-from builder.registry.auth import MAX_AUTH_FILE, Authenticator, Credentials, auth_files
+from builder.registry.auth import MAX_AUTH_FILE, Credentials, auth_files
+from builder.registry.client import RegistryClient
 from builder.registry.reference import Reference
-from builder.registry.transport import RegistryOptions, Transport
-from builder.registry.wire import new_session
+from builder.registry.transport import RegistryOptions
 
 
 def auth_file(authfile: Path | None = None) -> Path:
@@ -47,16 +47,8 @@ def registry_host(text: str) -> str:
 
 def check_login(registry: str, credentials: Credentials, options: RegistryOptions | None = None) -> None:
     """Raise RegistryError unless ``registry`` accepts ``credentials`` for ``GET /v2/``."""
-    options = options if options is not None else RegistryOptions()
-    api_host = Reference.parse(f"{registry}/x").api_host
-    session = new_session()
-    insecure = options.is_insecure(api_host) or options.is_insecure(registry)
-    authenticator = Authenticator(registry, credentials, session, insecure=insecure, deadline=options.deadline)
-    transport = Transport(registry, api_host, authenticator, options, session=session)
-    try:
-        transport.request("GET", "/v2/", scopes=())
-    finally:
-        transport.close()
+    with RegistryClient(Reference.parse(f"{registry}/x"), options, credentials) as client:
+        client.transport.request("GET", "/v2/", scopes=())
 
 
 def save_login(registry: str, credentials: Credentials, authfile: Path | None = None) -> Path:
