@@ -29,8 +29,10 @@ from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir
 from builder.progress import NullReporter, Reporter
 from builder.recipe import load_recipe
-from builder.recipe.model import BaseRef, CopyStep, Recipe, RunStep, Step
-from builder.stage import StageBuilder, StageResult, StepRecord, runtime_spec
+from builder.recipe.model import BaseRef, Recipe, Step
+from builder.recipe.runtime import runtime_spec
+from builder.stage import StageBuilder, StageResult, StepRecord
+from builder.steps import handler_for
 
 
 @dataclass(frozen=True)
@@ -121,8 +123,7 @@ def _needed_stages(recipe: Recipe, final: tuple[BaseRef, tuple[Step, ...]]) -> l
 
     def visit(base: BaseRef, steps: tuple[Step, ...]) -> None:
         names = [base.value] if base.kind == "stage" else []
-        names += [s.from_stage for s in steps if isinstance(s, CopyStep) and s.from_stage]
-        names += [m.from_stage for s in steps if isinstance(s, RunStep) for m in s.mounts if m.from_stage]
+        names += [name for s in steps for name in handler_for(s).reads_stages(s)]
         for name in names:
             if name not in order:
                 stage = recipe.stages[name]
@@ -171,8 +172,7 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
             base = _load_base(base_ref, context, built_for, here / "base", options, reporter)
             layers = list(base.layers) if base else []
             config = dict(base.config) if base else cfgmod.empty_config(built_for)
-        builder = StageBuilder(recipe, built_for, options, context, here, reporter, cache, name=name,
-                               stage_root=stages.root, stage_chains=stages.chains())
+        builder = StageBuilder(recipe, built_for, options, context, here, reporter, cache, name=name, stages=stages)
         result = builder.run(steps, layers, config)
         records.extend(result.records)
         if stage is not None:  # its config: is part of what a from: STAGE or --target STAGE gets
@@ -283,7 +283,7 @@ def has_run_steps(recipe_path: Path, build_args: Mapping[str, str]) -> bool:
     """Whether any stage of the recipe runs a command (a rootless build then wants a full id range)."""
     recipe = load_recipe(recipe_path, build_args, _builtin_args(Platform.host()))
     steps = [*recipe.steps, *(s for stage in recipe.stages.values() for s in stage.steps)]
-    return any(isinstance(step, RunStep) for step in steps)
+    return any(handler_for(step).runs_commands for step in steps)
 
 
 def _builtin_args(platform: Platform) -> dict[str, str]:

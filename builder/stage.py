@@ -2,23 +2,24 @@
 
 Kept apart from :mod:`builder.build` (which resolves bases and assembles configs and
 manifests) because this is where the state of a stage lives: the layer list, the metadata tree
-the file steps need, the working root filesystem the run steps need, and the cache. The tree and
-the workspace are brought up to date lazily, only when a step that is not cached needs them, so a
-fully cached rebuild reads no layer and compresses nothing.
+the file steps need, the working root filesystem the run steps need, and the cache. It knows no
+step kind: each step's handler (:mod:`builder.steps`) plans it, gives its key's inputs, and on a
+miss its changes. The tree and the workspace are brought up to date lazily, only when a step that
+is not cached asks for them, so a fully cached rebuild reads no layer and compresses nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
 from builder.cache import CacheHit, LayerCache, step_key
-from builder.errors import located
+from builder.errors import InputError, located
 from builder.fs.apply import apply_blob
 from builder.fs.scan import update_tree
 from builder.fs.tree import WATCHED, FsTree
@@ -32,40 +33,18 @@ from builder.oci.digest import Digest
 from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir
 from builder.progress import Reporter, human
-from builder.recipe.model import ConfigSpec, Recipe, RunStep, Step
-from builder.steps import CopyScan, RunContext, StepContext, cache_inputs, changes_for, describe, prepare
-from builder.steps.base import RestartLayer
-from builder.steps.run import DEFAULT_SHELL, bind_inputs
+from builder.recipe.model import Recipe, Step
+from builder.steps import Changes, Scope, Services, StepPlan, handler_for
+from builder.steps.base import Redo
 
 
-def runtime_spec(spec: ConfigSpec) -> dict[str, Any]:
-    """The recipe's ``config:`` in the image config's own key names."""
-    out: dict[str, Any] = {}
-    if spec.env:
-        out["Env"] = [f"{k}={v}" for k, v in spec.env]
-    if spec.entrypoint is not None:
-        out["Entrypoint"] = list(spec.entrypoint)
-    if spec.cmd is not None:
-        out["Cmd"] = list(spec.cmd)
-    if spec.workdir is not None:
-        out["WorkingDir"] = spec.workdir
-    if spec.user is not None:
-        out["User"] = spec.user
-    if spec.ports:
-        out["ExposedPorts"] = {p: {} for p in spec.ports}
-    if spec.volumes:
-        out["Volumes"] = {v: {} for v in spec.volumes}
-    if spec.labels:
-        out["Labels"] = dict(spec.labels)
-    if spec.stop_signal is not None:
-        out["StopSignal"] = spec.stop_signal
-    if spec.shell is not None:
-        out["Shell"] = list(spec.shell)
-    if spec.healthcheck is not None:
-        out["Healthcheck"] = dict(spec.healthcheck)
-    if spec.onbuild:
-        out["OnBuild"] = list(spec.onbuild)
-    return out
+class StageRoots(Protocol):
+    """The stages built before this one: their diff_id chains (for keys) and, made on request,
+    their filesystems (for a step that reads one)."""
+
+    def chains(self) -> Mapping[str, Sequence[Digest]]: ...
+
+    def root(self, name: str) -> Path: ...
 
 
 @dataclass(frozen=True)
@@ -104,6 +83,27 @@ class _Workspace:
         return self.path
 
 
+class _Redo(Exception):  # noqa: N818 - the writer's own signal, never leaves this module
+    """A change stream yielded REDO: abandon this attempt (its temp blob is removed)."""
+
+
+@dataclass
+class _Built:
+    """A built layer's changes (and watched files' contents), for the metadata tree: applied to it
+    only when a later step needs the tree, so the last layer of a build never is. ``digests`` are
+    the content digests the tar writer computed while it copied hashed host files."""
+
+    blob: LayerBlob | None
+    changes: list[Change] = field(default_factory=list)
+    watched: dict[str, bytes] = field(default_factory=dict)
+    digests: dict[str, Digest] = field(default_factory=dict)
+
+    def apply_to(self, tree: FsTree) -> None:
+        tree.apply(c.meta() if isinstance(c, Entry) else c for c in self.changes)
+        for path, content in self.watched.items():
+            tree.capture(path, content)
+
+
 class _Layerer:
     """Turns one step's change stream into a blob while recording what it did to the tree."""
 
@@ -112,15 +112,14 @@ class _Layerer:
         self.workdir = workdir
         self.reporter = reporter
 
-    def layer(self, changes: Iterator[Change]) -> tuple[LayerBlob | None, _Applied]:
-        for _ in range(2):  # a change stream may ask once to be redone another way (see RestartLayer)
-            try:
-                return self._layer(changes)
-            except RestartLayer as restart:
-                changes = restart.changes
-        raise AssertionError("a change stream asked twice to restart")
+    def layer(self, changes: Changes) -> _Built:
+        try:
+            return self._closing(changes.stream)
+        except _Redo:
+            assert changes.redo is not None, "a change stream without a redo yielded REDO"
+        return self._closing(changes.redo())
 
-    def _layer(self, changes: Iterator[Change]) -> tuple[LayerBlob | None, _Applied]:
+    def _closing(self, changes: Iterator[Change | Redo]) -> _Built:
         try:
             return self._write(changes)
         finally:
@@ -132,37 +131,45 @@ class _Layerer:
                 with contextlib.suppress(Exception):
                     close()
 
-    def _write(self, changes: Iterator[Change]) -> tuple[LayerBlob | None, _Applied]:
-        applied = _Applied([], {})
+    def _write(self, changes: Iterator[Change | Redo]) -> _Built:
         first = next(changes, None)
         if first is None:
-            return None, applied
+            return _Built(None)
+        if isinstance(first, Redo):
+            raise _Redo
+        built = _Built(None)
 
         def produce(out: BinaryIO) -> None:
             writer = LayerTarWriter(out, self.options.epoch, self.reporter.step_progress)
             for change in itertools.chain([first], changes):
+                if isinstance(change, Redo):
+                    raise _Redo
                 if isinstance(change, Entry) and change.path in WATCHED and change.content is not None:
                     with change.content() as f:
-                        applied.watched[change.path] = read_account_file(f, change.size, change.path)
-                applied.changes.append(change)
+                        built.watched[change.path] = read_account_file(f, change.size, change.path)
+                built.changes.append(change)
                 writer.add(change)
-            writer.close()
+            built.digests = writer.close()
 
-        return write_layer_blob(produce, self.options.compression, self.options.level, self.workdir), applied
+        built.blob = write_layer_blob(produce, self.options.compression, self.options.level, self.workdir)
+        return built
 
 
-@dataclass
-class _Applied:
-    """A built layer's changes (and watched files' contents), for the metadata tree: applied to it
-    only when a later step needs the tree, so the last layer of a build never is."""
+class _Lower:
+    """The stage's filesystem below one step, each view made only if the step asks (see
+    :class:`builder.steps.Lower`)."""
 
-    changes: list[Change]
-    watched: dict[str, bytes]
+    def __init__(self, builder: StageBuilder, layers: list[LayerBlob], roots: Mapping[str, Path]) -> None:
+        self._builder, self._layers, self._roots = builder, layers, roots
 
-    def apply_to(self, tree: FsTree) -> None:
-        tree.apply(c.meta() if isinstance(c, Entry) else c for c in self.changes)
-        for path, content in self.watched.items():
-            tree.capture(path, content)
+    def tree(self) -> FsTree:
+        return self._builder.tree_of(self._layers)
+
+    def rootfs(self) -> Path:
+        return self._builder.workspace.sync(self._layers, self._builder.reporter)
+
+    def stages(self) -> Mapping[str, Path]:
+        return self._roots
 
 
 @dataclass
@@ -179,19 +186,25 @@ class StageBuilder:
 
     def __init__(self, recipe: Recipe, platform: Platform, options: BuildOptions, context: Path, workdir: Path,
                  reporter: Reporter, cache: LayerCache | None, *, name: str = "",
-                 stage_root: Callable[[str], Path] | None = None,
-                 stage_chains: Mapping[str, Sequence[Digest]] | None = None) -> None:
+                 stages: StageRoots | None = None) -> None:
         self.recipe, self.platform, self.options, self.name = recipe, platform, options, name
-        self.stage_root, self.stage_chains = stage_root, stage_chains or {}
+        self.stages = stages
+        self.chains = stages.chains() if stages is not None else {}
         self.context, self.reporter, self.cache = context, reporter, cache
         self.layerer = _Layerer(options, workdir / "layers", reporter)
         self.workdir = workdir
         self.workspace = _Workspace(workdir / "rootfs")
         self.tree: FsTree | None = None
         self.tree_layers = 0
-        self.pending: _Applied | None = None  # the changes of layer ``tree_layers``, not in the tree yet
+        self.pending: _Built | None = None  # the changes of layer ``tree_layers``, not in the tree yet
+        stage = recipe.stages.get(name) if name else None
+        self.spec, self.args, self.declared = ((stage.config, stage.args, stage.declared_args) if stage is not None
+                                               else (recipe.config, recipe.args, recipe.declared_args))
+        self.services = Services(fetch=self._fetch, secrets=options.secrets, ssh=options.ssh,
+                                 cache_dir=options.cache_dir or default_cache_dir(),
+                                 allow_insecure="security.insecure" in options.allow, on_output=reporter.step_output)
 
-    def _tree(self, layers: list[LayerBlob]) -> FsTree:
+    def tree_of(self, layers: list[LayerBlob]) -> FsTree:
         """The metadata tree of ``layers``, applying only the layers it has not seen."""
         if self.tree is None:
             self.tree = FsTree()
@@ -215,70 +228,56 @@ class StageBuilder:
                           insecure=(registry.is_insecure(host) and not registry.tls_verify) or host in registry.insecure,
                           timeout=registry.timeout)
 
-    def _shell(self, step: Step, config: dict[str, Any]) -> tuple[str, ...]:
-        """A run step's shell: its own ``shell:``, else the recipe's ``config.shell`` (for the final
-        image's steps), else the image's ``Shell`` (a base built with Dockerfile's SHELL), else
-        ``sh -e -c``, as Docker's RUN takes SHELL."""
-        own = step.shell if isinstance(step, RunStep) else None
-        recipe = _scope(self.recipe, self.name)[0].shell
-        inherited = (config.get("config") or {}).get("Shell")
-        if own or recipe:
-            return tuple(own or recipe or ())
-        if isinstance(inherited, list) and inherited and all(isinstance(a, str) for a in inherited):
-            return tuple(inherited)
-        return DEFAULT_SHELL
+    def _scope(self, config: dict[str, Any]) -> Scope:
+        return Scope(context=self.context, platform=self.platform, epoch=self.options.epoch, config=config,
+                     spec=self.spec, args=self.args, declared=self.declared,
+                     stage_chains=self.chains, services=self.services)
 
-    def _key(self, step: Step, layers: list[LayerBlob], config: dict[str, Any], prepared: CopyScan | None, *,
-             contents: bool) -> str:
-        inputs = cache_inputs(step, self.context, self.stage_chains, prepared, contents=contents)
-        if isinstance(step, RunStep):
-            inputs = {"env": _run_env(config, self.recipe, self.name), "workdir": _workdir(config),
-                      "shell": list(self._shell(step, config))}
-            if any(m.kind == "bind" for m in step.mounts):
-                inputs["binds"] = bind_inputs(step, self.context, self.stage_chains)
+    def _key(self, step: Step, layers: list[LayerBlob], inputs: dict[str, Any]) -> str:
         settings = {"platform": str(self.platform), "compression": str(self.options.compression),
                     "level": self.options.level, "epoch": self.options.epoch}
         return step_key([blob.diff_id for blob in layers], step, inputs, settings)
 
-    def _probe(self, step: Step, layers: list[LayerBlob], config: dict[str, Any],
-               prepared: CopyScan | None) -> tuple[CacheHit | None, str]:
-        """The cache's answer for ``step`` and the step's shape (its key when it reads no files).
+    def _probe(self, step: Step, plan: StepPlan, layers: list[LayerBlob]) -> tuple[CacheHit | None, str]:
+        """The cache's answer for ``step`` and the step's shape (its key when it reads no file contents).
 
-        A copy from the context is looked up by its full key (which hashes its files) only when
-        the cache knows its shape: otherwise it is a certain miss, and its files are read once,
-        by the layer, which records their digests for :meth:`_store`.
+        A step that reads file contents (a copy from the context) is looked up by its full key
+        (which hashes its files) only when the cache knows its shape: otherwise it is a certain
+        miss, and its files are read once, by the layer writer, which returns their digests for
+        :meth:`_store`.
         """
         assert self.cache is not None
-        shape = self._key(step, layers, config, prepared, contents=False)
-        if not self.options.use_cache or (prepared is not None and not self.cache.knows_shape(shape)):
+        shape = self._key(step, layers, plan.inputs(None))
+        if not self.options.use_cache or (plan.reads_contents and not self.cache.knows_shape(shape)):
             return None, shape
-        key = shape if prepared is None else self._key(step, layers, config, prepared, contents=True)
+        key = self._key(step, layers, plan.inputs({})) if plan.reads_contents else shape
         return self.cache.get(key), shape
 
-    def _store(self, step: Step, layers: list[LayerBlob], config: dict[str, Any], prepared: CopyScan | None,
-               shape: str, blob: LayerBlob | None) -> None:
+    def _store(self, step: Step, plan: StepPlan, layers: list[LayerBlob], shape: str, built: _Built) -> None:
         assert self.cache is not None
-        if prepared is None:
-            self.cache.put(shape, blob)
+        if not plan.reads_contents:
+            self.cache.put(shape, built.blob)
             return
-        self.cache.put(self._key(step, layers, config, prepared, contents=True), blob)
+        self.cache.put(self._key(step, layers, plan.inputs(built.digests)), built.blob)
         self.cache.add_shape(shape)
 
     def run(self, steps: tuple[Step, ...], layers: list[LayerBlob], config: dict[str, Any]) -> StageResult:
         created = cfgmod.rfc3339(self.options.epoch)
         result = StageResult(list(layers), config)
         for i, step in enumerate(steps, 1):
-            title = describe(step)
+            handler = handler_for(step)
+            title = handler.describe(step)
             self.reporter.step_started(i, len(steps), title.removeprefix("pybuild "))
             with located(step.where):
-                prepared = prepare(step, self.context)
-                hit, shape = self._probe(step, result.layers, result.config, prepared) if self.cache else (None, "")
+                plan = handler.plan(step, self._scope(result.config))
+                hit, shape = self._probe(step, plan, result.layers) if self.cache else (None, "")
                 if hit is not None:
                     blob = hit.layer
                 else:
-                    blob = self._build_step(step, result.layers, result.config, prepared)
+                    built = self._build(plan, result.layers)
+                    blob = built.blob
                     if self.cache is not None:
-                        self._store(step, result.layers, result.config, prepared, shape, blob)
+                        self._store(step, plan, result.layers, shape, built)
             self.reporter.step_done(blob, cached=hit is not None)
             result.records.append(StepRecord(i, title, blob, hit is not None, self.name))
             if blob is not None:
@@ -286,54 +285,17 @@ class StageBuilder:
             result.config = cfgmod.append_layer(result.config, blob.diff_id if blob else None, created, title)
         return result
 
-    def _build_step(self, step: Step, layers: list[LayerBlob], config: dict[str, Any],
-                    prepared: CopyScan | None) -> LayerBlob | None:
-        # a run step reads its working root filesystem, never the metadata tree: the tree is not
-        # brought up to date for it (reading every lower layer again), and catches up when needed
-        is_run = isinstance(step, RunStep)
-        tree = FsTree() if is_run else self._tree(layers)
-        ctx = StepContext(context=self.context, tree=tree, epoch=self.options.epoch, stage_root=self.stage_root,
-                          fetch=self._fetch)
-        run_ctx = None
-        if is_run:
-            run_ctx = RunContext(
-                rootfs=self.workspace.sync(layers, self.reporter), platform=self.platform,
-                env=_run_env(config, self.recipe, self.name), workdir=_workdir(config), shell=self._shell(step, config),
-                context=self.context,
-                secrets=self.options.secrets, ssh=self.options.ssh, stage_root=self.stage_root, cache_dir=self.options.cache_dir or default_cache_dir(),
-                allow_insecure="security.insecure" in self.options.allow, on_output=self.reporter.step_output,
-            )
-        blob, applied = self.layerer.layer(changes_for(step, ctx, run_ctx, prepared))
-        if blob is not None and is_run:
+    def _build(self, plan: StepPlan, layers: list[LayerBlob]) -> _Built:
+        roots = {name: self._stage_root(name) for name in plan.stages}
+        changes = plan.changes(_Lower(self, layers, roots))
+        built = self.layerer.layer(changes)
+        if built.blob is not None and changes.in_rootfs:
             self.workspace.applied = len(layers) + 1  # its changes are on disk already
-        elif blob is not None:
-            self.pending = applied  # the tree has ``layers``; the new layer's changes wait until needed
-        return blob
+        elif built.blob is not None:
+            self.pending = built  # the tree has ``layers``; the new layer's changes wait until needed
+        return built
 
-
-def _scope(recipe: Recipe, name: str) -> tuple[ConfigSpec, Mapping[str, str], frozenset[str]]:
-    """The ``config:``, argument values and declared names the steps of stage ``name`` see ("" is the
-    recipe's own steps)."""
-    stage = recipe.stages.get(name) if name else None
-    if stage is not None:
-        return stage.config, stage.args, stage.declared_args
-    return recipe.config, recipe.args, recipe.declared_args
-
-
-def _run_env(config: dict[str, Any], recipe: Recipe, name: str = "") -> dict[str, str]:
-    """A run step's environment before its own ``env``: the image's Env, then the args the recipe declares.
-
-    As Docker's ARG: an argument reaches a command only if the recipe declares it under ``args:``
-    (a built-in such as ``TARGETARCH`` too, declared without a value); a ``--build-arg`` it does
-    not declare, and the built-ins it does not, stay out of the environment (and so out of the
-    step's cache key).
-    """
-    spec, args, declared = _scope(recipe, name)
-    runtime = cfgmod.merge_runtime(config.get("config") or {}, runtime_spec(spec))
-    env = dict(item.partition("=")[::2] for item in runtime.get("Env") or [])
-    env.update((arg, value) for arg, value in args.items() if arg in declared)
-    return env
-
-
-def _workdir(config: dict[str, Any]) -> str:
-    return str((config.get("config") or {}).get("WorkingDir") or "/")
+    def _stage_root(self, name: str) -> Path:
+        if self.stages is None:
+            raise InputError(f"stage {name!r} is not available here")
+        return self.stages.root(name)

@@ -108,3 +108,33 @@ FIDELITY_ENTRIES = [
     {"name": "data/sgid", "kind": "dir", "mode": 0o2775, "uid": 1000, "gid": 1000},
     {"name": "data/sticky", "kind": "dir", "mode": 0o1777},
 ]
+
+
+class FakeLower:
+    """A step's lower filesystem as the stage offers it, made from values: a metadata tree, a rootfs
+    directory, stage filesystems. A view a test did not give fails, so a test shows what a step reads."""
+
+    def __init__(self, tree: Any = None, rootfs: Path | None = None, stages: dict[str, Path] | None = None) -> None:
+        self._tree, self._rootfs, self._stages = tree, rootfs, stages or {}
+        self.asked: list[str] = []
+
+    def tree(self) -> Any:
+        self.asked.append("tree")
+        assert self._tree is not None, "the step read the metadata tree"
+        return self._tree
+
+    def rootfs(self) -> Path:
+        self.asked.append("rootfs")
+        assert self._rootfs is not None, "the step asked for a working root filesystem"
+        return self._rootfs
+
+    def stages(self) -> dict[str, Path]:
+        return self._stages
+
+
+def step_changes(step: Any, context: Path, tree: Any, epoch: int = 0, **scope: Any) -> list[Any]:
+    """The changes ``step``'s handler makes on top of ``tree``, as the stage loop would ask for them."""
+    from builder.steps import Scope, collect, handler_for
+
+    plan = handler_for(step).plan(step, Scope(context=context, platform=AMD64, epoch=epoch, config={}, **scope))
+    return collect(plan.changes(FakeLower(tree, stages=scope.get("stages"))))

@@ -9,29 +9,27 @@ the main thread busy on tar headers the reader spent its time waiting for the GI
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
 from typing import BinaryIO, cast
 
 from builder.errors import InputError
-from builder.oci.digest import HashingReader
 
 
 class HostFile:
     """The Opener of a regular file on the host (a build context file).
 
     The tar writer recognises it and reads the file with plain ``os`` calls, a third of the cost
-    of a buffered ``open`` for a small file; and, when ``digests`` is given, the content's sha256 is
-    recorded there (by ``path``) as it is read, so the layer cache key of a ``copy`` costs no
-    second read of the context.
+    of a buffered ``open`` for a small file; and, when ``hashed``, it returns the content's sha256
+    (by ``path``) from :meth:`LayerTarWriter.close`, hashed as it was copied, so the layer cache
+    key of a ``copy`` costs no second read of the context.
     """
 
-    __slots__ = ("digests", "path")
+    __slots__ = ("hashed", "path")
 
-    def __init__(self, path: str, digests: dict[str, str] | None = None) -> None:
+    def __init__(self, path: str, hashed: bool = False) -> None:
         self.path = path
-        self.digests = digests
+        self.hashed = hashed
 
     def __call__(self) -> BinaryIO:
         return open(self.path, "rb")
@@ -47,19 +45,15 @@ class HostFile:
 
     @contextlib.contextmanager
     def stream(self) -> Iterator[BinaryIO]:
-        """The content as an unbuffered reader (for a large file), hashed as it is read when
-        ``digests`` is given; the digest is recorded once the reader was used without error."""
+        """The content as an unbuffered reader (for a large file)."""
         try:
             with open(self.open_fd(), "rb", buffering=0) as f:
-                reader = HashingReader(f) if self.digests is not None else f
-                yield cast(BinaryIO, reader)
+                yield cast(BinaryIO, f)
         except OSError as exc:
             raise self.unreadable(exc) from exc
-        if self.digests is not None and isinstance(reader, HashingReader):
-            self.digests[self.path] = reader.digest().hex
 
     def read_all(self, size: int, label: str) -> bytes:
-        """The whole content of a small file (``size`` bytes, as scanned), its digest recorded."""
+        """The whole content of a small file (``size`` bytes, as scanned)."""
         fd = self.open_fd()
         try:
             data = os.read(fd, size)
@@ -71,6 +65,4 @@ class HostFile:
             os.close(fd)
         if len(data) < size:
             raise InputError(f"'/{label}' changed size while it was read")
-        if self.digests is not None:
-            self.digests[self.path] = hashlib.sha256(data).hexdigest()
         return data

@@ -15,7 +15,7 @@ from __future__ import annotations
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from builder.errors import InputError
 from builder.layer.entry import (
@@ -29,6 +29,7 @@ from builder.layer.entry import (
     is_whiteout_name,
 )
 from builder.layer.hostfile import HostFile
+from builder.oci.digest import Digest, HashingReader
 
 _TYPES = {
     Kind.FILE: tarfile.REGTYPE,
@@ -112,6 +113,7 @@ class LayerTarWriter:
         self._seen: dict[str, bool] = {}  # path -> is a directory
         self._whiteouts: set[str] = set()
         self._progress = on_progress
+        self._digests: dict[str, Digest] = {}
         self.count = 0
 
     def _write(self, data: bytes) -> None:
@@ -204,19 +206,29 @@ class LayerTarWriter:
     def _copy_host(self, header: bytes, src: HostFile, size: int, path: str) -> None:
         """Header, content and padding of a host file; one write when it is small (most are)."""
         if size <= COPY_BUFSIZE:
-            self._write(header + src.read_all(size, path) + _NUL * (-size % tarfile.BLOCKSIZE))
+            data = src.read_all(size, path)
+            self._write(header + data + _NUL * (-size % tarfile.BLOCKSIZE))
+            if src.hashed:
+                self._digests[src.path] = Digest.of(data)
             if self._progress:
                 self._progress(size)
             return
         self._write(header)
-        with src.stream() as reader:
-            self._copy(reader, size, path)
+        with src.stream() as raw:
+            reader = HashingReader(raw) if src.hashed else raw
+            self._copy(cast(BinaryIO, reader), size, path)
+        if isinstance(reader, HashingReader):
+            self._digests[src.path] = reader.digest()
 
-    def close(self) -> None:
-        """Write the end-of-archive marker (two zero blocks, padded to a record), as tarfile does."""
+    def close(self) -> dict[str, Digest]:
+        """Write the end-of-archive marker (two zero blocks, padded to a record), as tarfile does.
+
+        Returns the content digests of the ``hashed`` host files it copied, by host path.
+        """
         self._write(_NUL * (2 * tarfile.BLOCKSIZE))
         if self._offset % tarfile.RECORDSIZE:
             self._write(_NUL * (tarfile.RECORDSIZE - self._offset % tarfile.RECORDSIZE))
+        return dict(self._digests)
 
 
 def write_tar(changes: Iterable[Change], out: BinaryIO, epoch: int,

@@ -21,9 +21,10 @@ import glob
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from builder.errors import InputError
 from builder.fs.patterns import Excluder, read_ignore_file
@@ -31,9 +32,9 @@ from builder.fs.safepath import glob_in_root, resolve_in_root
 from builder.fs.xattrs import read_xattrs
 from builder.layer.entry import WH_PREFIX, Change, Entry, Kind
 from builder.layer.hostfile import HostFile
-from builder.oci.digest import sha256_file
+from builder.oci.digest import Digest, sha256_file
 from builder.recipe.model import CopyStep
-from builder.steps.base import StepContext, finish
+from builder.steps.base import Changes, FileHandler, Lower, Scope, StepContext, StepPlan, file_context, finish
 
 _GLOB_CHARS = set("*?[")
 _UMASK_BITS = 0o022
@@ -77,9 +78,9 @@ class _Walker:
     """Turns host files into entries under one destination, tracking hardlinks by (dev, ino)."""
 
     def __init__(self, step: CopyStep, uid: int, gid: int, epoch: int, *, preserve: bool = False,
-                 digests: dict[str, str] | None = None) -> None:
+                 hashed: bool = False) -> None:
         self.uid, self.gid, self.epoch = uid, gid, epoch
-        self.digests = digests  # where the tar writer records content digests (see HostFile)
+        self.hashed = hashed  # the tar writer returns content digests for the cache key (see HostFile)
         self.preserve = preserve  # from a stage: keep owners, modes, devices, clamped times
         self.keep_owner = preserve and step.owner is None
         self.mode = step.mode
@@ -132,7 +133,7 @@ class _Walker:
             uid, gid, mtime = self.uid, self.gid, self.epoch
         xattrs = read_xattrs(host) if kind is not Kind.HARDLINK else ()
         if kind is Kind.FILE:
-            return Entry(dest, kind, mode, uid, gid, size, mtime, "", 0, 0, xattrs, HostFile(host, self.digests))
+            return Entry(dest, kind, mode, uid, gid, size, mtime, "", 0, 0, xattrs, HostFile(host, self.hashed))
         if kind is Kind.CHAR or kind is Kind.BLOCK:
             return Entry(dest, kind, mode, uid, gid, 0, mtime, "", os.major(st.st_rdev), os.minor(st.st_rdev), xattrs)
         return Entry(dest, kind, mode, uid, gid, 0, mtime, link, 0, 0, xattrs)
@@ -194,16 +195,14 @@ class CopyScan:
     """What a copy from the build context reads, walked once for both the cache key and the layer.
 
     ``sources`` holds each source with its stat and, for a directory, its entries' relative paths,
-    host paths and stats. ``digests`` maps host paths to content sha256s: the tar writer fills it
-    while it copies (see :class:`HostFile`), so a cold build reads every file once; only a cache
-    probe that must decide between a hit and a miss (:func:`copy_inputs` with ``read``) hashes
-    files before the layer is built.
+    host paths and stats. Content digests come from the tar writer, which hashes each file as it
+    copies it (see :class:`HostFile`), so a cold build reads every file once; only a cache probe
+    that must decide between a hit and a miss hashes files before the layer is built.
     """
 
     root: Path
     sources: list[tuple[Path, os.stat_result, list[tuple[str, str, os.stat_result]], str]]
     """(resolved path, stat, a directory's entries, the name a file source is copied under)."""
-    digests: dict[str, str] = field(default_factory=dict)
     rows: list[tuple[str, str, int]] | None = None
     """The key's lines (without content digests), host path and size of each regular file: made once."""
 
@@ -224,8 +223,6 @@ def scan_copy(step: CopyStep, context: Path) -> CopyScan:
 
 def copy_changes(step: CopyStep, ctx: StepContext, scan: CopyScan | None = None) -> list[Change]:
     if step.from_stage is not None:
-        if ctx.stage_root is None:
-            raise InputError(f"stage {step.from_stage!r} is not available here")
         walker = _Walker(step, *ctx.owner(step.owner), ctx.epoch, preserve=True)
         sources = []
         for name, src in _stage_sources(step, ctx.stage_root(step.from_stage)):
@@ -233,7 +230,7 @@ def copy_changes(step: CopyStep, ctx: StepContext, scan: CopyScan | None = None)
             sources.append((src, st, list(walker.scan(src)) if stat.S_ISDIR(st.st_mode) else [], name))
     else:
         scan = scan or scan_copy(step, ctx.context)
-        walker = _Walker(step, *ctx.owner(step.owner), ctx.epoch, digests=scan.digests)
+        walker = _Walker(step, *ctx.owner(step.owner), ctx.epoch, hashed=True)
         sources = scan.sources
     dest = ctx.image_path(step.to)
     to_dir = step.to.endswith("/") or len(sources) > 1 or ctx.tree.is_dir(ctx.tree.resolve(dest))
@@ -264,22 +261,22 @@ def copy_changes(step: CopyStep, ctx: StepContext, scan: CopyScan | None = None)
 _EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
 
-def copy_inputs(step: CopyStep, scan: CopyScan, *, contents: bool) -> str:
+def copy_inputs(step: CopyStep, scan: CopyScan, known: Mapping[str, Digest] | None) -> str:
     """What a copy reads, for the layer cache key, as one digest: per source, every entry's
     relative path, type, layer mode, size, link target, kept xattrs and content digest. mtimes, owners on disk
     and inode numbers never reach the layer, so they are left out (hardlink grouping is kept via
     the link target).
 
-    With ``contents`` False the content digests are left out: that is the step's *shape*, known
-    without reading a file (see :meth:`builder.cache.LayerCache.knows_shape`). With ``contents``
-    True they come from ``scan.digests`` (recorded while the layer was written) or, for files not
+    With ``known`` None the content digests are left out: that is the step's *shape*, known
+    without reading a file (see :meth:`builder.cache.LayerCache.knows_shape`). Otherwise they come
+    from ``known`` (what the layer writer hashed while it copied, by host path) or, for files not
     read yet, by hashing them now. One text line per entry, hashed: this runs for every file of
     a context, twice per build.
     """
     if scan.rows is None:
         scan.rows = _key_rows(step, scan)
-    if contents:
-        lines = [f"{row}\0{_content_digest(scan, host, size)}" if host else row for row, host, size in scan.rows]
+    if known is not None:
+        lines = [f"{row}\0{_content_digest(known, host, size)}" if host else row for row, host, size in scan.rows]
     else:
         lines = [row for row, _, _ in scan.rows]
     return "sha256:" + hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
@@ -302,8 +299,62 @@ def _key_rows(step: CopyStep, scan: CopyScan) -> list[tuple[str, str, int]]:
     return rows
 
 
-def _content_digest(scan: CopyScan, host: str, size: int) -> str:
-    known = scan.digests.get(host)
-    if known is None:
-        known = _EMPTY_SHA256 if size == 0 else sha256_file(host)[0].hex
-    return known
+def _content_digest(known: Mapping[str, Digest], host: str, size: int) -> str:
+    digest = known.get(host)
+    if digest is not None:
+        return digest.hex
+    return _EMPTY_SHA256 if size == 0 else sha256_file(host)[0].hex
+
+
+class CopyHandler(FileHandler):
+    def reads_stages(self, step: CopyStep) -> tuple[str, ...]:
+        return (step.from_stage,) if step.from_stage is not None else ()
+
+    def describe(self, step: CopyStep) -> str:
+        extra = "".join(
+            f" --{k}={v}"
+            for k, v in (("from", step.from_stage), ("chown", step.owner),
+                         ("chmod", None if step.mode is None else f"{step.mode:04o}"))
+            if v is not None
+        )
+        excl = "".join(f" --exclude={p}" for p in step.exclude)
+        return f"pybuild copy{extra}{excl} {' '.join(step.sources)} {step.to}"
+
+    def plan(self, step: CopyStep, scope: Scope) -> StepPlan:
+        if step.from_stage is not None:
+            return _StagePlan(step, scope, self.reads_stages(step))
+        return _ContextPlan(step, scope, scan_copy(step, scope.context))
+
+
+@dataclass
+class _StagePlan:
+    """A copy from a stage is keyed by that stage's layers (its diff_id chain), which determine
+    every byte it can read."""
+
+    step: CopyStep
+    scope: Scope
+    stages: tuple[str, ...]
+    reads_contents: bool = False
+
+    def inputs(self, known: object) -> dict[str, Any]:
+        return {"stage": [str(d) for d in self.scope.stage_chains.get(self.stages[0], ())]}
+
+    def changes(self, lower: Lower) -> Changes:
+        return Changes(iter(copy_changes(self.step, file_context(self.scope, lower))))
+
+
+@dataclass
+class _ContextPlan:
+    """A copy from the context: its sources walked once (``scan``), for the key and the layer."""
+
+    step: CopyStep
+    scope: Scope
+    scan: CopyScan
+    stages: tuple[str, ...] = ()
+    reads_contents: bool = True
+
+    def inputs(self, known: Mapping[str, Digest] | None) -> dict[str, Any]:
+        return {"files": copy_inputs(self.step, self.scan, known)}
+
+    def changes(self, lower: Lower) -> Changes:
+        return Changes(iter(copy_changes(self.step, file_context(self.scope, lower), self.scan)))

@@ -1,4 +1,5 @@
-"""The small file steps: write, mkdir, symlink, remove."""
+"""The small file steps: write, fetch, mkdir, symlink, remove; each reads only its own text (and,
+for fetch, a download verified by the digest the recipe gives) and the lower tree."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from builder.layer.entry import Change, Entry, Kind, Whiteout
 from builder.layer.hostfile import HostFile
 from builder.oci.digest import Digest
 from builder.recipe.model import FetchStep, MkdirStep, RemoveStep, SymlinkStep, WriteStep
-from builder.steps.base import StepContext, finish
+from builder.steps.base import FileHandler, Scope, StepContext, StepPlan, TreePlan, finish
 
 
 def _target(ctx: StepContext, path: str) -> str:
@@ -83,5 +84,48 @@ def fetch_changes(step: FetchStep, ctx: StepContext) -> list[Change]:
     uid, gid = ctx.owner(step.owner)
     mode = 0o600 if step.mode is None else step.mode
     size = os.stat(host).st_size
-    entry = Entry(path, Kind.FILE, mode, uid, gid, size, ctx.epoch, content=HostFile(str(host), None))
+    entry = Entry(path, Kind.FILE, mode, uid, gid, size, ctx.epoch, content=HostFile(str(host)))
     return finish([entry], ctx, (uid, gid) if step.owner is not None else (0, 0))
+
+
+class WriteHandler(FileHandler):
+    def describe(self, step: WriteStep) -> str:
+        return f"pybuild write {step.path} ({len(step.content.encode())} bytes)"
+
+    def plan(self, step: WriteStep, scope: Scope) -> StepPlan:
+        return TreePlan(scope, lambda ctx: write_changes(step, ctx))
+
+
+class FetchHandler(FileHandler):
+    """Keyed by the URL and digest of its text: the digest decides every byte, so no download is
+    needed to probe the cache."""
+
+    def describe(self, step: FetchStep) -> str:
+        return f"pybuild fetch {step.url} sha256:{step.sha256} {step.to}"
+
+    def plan(self, step: FetchStep, scope: Scope) -> StepPlan:
+        return TreePlan(scope, lambda ctx: fetch_changes(step, ctx))
+
+
+class MkdirHandler(FileHandler):
+    def describe(self, step: MkdirStep) -> str:
+        return f"pybuild mkdir {step.path}"
+
+    def plan(self, step: MkdirStep, scope: Scope) -> StepPlan:
+        return TreePlan(scope, lambda ctx: mkdir_changes(step, ctx))
+
+
+class SymlinkHandler(FileHandler):
+    def describe(self, step: SymlinkStep) -> str:
+        return f"pybuild symlink {step.path} -> {step.target}"
+
+    def plan(self, step: SymlinkStep, scope: Scope) -> StepPlan:
+        return TreePlan(scope, lambda ctx: symlink_changes(step, ctx))
+
+
+class RemoveHandler(FileHandler):
+    def describe(self, step: RemoveStep) -> str:
+        return f"pybuild remove {' '.join(step.paths)}"
+
+    def plan(self, step: RemoveStep, scope: Scope) -> StepPlan:
+        return TreePlan(scope, lambda ctx: remove_changes(step, ctx))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,7 +34,7 @@ from builder.layer.entry import Change, Entry, Kind, Opener, canon, is_whiteout_
 from builder.layer.tarstream import tar_members
 from builder.oci.digest import sha256_file
 from builder.recipe.model import RootfsStep
-from builder.steps.base import RestartLayer, StepContext
+from builder.steps.base import REDO, Changes, FileHandler, Lower, Redo, Scope, StepContext, StepPlan, file_context
 
 _KINDS = {
     tarfile.REGTYPE: Kind.FILE,
@@ -137,39 +137,53 @@ def _tarball(step: RootfsStep, context: Path) -> Path:
     return real
 
 
-def rootfs_inputs(step: RootfsStep, context: Path) -> dict[str, str]:
-    """The tarball's content digest, for the layer cache key (its name and mtime do not matter)."""
-    return {"sha256": str(sha256_file(_tarball(step, context))[0])}
+class RootfsHandler(FileHandler):
+    def describe(self, step: RootfsStep) -> str:
+        return f"pybuild rootfs {step.source} {step.to}"
+
+    def plan(self, step: RootfsStep, scope: Scope) -> StepPlan:
+        return _RootfsPlan(step, scope)
 
 
-def rootfs_changes(step: RootfsStep, ctx: StepContext) -> Iterator[Change]:
+@dataclass
+class _RootfsPlan:
+    step: RootfsStep
+    scope: Scope
+    stages: tuple[str, ...] = ()
+    reads_contents: bool = False
+
+    def inputs(self, known: object) -> dict[str, str]:
+        """The tarball's content digest (its name and mtime do not matter)."""
+        return {"sha256": str(sha256_file(_tarball(self.step, self.scope.context))[0])}
+
+    def changes(self, lower: Lower) -> Changes:
+        return rootfs_changes(self.step, file_context(self.scope, lower))
+
+
+def rootfs_changes(step: RootfsStep, ctx: StepContext) -> Changes:
     """Stream the tarball's entries as changes, parents first (see module docstring).
 
     Most tarballs (GNU tar, debootstrap, docker export) list every directory before its content
     and have no duplicates, so the first attempt is a single pass; an archive that turns out to
-    need reordering raises :class:`RestartLayer`, and the layer is written again with the two-pass
-    stream. The bytes of the layer are the same either way.
+    need reordering ends that stream with :data:`REDO`, and the layer is written again from the
+    two-pass stream. The bytes of the layer are the same either way.
     """
     label = step.source
     real = _tarball(step, ctx.context)
     prefix = ctx.image_path(step.to)
 
     def two_passes() -> Iterator[Change]:
-        return _stream(real, prefix, _scan(real, prefix, label, ctx.epoch), label, ctx)
+        return cast(Iterator[Change], _stream(real, prefix, _scan(real, prefix, label, ctx.epoch), label, ctx))
 
-    return _stream(real, prefix, None, label, ctx, restart=two_passes)
+    return Changes(_stream(real, prefix, None, label, ctx), redo=two_passes)
 
 
-def _stream(path: Path, prefix: str, scan: _Scan | None, label: str, ctx: StepContext,
-            restart: Callable[[], Iterator[Change]] | None = None) -> Iterator[Change]:
+def _stream(path: Path, prefix: str, scan: _Scan | None, label: str, ctx: StepContext) -> Iterator[Change | Redo]:
     """Entries in archive order, parents first. With ``scan`` None (one pass), anything that would
-    need a later entry's metadata (a directory listed after its content, a duplicate) restarts."""
+    need a later entry's metadata (a directory listed after its content, a duplicate) ends the
+    stream with :data:`REDO`; with a scan, it never does."""
     written: dict[str, Kind] = {}
     from_archive: set[str] = set()
-
-    def again() -> RestartLayer:
-        assert restart is not None
-        return RestartLayer(restart())
 
     def ensure_parents(p: str) -> Iterator[Entry]:
         for parent in parents(p):
@@ -191,7 +205,8 @@ def _stream(path: Path, prefix: str, scan: _Scan | None, label: str, ctx: StepCo
             if not prefix or (scan is not None and prefix in written):
                 continue
             if prefix in written:
-                raise again()  # listed after content: its metadata must come first
+                yield REDO  # listed after content: its metadata must come first
+                return
             root = _entry(ti, prefix, "", ctx.epoch, label)
             if root.kind is not Kind.DIR:
                 raise InputError(f"{label}: its root entry {ti.name!r} is not a directory")
@@ -205,7 +220,8 @@ def _stream(path: Path, prefix: str, scan: _Scan | None, label: str, ctx: StepCo
                 raise InputError(f"{label}: entry {ti.name!r}: a file named {base!r} cannot be stored in an image "
                                  "(.wh. names mark deletions)")
             if full in written:
-                raise again()  # a duplicate, or a directory whose content came first: needs both passes
+                yield REDO  # a duplicate, or a directory whose content came first: needs both passes
+                return
         elif scan.last.get(full) != i or full in written:
             continue  # an earlier duplicate, or a directory already written as a parent
         link = ""

@@ -14,9 +14,10 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from builder.errors import InputError, StepError
 from builder.fs.apply import read_in_root
@@ -25,12 +26,14 @@ from builder.fs.safepath import resolve_in_root
 from builder.fs.snapshot import snapshot
 from builder.fs.users import resolve_user
 from builder.layer.entry import Change, Entry, canon
+from builder.oci import config as cfgmod
 from builder.oci.config import DEFAULT_PATH
 from builder.oci.digest import Digest, sha256_file
 from builder.oci.platform import Platform
 from builder.recipe.model import RunStep
+from builder.recipe.runtime import runtime_spec
 from builder.sandbox import Bind, Copy, MountPoints, RunSpec, run, secure_join
-from builder.steps.base import StepContext
+from builder.steps.base import Changes, Lower, Scope, Services, StepPlan
 
 ALWAYS_EXCLUDED = ("proc", "sys", "dev")
 DEFAULT_SHELL = ("/bin/sh", "-e", "-c")
@@ -44,26 +47,21 @@ SSH_SOCKET = "run/buildkit/ssh_agent.0"
 
 @dataclass
 class RunContext:
-    """What a run step needs beyond the file steps' context."""
+    """What a run step runs with: a working root filesystem, never the file steps' metadata tree."""
 
     rootfs: Path
     platform: Platform
+    epoch: int
     env: Mapping[str, str]
     """The image's Env merged with the build args (the step's own env goes on top)."""
     workdir: str
-    secrets: Mapping[str, Path] = field(default_factory=dict)
     shell: tuple[str, ...] = DEFAULT_SHELL
     """The shell for a step without its own ``shell:`` (the recipe's or the image's SHELL)."""
     context: Path | None = None
     """The build context, where ``bind:`` mounts' sources are."""
-    ssh: Mapping[str, Path] = field(default_factory=dict)
-    """``--ssh ID=SOCKET``: agent sockets for ``ssh: ID`` mounts."""
-    stage_root: Callable[[str], Path] | None = None
-    """A stage's filesystem, for ``bind:`` mounts ``from:`` a stage."""
-    cache_dir: Path | None = None
-    allow_insecure: bool = False
-    """``--allow security.insecure`` was given."""
-    on_output: Callable[[str], None] = lambda line: None
+    stage_roots: Mapping[str, Path] = field(default_factory=dict)
+    """The filesystems of the stages ``bind:`` mounts read ``from:``."""
+    services: Services = field(default_factory=Services)
 
 
 def _open_own_dir(parent: int, name: str, shown: str) -> int:
@@ -155,19 +153,20 @@ def _plan_mounts(step: RunStep, rc: RunContext, points: MountPoints, out: _Mount
         rel = points.ensure(SECRETS_DIR, is_dir=True)
         out.tmpfs.append(rel)
         for mount in secrets:
-            src = rc.secrets.get(mount.value)
+            src = rc.services.secrets.get(mount.value)
             if src is None:
                 raise InputError(f"secret {mount.value!r} was not given (--secret id={mount.value},src=PATH)")
             out.copies.append(Copy(str(src), f"{rel}/{mount.value}"))
     for mount in step.mounts:
         if mount.kind == "cache":
             rel = points.ensure(mount.value, is_dir=True)
-            fd = _cache_fd(rc.cache_dir, mount.value)
+            cache_dir = rc.services.cache_dir
+            fd = _cache_fd(cache_dir, mount.value)
             out.fds.append(fd)
-            source = str(rc.cache_dir / "mounts" / _cache_key(mount.value)) if rc.cache_dir else ""
+            source = str(cache_dir / "mounts" / _cache_key(mount.value)) if cache_dir else ""
             out.binds.append(Bind(source, rel, readonly=False, is_dir=True, nodev=True, checked_fd=fd))
         elif mount.kind == "ssh":
-            sock = rc.ssh.get(mount.value)
+            sock = rc.services.ssh.get(mount.value)
             if sock is None:
                 raise InputError(f"ssh agent {mount.value!r} was not given (--ssh {mount.value}[=SOCKET])")
             st = os.stat(sock)
@@ -178,21 +177,22 @@ def _plan_mounts(step: RunStep, rc: RunContext, points: MountPoints, out: _Mount
         elif mount.kind == "tmpfs":
             out.scratch.append(points.ensure(mount.value, is_dir=True))
         elif mount.kind == "bind":
-            real, is_dir = bind_source(rc.context, mount.source, rc.stage_root, mount.from_stage)
+            real, is_dir = bind_source(rc.context, mount.source, rc.stage_roots, mount.from_stage)
             rel = points.ensure(mount.value, is_dir=is_dir)
             fd = os.open(real, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
             out.fds.append(fd)
             out.binds.append(Bind(str(real), rel, readonly=True, is_dir=is_dir, nodev=True, checked_fd=fd))
 
 
-def bind_source(context: Path | None, source: str, stage_root: Callable[[str], Path] | None = None,
+def bind_source(context: Path | None, source: str, stage_roots: Mapping[str, Path] | None = None,
                 from_stage: str | None = None) -> tuple[Path, bool]:
     """A ``bind:`` mount's source: a path of the build context, or of a stage's filesystem
     (resolved there as in a chroot), never outside it."""
     if from_stage is not None:
-        if stage_root is None:
+        root = (stage_roots or {}).get(from_stage)
+        if root is None:
             raise InputError(f"stage {from_stage!r} is not available here")
-        top = stage_root(from_stage).resolve()
+        top = root.resolve()
         inside = resolve_in_root(top, source)
         if inside is None or not os.path.lexists(top / inside):
             raise InputError(f"bind source {source!r}: no such file or directory in stage {from_stage!r}")
@@ -288,10 +288,10 @@ def _make_workdir(root: Path, wd: Path) -> None:
         path.chmod(0o755)
 
 
-def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]:
+def run_changes(step: RunStep, rc: RunContext) -> list[Change]:
     """Run the step's script in the working rootfs and return what it changed."""
     check_can_execute(rc.platform)
-    if step.security == "insecure" and not rc.allow_insecure:
+    if step.security == "insecure" and not rc.services.allow_insecure:
         raise StepError("`security: insecure` runs the command with every capability and no seccomp filter: "
                         "start the build with --allow security.insecure to permit it")
     root = rc.rootfs
@@ -319,7 +319,7 @@ def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]
                        network=step.network, binds=mounts.binds, tmpfs=mounts.tmpfs, copies=mounts.copies,
                        scratch=mounts.scratch,
                        confined=step.security != "insecure")
-        status, tail = run(spec, rc.on_output, fds=tuple(mounts.fds))
+        status, tail = run(spec, rc.services.on_output, fds=tuple(mounts.fds))
         if status != 0:
             what = f"was killed by signal {status - 128}" if status > 128 else f"exited with status {status}"
             raise StepError(f"command {what}", detail="\n".join(f"  | {line}" for line in tail) or None)
@@ -327,5 +327,75 @@ def run_changes(step: RunStep, ctx: StepContext, rc: RunContext) -> list[Change]
     finally:
         mounts.close()
         points.remove_created()
-    changes = diff(root, before, after, ctx.epoch)
+    changes = diff(root, before, after, rc.epoch)
     return _map_rootless(changes) if os.geteuid() != 0 else changes
+
+
+def image_env(scope: Scope) -> dict[str, str]:
+    """A run step's environment before its own ``env``: the image's Env (the recipe's ``config.env``
+    over the base's), then the args the recipe declares.
+
+    As Docker's ARG: an argument reaches a command only if the recipe declares it under ``args:``
+    (a built-in such as ``TARGETARCH`` too, declared without a value); a ``--build-arg`` it does
+    not declare, and the built-ins it does not, stay out of the environment (and so out of the
+    step's cache key).
+    """
+    runtime = cfgmod.merge_runtime(scope.config.get("config") or {}, runtime_spec(scope.spec))
+    env = dict(item.partition("=")[::2] for item in runtime.get("Env") or [])
+    env.update((arg, value) for arg, value in scope.args.items() if arg in scope.declared)
+    return env
+
+
+def image_workdir(scope: Scope) -> str:
+    return str((scope.config.get("config") or {}).get("WorkingDir") or "/")
+
+
+def image_shell(step: RunStep, scope: Scope) -> tuple[str, ...]:
+    """A run step's shell: its own ``shell:``, else the recipe's ``config.shell``, else the image's
+    ``Shell`` (a base built with Dockerfile's SHELL), else ``sh -e -c``, as Docker's RUN takes SHELL."""
+    if step.shell or scope.spec.shell:
+        return tuple(step.shell or scope.spec.shell or ())
+    inherited = (scope.config.get("config") or {}).get("Shell")
+    if isinstance(inherited, list) and inherited and all(isinstance(a, str) for a in inherited):
+        return tuple(inherited)
+    return DEFAULT_SHELL
+
+
+class RunHandler:
+    runs_commands = True
+
+    def reads_stages(self, step: RunStep) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m.from_stage for m in step.mounts if m.from_stage))
+
+    def describe(self, step: RunStep) -> str:
+        return f"pybuild run {step.script}"
+
+    def plan(self, step: RunStep, scope: Scope) -> StepPlan:
+        return _RunPlan(step, scope, image_env(scope), image_workdir(scope), image_shell(step, scope),
+                        self.reads_stages(step))
+
+
+@dataclass
+class _RunPlan:
+    """Keyed by what the command sees besides the lower layers: its environment, workdir, shell and
+    bind mounts' contents; never a secret or a cache mount's contents."""
+
+    step: RunStep
+    scope: Scope
+    env: dict[str, str]
+    workdir: str
+    shell: tuple[str, ...]
+    stages: tuple[str, ...]
+    reads_contents: bool = False
+
+    def inputs(self, known: object) -> dict[str, Any]:
+        inputs: dict[str, Any] = {"env": self.env, "workdir": self.workdir, "shell": list(self.shell)}
+        if any(m.kind == "bind" for m in self.step.mounts):
+            inputs["binds"] = bind_inputs(self.step, self.scope.context, self.scope.stage_chains)
+        return inputs
+
+    def changes(self, lower: Lower) -> Changes:
+        rc = RunContext(rootfs=lower.rootfs(), platform=self.scope.platform, epoch=self.scope.epoch, env=self.env,
+                        workdir=self.workdir, shell=self.shell, context=self.scope.context,
+                        stage_roots=lower.stages(), services=self.scope.services)
+        return Changes(iter(run_changes(self.step, rc)), in_rootfs=True)

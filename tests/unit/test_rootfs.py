@@ -16,8 +16,9 @@ from builder.errors import InputError, Location
 from builder.fs.tree import FsTree
 from builder.layer.entry import Entry, Kind
 from builder.recipe.model import RootfsStep
-from builder.steps import StepContext, changes_for
-from builder.steps.base import RestartLayer
+from builder.steps import Changes, Scope, handler_for
+from builder.steps.base import Redo
+from tests.helpers import AMD64, FakeLower, step_changes
 
 WHERE = Location("recipe.yaml", 3, "steps[0].rootfs")
 
@@ -48,12 +49,18 @@ def ti(name, type_=tarfile.REGTYPE, **kw) -> tarfile.TarInfo:
 
 def run(tmp_path, members, compress=None, to="/", tree=None):
     make_tar(tmp_path / "rootfs.tar", members, compress)
-    ctx = StepContext(context=tmp_path, tree=tree or FsTree(), epoch=1000)
-    changes = changes_for(RootfsStep("rootfs.tar", to, WHERE), ctx)
-    try:
-        return [_eager(c) for c in changes]
-    except RestartLayer as restart:  # the archive needs the two-pass stream, as the layer writer would do
-        return [_eager(c) for c in restart.changes]
+    changes = _changes(tmp_path, RootfsStep("rootfs.tar", to, WHERE), tree or FsTree(), 1000)
+    out = []
+    for change in changes.stream:
+        if isinstance(change, Redo):  # the archive needs the two-pass stream: the writer starts again
+            return [_eager(c) for c in changes.redo()]
+        out.append(_eager(change))
+    return out
+
+
+def _changes(context, step, tree, epoch) -> Changes:
+    plan = handler_for(step).plan(step, Scope(context=context, platform=AMD64, epoch=epoch, config={}))
+    return plan.changes(FakeLower(tree))
 
 
 def _eager(change):
@@ -155,18 +162,16 @@ def test_truncated_archive_is_an_input_error(tmp_path):
     make_tar(tmp_path / "rootfs.tar", [(ti("big"), b"x" * 100_000)])
     data = (tmp_path / "rootfs.tar").read_bytes()
     (tmp_path / "rootfs.tar").write_bytes(gzip.compress(data[:50_000]))
-    ctx = StepContext(context=tmp_path, tree=FsTree(), epoch=0)
     with pytest.raises(InputError):
-        for change in changes_for(RootfsStep("rootfs.tar", "/", WHERE), ctx):
+        for change in _changes(tmp_path, RootfsStep("rootfs.tar", "/", WHERE), FsTree(), 0).stream:
             if isinstance(change, Entry) and change.content:
                 change.content().read()
 
 
 def test_not_a_tarball(tmp_path):
     (tmp_path / "rootfs.tar").write_bytes(b"hello, this is not a tar archive" * 40)
-    ctx = StepContext(context=tmp_path, tree=FsTree(), epoch=0)
     with pytest.raises(InputError, match=r"rootfs\.tar"):
-        list(changes_for(RootfsStep("rootfs.tar", "/", WHERE), ctx))
+        step_changes(RootfsStep("rootfs.tar", "/", WHERE), tmp_path, FsTree())
 
 
 def test_source_outside_context_via_symlink(tmp_path):
@@ -175,6 +180,5 @@ def test_source_outside_context_via_symlink(tmp_path):
     ctx_dir = tmp_path / "ctx"
     ctx_dir.mkdir()
     (ctx_dir / "rootfs.tar").symlink_to(outside)
-    ctx = StepContext(context=ctx_dir, tree=FsTree(), epoch=0)
     with pytest.raises(InputError, match="outside the build context"):
-        list(changes_for(RootfsStep("rootfs.tar", "/", WHERE), ctx))
+        step_changes(RootfsStep("rootfs.tar", "/", WHERE), ctx_dir, FsTree())

@@ -12,7 +12,7 @@ from builder.errors import InputError, Location
 from builder.fs.tree import FsTree
 from builder.layer.entry import Entry, Kind, Whiteout
 from builder.recipe.model import CopyStep, MkdirStep, RemoveStep, SymlinkStep, WriteStep
-from builder.steps import StepContext, changes_for
+from tests.helpers import step_changes
 
 W = Location("recipe.yaml", 1, "steps[0]")
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
@@ -33,8 +33,7 @@ def base_tree() -> FsTree:
 
 
 def changes(step, tmp_path: Path, tree: FsTree | None = None):
-    ctx = StepContext(context=tmp_path, tree=tree or base_tree(), epoch=42)
-    return list(changes_for(step, ctx))
+    return step_changes(step, tmp_path, tree or base_tree(), 42)
 
 
 def copy(sources, to, **kw):
