@@ -6,7 +6,7 @@ for Podman and Buildah). Inside it pybuild works as root does: layers are extrac
 owners, ``apt-get`` can switch to ``_apt`` and ``chown`` to any user, and the layers come out as
 a root build's. Without a range (or without the ``uidmap`` tools) only the user's own id maps to 0
 and commands that switch users or ``chown`` fail; the build says which piece is missing.
-Nothing here starts a process: :func:`builder.sandbox.reexec_in_user_namespace` does.
+Nothing here starts a process: :func:`builder.sandbox.run_in_user_namespace` does.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from builder.errors import InputError, IntegrityError, OutputError
+from builder.fs.safepath import MAX_LINKS
 from builder.fs.xattrs import keep_from_archive
 from builder.image import LayerBlob
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
@@ -35,7 +36,6 @@ from builder.layer.tarstream import tar_members
 from builder.oci.digest import HashingReader
 from builder.userns import in_user_namespace
 
-_MAX_LINKS = 40  # Linux's MAXSYMLINKS: a loop is an error, not a hang
 _CHUNK = 1 << 20
 _MAX_CACHED = 256
 _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -179,7 +179,7 @@ def _walk(root_fd: int, path: str, create: bool, what: str, leaf: bool = False) 
                 st = os.stat(part, dir_fd=here, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 links += 1
-                if links > _MAX_LINKS:
+                if links > MAX_LINKS:
                     raise InputError(f"{what}: too many levels of symbolic links")
                 target = os.readlink(part, dir_fd=here)
                 while target.startswith("/") and stack:  # an absolute target restarts at the root

@@ -1,5 +1,6 @@
-"""Paths and globs inside a directory that stands for an image's root (a stage's materialised
-filesystem), resolved as inside a chroot and never on the host.
+"""Paths and globs inside an image's root, resolved as inside a chroot and never on the host: the
+one resolver of the chroot rules, used on a directory that stands for an image's root (a stage's
+materialised filesystem, a run step's rootfs) and on the metadata tree of lower layers.
 
 Why not ``os.path.realpath`` or ``glob.glob(root_dir=root)``: both follow symlinks the host's way,
 so a stage's ``evil -> /`` makes ``/evil/dir/n*`` list the host's ``/dir``, and the host decides
@@ -17,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from builder.errors import InputError
@@ -31,11 +33,16 @@ def _parts(path: str) -> list[str]:
     return [p for p in path.split("/") if p and p != "."]
 
 
-def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> str | None:
-    """``path`` (absolute or relative to ``root``, both meaning the same) resolved inside ``root``.
+def resolve_chroot(path: str, readlink: Callable[[str], str | None], *, follow_last: bool = True,
+                   is_dir: Callable[[str], bool] | None = None) -> str | None:
+    """``path`` (absolute or relative: both mean the same) resolved under an image root.
 
-    None when a component before the last is missing or not a directory (the path cannot exist);
-    a missing last component is kept, so the caller can say "no such file"."""
+    ``readlink(rel)`` is the link target of ``rel`` when it is a symlink, else None: the lookup
+    is the caller's (a directory, a metadata tree), the rules are these. An absolute target
+    restarts at the root, ``..`` stops there, at most :data:`MAX_LINKS` links are followed (a
+    loop is an error, not a hang). With ``is_dir``, None when a component before the last is not
+    a directory (missing included): the path cannot exist. Returns a canonical relative path.
+    """
     todo = _parts(path)
     done: list[str] = []
     hops = 0
@@ -45,24 +52,46 @@ def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> str |
             if done:
                 done.pop()
             continue
-        here = os.path.join(root, *done, name)
-        try:
-            st = os.lstat(here)
-        except (FileNotFoundError, NotADirectoryError):
-            return None if todo else "/".join([*done, name])
-        if stat.S_ISLNK(st.st_mode) and (todo or follow_last):
+        here = "/".join([*done, name])
+        target = readlink(here) if todo or follow_last else None
+        if target is not None:
             hops += 1
             if hops > MAX_LINKS:
                 raise InputError(f"too many levels of symbolic links in '/{path.lstrip('/')}'")
-            target = os.readlink(here)
             if target.startswith("/"):
                 done = []
             todo = _parts(target) + todo
             continue
-        if todo and not stat.S_ISDIR(st.st_mode):
+        if todo and is_dir is not None and not is_dir(here):
             return None
         done.append(name)
     return "/".join(done)
+
+
+def _disk_readlink(root: Path) -> Callable[[str], str | None]:
+    def readlink(rel: str) -> str | None:
+        try:
+            return os.readlink(os.path.join(root, rel))
+        except OSError:  # not a link, or missing: a missing component is the caller's to judge
+            return None
+
+    return readlink
+
+
+def resolve_in_root(root: Path, path: str, *, follow_last: bool = True) -> str | None:
+    """``path`` resolved inside the directory ``root`` (see :func:`resolve_chroot`).
+
+    None when a component before the last is missing or not a directory (the path cannot exist);
+    a missing last component is kept, so the caller can say "no such file"."""
+    return resolve_chroot(path, _disk_readlink(root), follow_last=follow_last, is_dir=lambda rel: _is_dir(root, rel))
+
+
+def join_in_root(root: Path, path: str, *, follow_last: bool = True) -> Path:
+    """``root``/``path`` with symlinks resolved as inside a chroot: never a path outside ``root``
+    (missing components are kept as they are named, for the caller to create)."""
+    rel = resolve_chroot(path, _disk_readlink(root), follow_last=follow_last)
+    assert rel is not None  # without is_dir, every path resolves
+    return root / rel if rel else root
 
 
 def glob_in_root(root: Path, pattern: str) -> list[str]:

@@ -8,14 +8,12 @@ names. Only metadata is kept, plus the content of those two small files.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterable
 
-from builder.errors import InputError
+from builder.fs.safepath import resolve_chroot
 from builder.layer.entry import Change, Entry, Kind, Opaque, Whiteout
 
 WATCHED = frozenset({"etc/passwd", "etc/group"})
-_MAX_LINKS = 40
 
 
 class FsTree:
@@ -96,32 +94,13 @@ class FsTree:
             self.watched[path] = content
 
     def resolve(self, path: str, follow_last: bool = True) -> str:
-        """Resolve symlinks in canonical ``path`` as the image would, confined to its root.
+        """Resolve symlinks in canonical ``path`` as the image would, confined to its root (the
+        chroot rules of :func:`builder.fs.safepath.resolve_chroot`, over this tree's entries)."""
 
-        An absolute link target restarts at the image root, ``..`` stops at the root: nothing
-        resolves outside the image, exactly as inside a container.
-        """
-        parts = [p for p in path.split("/") if p]
-        done: list[str] = []
-        hops = 0
-        while parts:
-            name = parts.pop(0)
-            if name == ".":
-                continue
-            if name == "..":
-                if done:
-                    done.pop()
-                continue
-            candidate = "/".join([*done, name])
-            entry = self._entries.get(candidate)
-            if entry is not None and entry.kind is Kind.SYMLINK and (parts or follow_last):
-                hops += 1
-                if hops > _MAX_LINKS:
-                    raise InputError(f"too many levels of symbolic links in '/{path}'")
-                target = entry.link
-                if target.startswith("/"):
-                    done = []
-                parts = [p for p in target.split("/") if p] + parts
-                continue
-            done.append(name)
-        return posixpath.join(*done) if done else ""
+        def readlink(rel: str) -> str | None:
+            entry = self._entries.get(rel)
+            return entry.link if entry is not None and entry.kind is Kind.SYMLINK else None
+
+        resolved = resolve_chroot(path, readlink, follow_last=follow_last)
+        assert resolved is not None  # without is_dir, every path resolves
+        return resolved

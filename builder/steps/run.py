@@ -22,7 +22,8 @@ from typing import Any
 from builder.errors import InputError, StepError
 from builder.fs.apply import read_in_root
 from builder.fs.diff import diff
-from builder.fs.safepath import resolve_in_root
+from builder.fs.mountpoints import MountPoints
+from builder.fs.safepath import join_in_root, resolve_in_root
 from builder.fs.snapshot import snapshot
 from builder.fs.users import resolve_user
 from builder.layer.entry import Change, Entry, canon
@@ -32,7 +33,7 @@ from builder.oci.digest import Digest, sha256_file
 from builder.oci.platform import Platform
 from builder.recipe.model import RunStep
 from builder.recipe.runtime import runtime_spec
-from builder.sandbox import Bind, Copy, MountPoints, RunSpec, run, secure_join
+from builder.sandbox import Bind, Copy, RunSpec, run
 from builder.steps.base import Changes, Lower, Scope, Services, StepPlan
 
 ALWAYS_EXCLUDED = ("proc", "sys", "dev")
@@ -119,7 +120,7 @@ def _excluded(step: RunStep, root: Path) -> set[str]:
     if any(m.kind == "secret" for m in step.mounts):
         targets.append(SECRETS_DIR)
     for target in targets:
-        out.add(str(secure_join(root, target).relative_to(root)))
+        out.add(str(join_in_root(root, target).relative_to(root)))
     return out
 
 
@@ -296,7 +297,7 @@ def run_changes(step: RunStep, rc: RunContext) -> list[Change]:
                         "start the build with --allow security.insecure to permit it")
     root = rc.rootfs
     shell = list(step.shell or rc.shell)
-    shell_path = secure_join(root, shell[0])
+    shell_path = join_in_root(root, shell[0])
     if not shell_path.is_file():
         raise StepError(f"the image has no {shell[0]}: a run step needs a shell "
                         "(add one in an earlier step, or set `shell:` to one the image has)")
@@ -311,7 +312,7 @@ def run_changes(step: RunStep, rc: RunContext) -> list[Change]:
         # mount points exist in both snapshots, so neither they nor their parents' times are a change
         _plan_mounts(step, rc, points, mounts)
         before = snapshot(root, excluded)
-        wd = secure_join(root, step.workdir or rc.workdir or "/")
+        wd = join_in_root(root, step.workdir or rc.workdir or "/")
         if not wd.is_dir():
             _make_workdir(root, wd)
         spec = RunSpec(rootfs=str(root), argv=[*shell, step.script], env=env, uid=user.uid, gid=user.gid,
