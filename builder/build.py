@@ -70,8 +70,8 @@ def _pull_base(text: str, platform: Platform, workdir: Path, options: BuildOptio
     the layouts of ``options.reuse_layouts``) when it has them, else downloaded into it; into the
     work dir when no cache dir is usable. ``--no-cache`` still uses the store (see builder/blobstore.py)."""
     from builder.blobstore import store_root
+    from builder.oci.reference import Reference
     from builder.registry.pull import pull  # the registry stack loads only when a recipe needs it
-    from builder.registry.reference import Reference
     from builder.registry.transport import RegistryOptions
 
     try:
@@ -92,7 +92,7 @@ def _annotations(recipe: Recipe, base_ref: BaseRef, base: Image | None, options:
     recipe's own, then ``--annotation``s."""
     out: dict[str, str] = {}
     if base is not None and base_ref.kind == "registry":
-        from builder.registry.reference import Reference
+        from builder.oci.reference import Reference
 
         out[BASE_NAME] = str(Reference.parse(base_ref.value))
         out[BASE_DIGEST] = str(base.digest)
