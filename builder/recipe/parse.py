@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from builder.errors import InputError, Location, RecipeError
 from builder.oci.platform import Platform
+from builder.oci.reference import Reference
 from builder.recipe import args as argsmod
 from builder.recipe.model import (
     BaseKind,
@@ -80,13 +81,6 @@ _PLATFORM_PART = re.compile(r"[a-z0-9_.-]+")
 # no runtime can create it when it unpacks the layer (ENAMETOOLONG), so the recipe is refused.
 _NAME_MAX = 255
 _PATH_MAX = 4095
-# The docker/distribution reference grammar, restricted to sha256 digests.
-_DOMAIN_PART = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REFERENCE = re.compile(
-    rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
-)
 
 
 def load_recipe(
@@ -292,7 +286,11 @@ class _Parser:
                 # a base image is not a context source: any path (absolute, or relative to the
                 # context, even outside it) may name it, as with skopeo and buildah
                 return BaseRef(kind, rest, tag, where)
-        if len(text) <= 512 and _REFERENCE.fullmatch(text):
+        try:
+            Reference.parse(text)  # the grammar the pull uses, so a base it would refuse fails here
+        except ValueError:
+            pass  # the error below names every kind of base
+        else:
             return BaseRef("registry", text, None, where)
         raise RecipeError(
             f"not a valid base {text!r}: expected scratch, a stage name, oci:PATH[:TAG], oci-archive:FILE[:TAG], "

@@ -351,6 +351,22 @@ BAD: list[tuple[str, str | bytes, str]] = [
             "oci-archive:FILE[:TAG], docker-archive:FILE or an image reference like alpine:3.20"
         ),
     ),
+    (  # what the pull would refuse (a repository in upper case, a port out of range) fails here
+        "bad-from-case",
+        V + "from: Foo/bar\n",
+        (
+            "recipe.yaml:2: from: not a valid base 'Foo/bar': expected scratch, a stage name, oci:PATH[:TAG], "
+            "oci-archive:FILE[:TAG], docker-archive:FILE or an image reference like alpine:3.20"
+        ),
+    ),
+    (
+        "bad-from-port",
+        V + "from: localhost:99999/x\n",
+        (
+            "recipe.yaml:2: from: not a valid base 'localhost:99999/x': expected scratch, a stage name, "
+            "oci:PATH[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or an image reference like alpine:3.20"
+        ),
+    ),
     ("oci-empty-tag", V + "from: 'oci:layout:'\n", "recipe.yaml:2: from: empty tag after ':' in 'oci:layout:'"),
     (
         "docker-archive-empty",
@@ -656,6 +672,9 @@ def test_owner_forms(recipe, owner: str) -> None:
         ("alpine:3.20", "registry", "alpine:3.20", None),
         ("localhost:5000/a/b_c:tag", "registry", "localhost:5000/a/b_c:tag", None),
         ("ghcr.io/org/img@sha256:" + "a" * 64, "registry", "ghcr.io/org/img@sha256:" + "a" * 64, None),
+        # the grammar of builder.oci.reference, which the pull uses: IPv6 hosts and sha512 digests too
+        ("[::1]:5000/x:1", "registry", "[::1]:5000/x:1", None),
+        ("x@sha512:" + "b" * 128, "registry", "x@sha512:" + "b" * 128, None),
         ("build", "stage", "build", None),
         ("${BASE}", "registry", "debian:12", None),
     ],
