@@ -28,7 +28,7 @@ from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir
 from builder.progress import NullReporter, Reporter
-from builder.recipe import load_recipe
+from builder.recipe import load_recipe, read_recipe, recipe_for
 from builder.recipe.model import BaseRef, CopyStep, Recipe, RunStep, Step
 from builder.stage import StageBuilder, StageResult, StepRecord, runtime_spec
 
@@ -242,9 +242,10 @@ def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = 
     reporter = reporter or NullReporter()
     if options.workdir is None:
         raise ValueError("options.workdir is required")
-    # parsed once to learn the platforms (builtins for the host), then once per platform
-    first = load_recipe(recipe_path, options.build_args, _builtin_args(options.platforms[0] if options.platforms
-                                                                       else Platform.host()))
+    # composed once; substituted and checked for the first platform (to learn the platforms), then per platform
+    source = read_recipe(recipe_path)
+    first = recipe_for(source, options.build_args, _builtin_args(options.platforms[0] if options.platforms
+                                                                 else Platform.host()))
     platforms = options.platforms or first.platforms or (Platform.host(),)
     for name in unused_build_args(first, options.build_args):
         reporter.message(f"warning: --build-arg {name} is not declared in args: nor used as ${{{name}}} "
@@ -254,7 +255,7 @@ def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = 
     steps: list[tuple[Platform, tuple[StepRecord, ...]]] = []
     for n, platform in enumerate(platforms):
         builtins = _builtin_args(platform)
-        recipe = load_recipe(recipe_path, options.build_args, builtins)
+        recipe = recipe_for(source, options.build_args, builtins)
         if len(platforms) > 1:
             reporter.message(f"== {platform}")
         image, records = build_image(recipe, platform, options, options.workdir / f"p{n}", reporter, cache)

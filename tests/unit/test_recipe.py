@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from builder.errors import InputError, Location, RecipeError
 from builder.oci.platform import Platform
-from builder.recipe import load_recipe
+from builder.recipe import load_recipe, read_recipe, recipe_for
 from builder.recipe.model import (
     CopyStep,
     MkdirStep,
@@ -838,3 +838,16 @@ def test_base_paths_may_be_absolute_or_outside_the_context(tmp_path, monkeypatch
         (tmp_path / "recipe.yaml").write_text(f"version: 1\nfrom: {text}\n")
         base = load_recipe(Path("recipe.yaml")).base
         assert (base.value, base.tag) == (value, tag)
+
+
+def test_a_recipe_is_composed_once_and_substituted_per_set_of_args(tmp_path):
+    """read_recipe composes the file once; recipe_for substitutes and checks it for each platform's built-ins."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(V + "platforms: [linux/amd64, linux/arm64]\nsteps:\n  - mkdir: /opt/${TARGETARCH}\n")
+    source = read_recipe(path)
+    path.unlink()  # what recipe_for needs is already in the source
+    made = [recipe_for(source, {}, {"TARGETARCH": arch}).steps for arch in ("amd64", "arm64")]
+    assert made == [(MkdirStep("/opt/amd64", None, None, Location(str(path), 4, "steps[0].mkdir")),),
+                    (MkdirStep("/opt/arm64", None, None, Location(str(path), 4, "steps[0].mkdir")),)]
+    with pytest.raises(RecipeError, match=r"recipe.yaml:4: steps\[0\].mkdir: undefined argument \$\{TARGETARCH\}"):
+        recipe_for(source)
