@@ -6,12 +6,12 @@ in :data:`KINDS` (the keys it allows and requires) and its handler in :mod:`buil
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from builder.errors import RecipeError
+from builder.oci.digest import Digest
 from builder.recipe import values
 from builder.recipe.model import (
     CopyStep,
@@ -116,8 +116,10 @@ def _fetch(s: Scope, m: Map, kind: Entry) -> Step:
         raise RecipeError("credentials do not belong in a recipe's URL", kind.value.where)
     digest_node = m.entries["sha256"].value
     digest = s.text(digest_node, "the file's sha256 (64 hex digits)").lower().removeprefix("sha256:")
-    if not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise RecipeError(f"must be the file's sha256, 64 hex digits, got {digest!r}", digest_node.where)
+    try:
+        Digest.parse(f"sha256:{digest}")  # the one rule of what a sha256 digest is
+    except ValueError:
+        raise RecipeError(f"must be the file's sha256, 64 hex digits, got {digest!r}", digest_node.where) from None
     return FetchStep(
         url=url,
         sha256=digest,
