@@ -26,7 +26,7 @@ _EXPORTS = {
     "describe": "builder.inspect",
     "push": "builder.registry.push",
     "pull": "builder.registry.pull",
-    "Reference": "builder.registry.reference",
+    "Reference": "builder.oci.reference",
     "RegistryOptions": "builder.registry.transport",
     "Image": "builder.image",
     "ImageIndex": "builder.image",

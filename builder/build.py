@@ -28,7 +28,7 @@ from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir
 from builder.progress import NullReporter, Reporter
-from builder.recipe import load_recipe
+from builder.recipe import load_recipe, read_recipe, recipe_for
 from builder.recipe.model import BaseRef, Recipe, Step
 from builder.recipe.runtime import runtime_spec
 from builder.stage import StageBuilder, StageResult, StepRecord
@@ -72,8 +72,8 @@ def _pull_base(text: str, platform: Platform, workdir: Path, options: BuildOptio
     the layouts of ``options.reuse_layouts``) when it has them, else downloaded into it; into the
     work dir when no cache dir is usable. ``--no-cache`` still uses the store (see builder/blobstore.py)."""
     from builder.blobstore import store_root
+    from builder.oci.reference import Reference
     from builder.registry.pull import pull  # the registry stack loads only when a recipe needs it
-    from builder.registry.reference import Reference
     from builder.registry.transport import RegistryOptions
 
     try:
@@ -94,7 +94,7 @@ def _annotations(recipe: Recipe, base_ref: BaseRef, base: Image | None, options:
     recipe's own, then ``--annotation``s."""
     out: dict[str, str] = {}
     if base is not None and base_ref.kind == "registry":
-        from builder.registry.reference import Reference
+        from builder.oci.reference import Reference
 
         out[BASE_NAME] = str(Reference.parse(base_ref.value))
         out[BASE_DIGEST] = str(base.digest)
@@ -242,9 +242,10 @@ def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = 
     reporter = reporter or NullReporter()
     if options.workdir is None:
         raise ValueError("options.workdir is required")
-    # parsed once to learn the platforms (builtins for the host), then once per platform
-    first = load_recipe(recipe_path, options.build_args, _builtin_args(options.platforms[0] if options.platforms
-                                                                       else Platform.host()))
+    # composed once; substituted and checked for the first platform (to learn the platforms), then per platform
+    source = read_recipe(recipe_path)
+    first = recipe_for(source, options.build_args, _builtin_args(options.platforms[0] if options.platforms
+                                                                 else Platform.host()))
     platforms = options.platforms or first.platforms or (Platform.host(),)
     for name in unused_build_args(first, options.build_args):
         reporter.message(f"warning: --build-arg {name} is not declared in args: nor used as ${{{name}}} "
@@ -254,7 +255,7 @@ def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = 
     steps: list[tuple[Platform, tuple[StepRecord, ...]]] = []
     for n, platform in enumerate(platforms):
         builtins = _builtin_args(platform)
-        recipe = load_recipe(recipe_path, options.build_args, builtins)
+        recipe = recipe_for(source, options.build_args, builtins)
         if len(platforms) > 1:
             reporter.message(f"== {platform}")
         image, records = build_image(recipe, platform, options, options.workdir / f"p{n}", reporter, cache)

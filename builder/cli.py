@@ -40,7 +40,7 @@ from builder.userns import in_user_namespace, subordinate_ids
 from builder.workdir import work_directory
 
 if TYPE_CHECKING:
-    from builder.registry.reference import Reference
+    from builder.oci.reference import Reference
     from builder.registry.transport import RegistryOptions
 
 SUBCOMMANDS = ("build", "inspect", "ls", "unpack", "push", "pull", "login", "logout", "cache", "version")
@@ -608,7 +608,7 @@ def _ago(seconds: float) -> str:
 
 
 def _reference(text: str, what: str) -> Reference:
-    from builder.registry.reference import Reference
+    from builder.oci.reference import Reference
 
     try:
         return Reference.parse(text)

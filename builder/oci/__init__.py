@@ -1,1 +1,1 @@
-"""OCI vocabulary: digests, media types, descriptors, configs and manifests. No I/O here."""
+"""OCI vocabulary: digests, media types, descriptors, configs, manifests and image references. No I/O here."""

@@ -1,5 +1,5 @@
 """Recipe files: strict YAML -> located, substituted, checked model values."""
 
-from builder.recipe.parse import load_recipe
+from builder.recipe.load import load_recipe, read_recipe, recipe_for
 
-__all__ = ["load_recipe"]
+__all__ = ["load_recipe", "read_recipe", "recipe_for"]

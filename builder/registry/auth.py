@@ -51,7 +51,7 @@ import requests
 
 from builder.errors import InputError, RegistryError
 from builder.oci.canonical import json_object, json_value
-from builder.registry.reference import DOCKER_HUB, DOCKER_HUB_API, LEGACY_DOCKER_HUB
+from builder.oci.reference import DOCKER_HUB, DOCKER_HUB_API, LEGACY_DOCKER_HUB
 from builder.registry.wire import (
     MAX_REDIRECTS,
     REDIRECT_CODES,

@@ -25,9 +25,9 @@ from typing import Any
 
 from builder.errors import InputError, OutputError
 from builder.oci.canonical import json_value
+from builder.oci.reference import Reference
 from builder.registry.auth import MAX_AUTH_FILE, Credentials, auth_files
 from builder.registry.client import RegistryClient
-from builder.registry.reference import Reference
 from builder.registry.transport import RegistryOptions
 
 

@@ -31,8 +31,8 @@ from builder.oci.descriptor import Descriptor, is_attestation, select_platform
 from builder.oci.digest import Digest
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
+from builder.oci.reference import Reference
 from builder.registry.client import MAX_MANIFEST, RegistryClient, manifest_media_type, run_all
-from builder.registry.reference import Reference
 from builder.registry.transport import RegistryOptions
 from builder.registry.wire import MiB
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from builder.errors import RegistryError
 from builder.image import Image, ImageIndex
 from builder.oci.digest import Digest
+from builder.oci.reference import Reference
 from builder.registry.client import RegistryClient, run_all
-from builder.registry.reference import Reference
 from builder.registry.transport import RegistryOptions
 
 EventSink = Callable[[str, Digest, int], None]

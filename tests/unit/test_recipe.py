@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from builder.errors import InputError, Location, RecipeError
 from builder.oci.platform import Platform
-from builder.recipe import load_recipe
+from builder.recipe import load_recipe, read_recipe, recipe_for
 from builder.recipe.model import (
     CopyStep,
     MkdirStep,
@@ -351,6 +351,22 @@ BAD: list[tuple[str, str | bytes, str]] = [
             "oci-archive:FILE[:TAG], docker-archive:FILE or an image reference like alpine:3.20"
         ),
     ),
+    (  # what the pull would refuse (a repository in upper case, a port out of range) fails here
+        "bad-from-case",
+        V + "from: Foo/bar\n",
+        (
+            "recipe.yaml:2: from: not a valid base 'Foo/bar': expected scratch, a stage name, oci:PATH[:TAG], "
+            "oci-archive:FILE[:TAG], docker-archive:FILE or an image reference like alpine:3.20"
+        ),
+    ),
+    (
+        "bad-from-port",
+        V + "from: localhost:99999/x\n",
+        (
+            "recipe.yaml:2: from: not a valid base 'localhost:99999/x': expected scratch, a stage name, "
+            "oci:PATH[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE or an image reference like alpine:3.20"
+        ),
+    ),
     ("oci-empty-tag", V + "from: 'oci:layout:'\n", "recipe.yaml:2: from: empty tag after ':' in 'oci:layout:'"),
     (
         "docker-archive-empty",
@@ -656,6 +672,9 @@ def test_owner_forms(recipe, owner: str) -> None:
         ("alpine:3.20", "registry", "alpine:3.20", None),
         ("localhost:5000/a/b_c:tag", "registry", "localhost:5000/a/b_c:tag", None),
         ("ghcr.io/org/img@sha256:" + "a" * 64, "registry", "ghcr.io/org/img@sha256:" + "a" * 64, None),
+        # the grammar of builder.oci.reference, which the pull uses: IPv6 hosts and sha512 digests too
+        ("[::1]:5000/x:1", "registry", "[::1]:5000/x:1", None),
+        ("x@sha512:" + "b" * 128, "registry", "x@sha512:" + "b" * 128, None),
         ("build", "stage", "build", None),
         ("${BASE}", "registry", "debian:12", None),
     ],
@@ -819,3 +838,16 @@ def test_base_paths_may_be_absolute_or_outside_the_context(tmp_path, monkeypatch
         (tmp_path / "recipe.yaml").write_text(f"version: 1\nfrom: {text}\n")
         base = load_recipe(Path("recipe.yaml")).base
         assert (base.value, base.tag) == (value, tag)
+
+
+def test_a_recipe_is_composed_once_and_substituted_per_set_of_args(tmp_path):
+    """read_recipe composes the file once; recipe_for substitutes and checks it for each platform's built-ins."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(V + "platforms: [linux/amd64, linux/arm64]\nsteps:\n  - mkdir: /opt/${TARGETARCH}\n")
+    source = read_recipe(path)
+    path.unlink()  # what recipe_for needs is already in the source
+    made = [recipe_for(source, {}, {"TARGETARCH": arch}).steps for arch in ("amd64", "arm64")]
+    assert made == [(MkdirStep("/opt/amd64", None, None, Location(str(path), 4, "steps[0].mkdir")),),
+                    (MkdirStep("/opt/arm64", None, None, Location(str(path), 4, "steps[0].mkdir")),)]
+    with pytest.raises(RecipeError, match=r"recipe.yaml:4: steps\[0\].mkdir: undefined argument \$\{TARGETARCH\}"):
+        recipe_for(source)

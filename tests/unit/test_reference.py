@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from builder.oci.digest import Digest
-from builder.registry.reference import DOCKER_HUB, DOCKER_HUB_API, Reference
+from builder.oci.reference import DOCKER_HUB, DOCKER_HUB_API, Reference
 
 HEX = "a" * 64
 DIGEST = f"sha256:{HEX}"

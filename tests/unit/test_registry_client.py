@@ -41,12 +41,12 @@ from builder.oci.digest import Digest
 from builder.oci.manifest import image_index
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
+from builder.oci.reference import Reference
 from builder.registry import client as client_module
 from builder.registry.auth import Credentials
 from builder.registry.client import RegistryClient
 from builder.registry.pull import pull
 from builder.registry.push import push
-from builder.registry.reference import Reference
 from builder.registry.transport import USER_AGENT, RegistryOptions
 from tests.helpers import AMD64, ARM64, make_image, make_index
 
