@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http
 import ipaddress
 import json
 import os
@@ -53,15 +52,15 @@ from builder.errors import InputError, RegistryError
 from builder.oci.canonical import json_object, json_value
 from builder.registry.reference import DOCKER_HUB, DOCKER_HUB_API, LEGACY_DOCKER_HUB
 from builder.registry.wire import (
-    MAX_REDIRECTS,
-    REDIRECT_CODES,
     Deadline,
     DeadlineError,
     KiB,
     MiB,
+    follow_redirects,
+    origin,
     read_body,
-    redirect_target,
     size_text,
+    status_phrase,
 )
 
 #: The OAuth2 ``client_id`` sent with refresh-token grants (registries log it; some require one).
@@ -654,35 +653,34 @@ class Authenticator:
         own origin. TLS is verified unless the host is the insecure registry's own:
         ``--insecure-registry`` names that host, and credentials must not go unverified to any other.
         """
-        origin = _origin(url)
+        first = origin(url)
         send = dict(headers or {})
+
+        def hop(at: str) -> requests.Response:
+            verify = not (self._insecure and _same_host(urlsplit(at).hostname or "", self.registry))
+            if origin(at) != first:
+                send.pop("Authorization", None)
+            return self._session.request(method, at, params=params, data=data, headers=send, timeout=TOKEN_TIMEOUT,
+                                         verify=verify, allow_redirects=False, stream=True)
+
+        def redirected(status: int, at: str, target: str | None) -> None:
+            nonlocal params, method, data
+            if target is None:
+                raise RegistryError(f"{self.registry}: token endpoint {shown} redirected to a URL that "
+                                    "is not http(s) or is malformed")
+            self._check_realm(target)
+            params, method, data = None, "GET", None
+
         with Deadline(self._deadline) as deadline:
             try:
-                for _ in range(MAX_REDIRECTS + 1):
+                resp = follow_redirects(url, hop, deadline, lambda _: f"{self.registry}: token endpoint {shown}",
+                                        redirected, follow=follow)
+                with closing(resp):
+                    what = f"{self.registry}: token endpoint {shown}: the answer"
+                    body = read_body(resp, MAX_TOKEN_REPLY, what, truncate=resp.status_code != 200)
                     deadline.check()
-                    verify = not (self._insecure and _same_host(urlsplit(url).hostname or "", self.registry))
-                    if _origin(url) != origin:
-                        send.pop("Authorization", None)
-                    with deadline.watching():
-                        resp = self._session.request(method, url, params=params, data=data, headers=send,
-                                                     timeout=TOKEN_TIMEOUT, verify=verify, allow_redirects=False,
-                                                     stream=True)
-                    with closing(resp):
-                        location = resp.headers.get("Location")
-                        if follow and resp.status_code in REDIRECT_CODES and location:
-                            target = redirect_target(resp.url or url, location)
-                            if target is None:
-                                raise RegistryError(f"{self.registry}: token endpoint {shown} redirected to a URL that "
-                                                    "is not http(s) or is malformed")
-                            self._check_realm(target)
-                            deadline.detach()
-                            url, params, method, data = target, None, "GET", None
-                            continue
-                        what = f"{self.registry}: token endpoint {shown}: the answer"
-                        body = read_body(resp, MAX_TOKEN_REPLY, what, truncate=resp.status_code != 200)
-                        deadline.check()
-                        deadline.detach()
-                        return resp.status_code, resp.headers.get("Content-Type", ""), body
+                    deadline.detach()
+                    return resp.status_code, resp.headers.get("Content-Type", ""), body
             # ValueError: a plain requests.Session (not new_session's) parses a redirect's Location itself
             except (requests.RequestException, DeadlineError, ValueError) as exc:
                 if deadline.expired:
@@ -690,13 +688,12 @@ class Authenticator:
                                         f"{self._deadline:g} s") from None
                 # requests' messages quote URLs and reasons; keep ours to names we chose
                 raise RegistryError(f"{self.registry}: token endpoint {shown} unreachable ({type(exc).__name__})") from None
-        raise RegistryError(f"{self.registry}: token endpoint {shown}: more than {MAX_REDIRECTS} redirects")
 
     def _token_from(self, answer: _Answer, shown: str, key: frozenset[str]) -> _Token:
         status, content_type, body = answer
         if status != 200:
             detail = self._server_message(content_type, body)
-            text = f"{status} {_phrase(status)}".rstrip() + (f": {detail}" if detail else "")
+            text = f"{status} {status_phrase(status)}".rstrip() + (f": {detail}" if detail else "")
             if status in (401, 403):
                 raise RegistryError(f"{self.registry}: token endpoint {shown} refused {self._who()} ({text})")
             raise RegistryError(f"{self.registry}: token endpoint {shown} answered {text}")
@@ -757,7 +754,7 @@ class Authenticator:
         detail = self._scrub(" ".join(v for v in (params.get("error", ""), params.get("error_description", "")) if v))
         scope_text = f" for {' '.join(s for s in scopes if s)}" if any(scopes) else ""
         return RegistryError(
-            f"{self.registry}: authentication failed ({status} {_phrase(status)}"
+            f"{self.registry}: authentication failed ({status} {status_phrase(status)}"
             + (f": {detail}" if detail else "")
             + f"){scope_text} as {self._who()}"
         )
@@ -791,11 +788,6 @@ class Authenticator:
 _Answer = tuple[int, str, bytes]  # a token endpoint's status, Content-Type and body
 
 
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
-
-
 def _same_host(hostname: str, registry: str) -> bool:
     """Whether a URL's hostname is the host of ``registry`` (``host[:port]``); all loopback names are one."""
     host = registry[1:].partition("]")[0] if registry.startswith("[") else registry.partition(":")[0]
@@ -810,10 +802,3 @@ def _loopback(name: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-
-
-def _phrase(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return ""

@@ -41,7 +41,6 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
@@ -54,16 +53,16 @@ from builder.errors import RegistryError
 from builder.oci.canonical import json_object
 from builder.registry.auth import Authenticator, Credentials
 from builder.registry.wire import (
-    MAX_REDIRECTS,
-    REDIRECT_CODES,
     USER_AGENT,  # noqa: F401 - re-exported (the tests check that it is sent)
     Deadline,
     DeadlineError,
     KiB,
     MiB,
+    follow_redirects,
     new_session,
+    origin,
     read_body,
-    redirect_target,
+    status_phrase,
 )
 
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "[::1]"})
@@ -371,28 +370,21 @@ class Transport:
         deadline: Deadline,
     ) -> requests.Response:
         """Send the request and follow redirects by hand, with Authorization only for the registry's origin."""
-        for _ in range(MAX_REDIRECTS + 1):
-            deadline.check()
-            send = dict(headers)
-            if auth is not None and self._is_registry(url):
-                send["Authorization"] = auth
-            with deadline.watching():
-                resp = self._send(method, url, send, data, verify=self._verify(url))
-            location = resp.headers.get("Location")
-            if resp.status_code not in REDIRECT_CODES or not location:
-                return resp
-            deadline.detach()
-            resp.close()
+
+        def send(at: str) -> requests.Response:
+            hop = dict(headers)
+            if auth is not None and self._is_registry(at):
+                hop["Authorization"] = auth
+            return self._send(method, at, hop, data, verify=self._verify(at))
+
+        def redirected(status: int, at: str, target: str | None) -> None:
+            nonlocal method, data
             if isinstance(data, Body):  # a consumed stream cannot be sent to the new place
-                raise RetryableError(f"{self._where(method, url)}: redirected while uploading a stream")
-            target = redirect_target(url, location)
-            if target is None:
-                raise RegistryError(f"{self._where(method, url)}: {resp.status_code} redirect to a URL that is not "
-                                    "http(s) or is malformed")
-            if resp.status_code == 303 and method != "HEAD":
+                raise RetryableError(f"{self._where(method, at)}: redirected while uploading a stream")
+            if status == 303 and method != "HEAD":
                 method, data = "GET", None
-            url = target
-        raise RegistryError(f"{self._where(method, url)}: more than {MAX_REDIRECTS} redirects")
+
+        return follow_redirects(url, send, deadline, lambda at: self._where(method, at), redirected)
 
     def _send(
         self, method: str, url: str, headers: dict[str, str], data: bytes | Body | None, *, verify: bool
@@ -413,8 +405,7 @@ class Transport:
             return self.session.request(method, url, **kwargs)
 
     def _is_registry(self, url: str) -> bool:
-        parts = urlsplit(url)
-        return (parts.scheme, parts.netloc.lower()) == (self.scheme, self.api_host.lower())
+        return origin(url) == (self.scheme, self.api_host.lower())
 
     # ---- auth ------------------------------------------------------------------------------
 
@@ -432,12 +423,7 @@ class Transport:
 
     def describe_response(self, method: str, url: str, resp: requests.Response) -> str:
         """``REGISTRY: METHOD PATH: STATUS CODE: message`` from the distribution-spec error body."""
-        detail = error_detail(resp)
-        if not detail:
-            try:
-                detail = HTTPStatus(resp.status_code).phrase
-            except ValueError:
-                detail = resp.reason or "error"
+        detail = error_detail(resp) or status_phrase(resp.status_code) or resp.reason or "error"
         return f"{self._where(method, url)}: {resp.status_code} {detail}"
 
     def describe_failure(self, method: str, url: str, exc: Exception) -> str:
