@@ -207,7 +207,7 @@ def _registry_options(insecure_registry: tuple[str, ...], tls_verify: bool, auth
     never talks to a registry never loads the registry stack."""
     if not insecure_registry and tls_verify and authfile is None and creds is None and retry is None:
         return None
-    from builder.registry.auth import Credentials
+    from builder.registry.credentials import Credentials
     from builder.registry.transport import RegistryOptions
 
     if authfile is not None and not authfile.is_file():
@@ -682,7 +682,7 @@ def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, in
 def login_cmd(registry: str, username: str | None, password: str | None, password_stdin: bool,
               insecure_registry: tuple[str, ...], tls_verify: bool, authfile: Path | None) -> None:
     """Check credentials against REGISTRY and keep them where podman and skopeo look."""
-    from builder.registry.auth import Credentials
+    from builder.registry.credentials import Credentials
     from builder.registry.login import check_login, registry_host, save_login
     from builder.registry.transport import RegistryOptions
 

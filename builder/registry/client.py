@@ -29,7 +29,10 @@ from builder.errors import InputError, IntegrityError, RegistryError
 from builder.oci.canonical import json_object
 from builder.oci.digest import Digest
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES, MediaType
-from builder.registry.auth import Authenticator, Credentials, find_credentials, scope_for
+from builder.registry.auth import Authenticator
+from builder.registry.challenges import scope_for
+from builder.registry.credential_lookup import find_credentials
+from builder.registry.credentials import Credentials
 from builder.registry.reference import Reference
 from builder.registry.transport import TRANSIENT_ERRORS, Body, RegistryOptions, Reply, RetryableError, Transport
 from builder.registry.wire import MiB, new_session

@@ -51,7 +51,8 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from builder.errors import RegistryError
 from builder.oci.canonical import json_object
-from builder.registry.auth import Authenticator, Credentials
+from builder.registry.auth import Authenticator
+from builder.registry.credentials import Credentials
 from builder.registry.wire import (
     USER_AGENT,  # noqa: F401 - re-exported (the tests check that it is sent)
     Deadline,

@@ -42,8 +42,8 @@ from builder.oci.manifest import image_index
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
 from builder.registry import client as client_module
-from builder.registry.auth import Credentials
 from builder.registry.client import RegistryClient
+from builder.registry.credentials import Credentials
 from builder.registry.pull import pull
 from builder.registry.push import push
 from builder.registry.reference import Reference
