@@ -70,9 +70,9 @@ def _pull_base(text: str, platform: Platform, workdir: Path, options: BuildOptio
     the layouts of ``options.reuse_layouts``) when it has them, else downloaded into it; into the
     work dir when no cache dir is usable. ``--no-cache`` still uses the store (see builder/blobstore.py)."""
     from builder.blobstore import store_root
+    from builder.registry.options import RegistryOptions
     from builder.registry.pull import pull  # the registry stack loads only when a recipe needs it
     from builder.registry.reference import Reference
-    from builder.registry.transport import RegistryOptions
 
     try:
         ref = Reference.parse(text)

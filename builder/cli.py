@@ -40,8 +40,8 @@ from builder.userns import in_user_namespace, subordinate_ids
 from builder.workdir import work_directory
 
 if TYPE_CHECKING:
+    from builder.registry.options import RegistryOptions
     from builder.registry.reference import Reference
-    from builder.registry.transport import RegistryOptions
 
 SUBCOMMANDS = ("build", "inspect", "ls", "unpack", "push", "pull", "login", "logout", "cache", "version")
 RECIPE_NAMES = ("pybuild.yaml", "recipe.yaml")
@@ -208,7 +208,7 @@ def _registry_options(insecure_registry: tuple[str, ...], tls_verify: bool, auth
     if not insecure_registry and tls_verify and authfile is None and creds is None and retry is None:
         return None
     from builder.registry.credentials import Credentials
-    from builder.registry.transport import RegistryOptions
+    from builder.registry.options import RegistryOptions
 
     if authfile is not None and not authfile.is_file():
         raise InputError(f"--authfile: no such file: {str(authfile)!r}")
@@ -684,7 +684,7 @@ def login_cmd(registry: str, username: str | None, password: str | None, passwor
     """Check credentials against REGISTRY and keep them where podman and skopeo look."""
     from builder.registry.credentials import Credentials
     from builder.registry.login import check_login, registry_host, save_login
-    from builder.registry.transport import RegistryOptions
+    from builder.registry.options import RegistryOptions
 
     host = registry_host(registry)
     if password_stdin:

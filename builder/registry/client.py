@@ -29,13 +29,13 @@ from builder.errors import InputError, IntegrityError, RegistryError
 from builder.oci.canonical import json_object
 from builder.oci.digest import Digest
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES, MediaType
-from builder.registry.auth import Authenticator
 from builder.registry.challenges import scope_for
 from builder.registry.credential_lookup import find_credentials
 from builder.registry.credentials import Credentials
+from builder.registry.options import RegistryOptions
 from builder.registry.reference import Reference
-from builder.registry.transport import TRANSIENT_ERRORS, Body, RegistryOptions, Reply, RetryableError, Transport
-from builder.registry.wire import MiB, new_session
+from builder.registry.transport import TRANSIENT_ERRORS, Body, Reply, RetryableError, Transport
+from builder.registry.wire import MiB
 
 ACCEPTED = (MediaType.OCI_MANIFEST, MediaType.OCI_INDEX, MediaType.DOCKER_MANIFEST, MediaType.DOCKER_LIST)
 MANIFEST_ACCEPT = ", ".join(ACCEPTED)  # without Accept, some registries answer with schema 1
@@ -78,11 +78,7 @@ class RegistryClient:
             creds = self.options.credentials or find_credentials(ref.registry, authfile=self.options.authfile)
         else:
             creds = credentials
-        session = new_session()
-        insecure = self.options.is_insecure(ref.api_host) or self.options.is_insecure(ref.registry)
-        self.authenticator = Authenticator(ref.registry, creds, session, insecure=insecure,
-                                           deadline=self.options.deadline)
-        self.transport = Transport(ref.registry, ref.api_host, self.authenticator, self.options, session=session)
+        self.transport = Transport(ref.registry, ref.api_host, creds, self.options)
         self.repo = ref.repository
         self.scopes = (scope_for(ref.repository, "pull,push" if push else "pull"),)
 

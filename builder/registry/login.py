@@ -28,8 +28,8 @@ from builder.oci.canonical import json_value
 from builder.registry.client import RegistryClient
 from builder.registry.credential_lookup import MAX_AUTH_FILE, auth_files
 from builder.registry.credentials import Credentials
+from builder.registry.options import RegistryOptions
 from builder.registry.reference import Reference
-from builder.registry.transport import RegistryOptions
 
 
 def auth_file(authfile: Path | None = None) -> Path:

@@ -32,8 +32,8 @@ from builder.oci.digest import Digest
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
 from builder.registry.client import MAX_MANIFEST, RegistryClient, manifest_media_type, run_all
+from builder.registry.options import RegistryOptions
 from builder.registry.reference import Reference
-from builder.registry.transport import RegistryOptions
 from builder.registry.wire import MiB
 
 MAX_CONFIG = 8 * MiB  # as the layout reader's limit for JSON documents (sinks/layout.py MAX_JSON)

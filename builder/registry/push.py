@@ -18,8 +18,8 @@ from builder.errors import RegistryError
 from builder.image import Image, ImageIndex
 from builder.oci.digest import Digest
 from builder.registry.client import RegistryClient, run_all
+from builder.registry.options import RegistryOptions
 from builder.registry.reference import Reference
-from builder.registry.transport import RegistryOptions
 
 EventSink = Callable[[str, Digest, int], None]
 

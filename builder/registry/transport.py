@@ -41,7 +41,6 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
@@ -53,8 +52,8 @@ from builder.errors import RegistryError
 from builder.oci.canonical import json_object
 from builder.registry.auth import Authenticator
 from builder.registry.credentials import Credentials
+from builder.registry.options import RegistryOptions
 from builder.registry.wire import (
-    USER_AGENT,  # noqa: F401 - re-exported (the tests check that it is sent)
     Deadline,
     DeadlineError,
     KiB,
@@ -66,7 +65,6 @@ from builder.registry.wire import (
     status_phrase,
 )
 
-LOOPBACK = frozenset({"localhost", "127.0.0.1", "[::1]"})
 #: Bytes of an answer read when the caller does not need its body (upload steps, a stored manifest).
 MAX_ANSWER = 64 * KiB
 #: Bytes of an error body read for its message; the rest is not read.
@@ -76,44 +74,6 @@ MAX_RETRY_AFTER = 30.0  # seconds: a Retry-After longer than this is shortened, 
 _NOT_TRANSIENT_5XX = frozenset({501, 505})
 TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _UNVERIFIED = threading.Lock()  # see Transport._send
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    """How to talk to registries: which hosts are insecure, and how hard to try."""
-
-    insecure: frozenset[str] = frozenset()
-    """``--insecure-registry`` values: ``HOST`` (any port) or ``HOST:PORT``."""
-    retries: int = 4
-    """Extra attempts for a transient failure (and restarts of a failed blob upload)."""
-    backoff: float = 0.5
-    """Seconds before the first retry; doubled for each one after."""
-    timeout: float = 60
-    """Seconds to connect, and between two reads of a response; a blob body must bring a MiB in this time."""
-    deadline: float = 120
-    """Seconds for a whole small request (manifest, token, upload step, HEAD), redirects included."""
-    chunk_size: int = 64 * MiB
-    """Blobs up to this size go in one PUT; larger ones in PATCH chunks of this size."""
-    parallel: int = 4
-    """Blobs transferred at once by push and pull."""
-    tls_verify: bool = True
-    """False (``--tls-verify=false``, as skopeo): every host is treated as listed in ``insecure``."""
-    authfile: Path | None = None
-    """``--authfile``: read before the default credential files (as containers/image's ``--authfile``)."""
-    credentials: Credentials | None = None
-    """``--creds``: used for every registry of the command instead of any file."""
-
-    def is_insecure(self, host: str) -> bool:
-        """True for ``host`` (``name[:port]``) if it is loopback or listed, with or without its port."""
-        name = hostname(host)
-        return not self.tls_verify or name in LOOPBACK or host in self.insecure or name in self.insecure
-
-
-def hostname(host: str) -> str:
-    """``host`` without its port; IPv6 literals keep their brackets (``[::1]:5000`` -> ``[::1]``)."""
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    return host.partition(":")[0]
 
 
 class RetryableError(RegistryError):
@@ -173,23 +133,16 @@ def _transient(status: int) -> bool:
 
 
 class Transport:
-    """One registry host's HTTP: a session, the scheme, and the Authorization values in use."""
+    """One registry host's HTTP: a session, the scheme, and the Authenticator that shares the session."""
 
-    def __init__(
-        self,
-        ref_registry: str,
-        api_host: str,
-        authenticator: Authenticator,
-        options: RegistryOptions,
-        *,
-        session: requests.Session | None = None,
-    ) -> None:
+    def __init__(self, ref_registry: str, api_host: str, credentials: Credentials | None, options: RegistryOptions) -> None:
         self.registry = ref_registry
         self.api_host = api_host
-        self.authenticator = authenticator
         self.options = options
-        self.session = session if session is not None else new_session()
-        self.insecure = options.is_insecure(api_host) or options.is_insecure(ref_registry)
+        self.session = new_session()
+        self.insecure = options.is_insecure_registry(ref_registry, api_host)
+        self.authenticator = Authenticator(ref_registry, credentials, self.session, insecure=self.insecure,
+                                           deadline=options.deadline)
         self._scheme: str | None = None if self.insecure else "https"
         self._scheme_lock = threading.Lock()
         self._challenge: str | None = None  # the registry's last WWW-Authenticate
