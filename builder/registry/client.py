@@ -34,7 +34,8 @@ from builder.registry.credential_lookup import find_credentials
 from builder.registry.credentials import Credentials
 from builder.registry.options import RegistryOptions
 from builder.registry.reference import Reference
-from builder.registry.transport import TRANSIENT_ERRORS, Body, Reply, RetryableError, Transport
+from builder.registry.retry import RetryableError, pause, retrying
+from builder.registry.transport import Body, Reply, Transport
 from builder.registry.wire import MiB
 
 ACCEPTED = (MediaType.OCI_MANIFEST, MediaType.OCI_INDEX, MediaType.DOCKER_MANIFEST, MediaType.DOCKER_LIST)
@@ -219,7 +220,7 @@ class RegistryClient:
             except RetryableError:
                 if attempt >= self.options.retries:
                     raise
-                self.transport.pause(attempt)
+                pause(self.options, attempt)
 
     def _upload_once(self, source: Path | bytes, digest: Digest, size: int, on_progress: Progress | None) -> None:
         name = f"{self.ref.registry}/{self.repo}@{digest}"
@@ -261,16 +262,10 @@ class RegistryClient:
         """Run ``fetch`` again (with backoff) when a response body breaks off or stalls while being read.
 
         The transport retries failures before the response arrives; this covers the body,
-        which a streamed download reads after the transport has returned.
+        which a streamed download reads after the transport has returned (``retry.retrying``).
         """
-        for attempt in range(self.options.retries + 1):
-            try:
-                return fetch()
-            except TRANSIENT_ERRORS as exc:
-                if attempt >= self.options.retries:
-                    raise RegistryError(self.transport.describe_failure(method, self.transport.url(path), exc)) from exc
-                self.transport.pause(attempt)
-        raise AssertionError("unreachable")
+        return retrying(fetch, self.options,
+                        lambda exc: self.transport.describe_failure(method, self.transport.url(path), exc))
 
 
 def run_all(func: Callable[[_T], None], items: Sequence[_T], workers: int, name: str) -> None:

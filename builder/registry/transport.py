@@ -25,10 +25,9 @@ so that the client reads like the distribution spec:
   keep up a minimum throughput, every MiB within ``timeout`` seconds (17 KiB/s by default; a
   per-read timeout alone lets a server that sends a byte every few seconds hold the download
   forever). A blob upload's deadline starts when its body has been sent.
-- Transient failures (connection errors, timeouts, 5xx, 429) are retried with exponential
-  backoff, but only for requests that can be replayed as they are. A request whose body is a
-  stream cannot: it raises :class:`RetryableError`, and the caller restarts the whole blob
-  upload, which is how the spec wants a broken upload session handled anyway.
+- Transient failures are retried (``retry.py`` says which, and how long to wait), but only for
+  requests that can be replayed as they are; one whose body is a stream raises
+  ``RetryableError`` and the caller restarts the whole blob upload.
 - Error messages name the registry, method, path and the registry's error code and message,
   never a query string (pre-signed CDN URLs carry signatures there) nor a header.
 """
@@ -36,7 +35,6 @@ so that the client reads like the distribution spec:
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,6 +51,7 @@ from builder.oci.canonical import json_object
 from builder.registry.auth import Authenticator
 from builder.registry.credentials import Credentials
 from builder.registry.options import RegistryOptions
+from builder.registry.retry import TRANSIENT_ERRORS, RetryableError, pause, retry_after, retrying, transient
 from builder.registry.wire import (
     Deadline,
     DeadlineError,
@@ -70,19 +69,7 @@ MAX_ANSWER = 64 * KiB
 #: Bytes of an error body read for its message; the rest is not read.
 MAX_ERROR_BODY = 64 * KiB
 MAX_CHALLENGES = 3  # per request; the authenticator itself gives up after a fresh value is refused
-MAX_RETRY_AFTER = 30.0  # seconds: a Retry-After longer than this is shortened, not obeyed
-_NOT_TRANSIENT_5XX = frozenset({501, 505})
-TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _UNVERIFIED = threading.Lock()  # see Transport._send
-
-
-class RetryableError(RegistryError):
-    """A request failed in a way that redoing the whole operation may fix.
-
-    Raised instead of retrying when the request itself cannot be replayed (its body was a
-    stream that has been consumed): a transient failure, or a 401 after which the
-    authenticator has a fresh token (tokens expire in the middle of long uploads).
-    """
 
 
 @dataclass(frozen=True)
@@ -126,10 +113,6 @@ class Body:
     def __iter__(self) -> Iterator[bytes]:
         while data := self.read(MiB):
             yield data
-
-
-def _transient(status: int) -> bool:
-    return status in (408, 429) or (status >= 500 and status not in _NOT_TRANSIENT_5XX)
 
 
 class Transport:
@@ -208,19 +191,16 @@ class Transport:
         A longer body is a RegistryError naming ``what``.
         """
         repeat = (method in ("GET", "HEAD") if repeatable is None else repeatable) and not isinstance(data, Body)
-        for attempt in range(self.options.retries + 1):
-            try:
-                with self.stream(method, url_or_path, scopes=scopes, headers=headers, data=data, ok=ok,
-                                 repeatable=repeatable) as (resp, _):
-                    where = self._where(method, resp.url)
-                    body = b"" if method == "HEAD" else read_body(resp, limit, f"{where}: {what}")
-                return Reply(resp.status_code, resp.headers, resp.url, body)
-            except TRANSIENT_ERRORS as exc:  # the body broke off or stalled
-                if not repeat or attempt >= self.options.retries:
-                    cls = RegistryError if repeat else RetryableError
-                    raise cls(self.describe_failure(method, self.url(url_or_path), exc)) from None
-                self.pause(attempt)
-        raise AssertionError("unreachable")
+
+        def read() -> Reply:
+            with self.stream(method, url_or_path, scopes=scopes, headers=headers, data=data, ok=ok,
+                             repeatable=repeatable) as (resp, _):
+                where = self._where(method, resp.url)
+                body = b"" if method == "HEAD" else read_body(resp, limit, f"{where}: {what}")
+            return Reply(resp.status_code, resp.headers, resp.url, body)
+
+        return retrying(read, self.options, lambda exc: self.describe_failure(method, self.url(url_or_path), exc),
+                        repeat=repeat)
 
     @contextmanager
     def stream(
@@ -277,7 +257,7 @@ class Transport:
                 if isinstance(exc, requests.exceptions.SSLError) or not (repeat and attempt < self.options.retries):
                     cls = RegistryError if repeat or isinstance(exc, requests.exceptions.SSLError) else RetryableError
                     raise cls(self.describe_failure(method, url, exc)) from exc
-                self.pause(attempt)
+                pause(self.options, attempt)
                 attempt += 1
                 continue
             if resp.status_code in ok:
@@ -293,11 +273,11 @@ class Transport:
                         if not replayable:
                             raise RetryableError(f"{self._where(method, url)}: 401 (authorization expired or refused)")
                         continue
-                if _transient(resp.status_code):
+                if transient(resp.status_code):
                     if repeat and attempt < self.options.retries:
-                        delay = _retry_after(resp)
+                        delay = retry_after(resp)
                         self._close(resp, deadline)
-                        self.pause(attempt, delay)
+                        pause(self.options, attempt, delay)
                         attempt += 1
                         continue
                     if not repeat:
@@ -310,14 +290,6 @@ class Transport:
     def _close(resp: requests.Response, deadline: Deadline) -> None:
         deadline.close()
         resp.close()
-
-    def pause(self, attempt: int, at_least: float | None = None) -> None:
-        """Wait before retry number ``attempt + 1``: exponential backoff, or the server's Retry-After."""
-        delay = self.options.backoff * (2**attempt)
-        if at_least is not None:
-            delay = max(delay, min(at_least, MAX_RETRY_AFTER))
-        if delay > 0:
-            time.sleep(delay)
 
     def _follow(
         self, method: str, url: str, auth: str | None, headers: dict[str, str], data: bytes | Body | None,
@@ -410,11 +382,6 @@ def error_detail(resp: requests.Response, limit: int = MAX_ERROR_BODY) -> str:
             if text:
                 parts.append(" ".join(text.split()))
     return "; ".join(parts)[:500]
-
-
-def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After", "")
-    return float(value) if value.strip().isdigit() else None
 
 
 def _os_reason(exc: BaseException) -> str | None:
