@@ -32,11 +32,13 @@ from builder.errors import RegistryError
 from builder.oci.canonical import json_object, json_value
 from builder.registry.challenges import grants, merge_scopes, parse_challenges
 from builder.registry.credentials import MAX_QUOTED, Credentials, scrub
+from builder.registry.options import hostname
 from builder.registry.wire import (
     Deadline,
     DeadlineError,
     MiB,
     follow_redirects,
+    http_url,
     origin,
     read_body,
     status_phrase,
@@ -60,6 +62,7 @@ PROVEN_AFTER = 30
 #: A bearer token must be a header-safe token (RFC 6750 b64token, loosely): a token with a space or
 #: control character would make ``requests`` raise an error quoting the header value.
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+_LOGIN_HINT = "docker login / $REGISTRY_AUTH_FILE"  # where credentials would have come from
 
 
 @dataclass
@@ -156,7 +159,7 @@ class Authenticator:
         if value is None:
             raise RegistryError(
                 f"authentication required for {self.registry} but no credentials were found "
-                "(docker login / $REGISTRY_AUTH_FILE)"
+                f"({_LOGIN_HINT})"
             )
         return value
 
@@ -309,14 +312,10 @@ class Authenticator:
 
     def _check_realm(self, realm: str) -> str:
         """Refuse realms that would leak credentials or reach a cloud metadata service; the realm as shown."""
-        try:
-            parts = urlsplit(realm)
-            host = parts.hostname or ""
-            _ = parts.port  # raises on a malformed port
-        except ValueError:
-            host, parts = "", urlsplit("")
-        if parts.scheme not in ("http", "https") or not host:
+        parts = http_url(realm)
+        if parts is None:
             raise RegistryError(f"{self.registry}: the Bearer challenge has no valid http(s) realm")
+        host = parts.hostname or ""
         netloc = parts.netloc.rpartition("@")[2]
         shown = f"{parts.scheme}://{netloc}{parts.path}"
         if parts.username is not None or parts.password is not None:
@@ -338,7 +337,7 @@ class Authenticator:
     def _who(self) -> str:
         creds = self._credentials
         if creds is None or not (creds.password or creds.identity_token):
-            return "anonymous (no credentials found: docker login / $REGISTRY_AUTH_FILE)"
+            return f"anonymous (no credentials found: {_LOGIN_HINT})"
         if creds.username:
             return f"user {creds.username!r}"
         return "an identity token"
@@ -378,10 +377,9 @@ class Authenticator:
 _Answer = tuple[int, str, bytes]  # a token endpoint's status, Content-Type and body
 
 
-def _same_host(hostname: str, registry: str) -> bool:
+def _same_host(url_host: str, registry: str) -> bool:
     """Whether a URL's hostname is the host of ``registry`` (``host[:port]``); all loopback names are one."""
-    host = registry[1:].partition("]")[0] if registry.startswith("[") else registry.partition(":")[0]
-    names = {hostname.lower(), host.lower()}
+    names = {url_host.lower(), hostname(registry).strip("[]").lower()}
     return len(names) == 1 or all(_loopback(n) for n in names)
 
 

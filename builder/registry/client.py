@@ -223,7 +223,7 @@ class RegistryClient:
                 pause(self.options, attempt)
 
     def _upload_once(self, source: Path | bytes, digest: Digest, size: int, on_progress: Progress | None) -> None:
-        name = f"{self.ref.registry}/{self.repo}@{digest}"
+        name = self._name(digest)
         with _opened(source) as file:
             actual = os.fstat(file.fileno()).st_size if isinstance(source, Path) else len(source)
             if actual != size:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
 from typing import Any, Self
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import requests
 import requests.adapters
@@ -296,13 +296,21 @@ def redirect_target(url: str, location: str) -> str | None:
     """The absolute http(s) URL a redirect from ``url`` points to, or None if it is not one."""
     try:
         target = urljoin(url, location)
-        parts = urlsplit(target)
+    except ValueError:
+        return None
+    return target if http_url(target) is not None else None
+
+
+def http_url(url: str) -> SplitResult | None:
+    """The parts of ``url`` if it is an http(s) URL with a host (and a valid port, if any), else None."""
+    try:
+        parts = urlsplit(url)
         _ = parts.port  # raises on a malformed port
     except ValueError:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
-    return target
+    return parts
 
 
 def read_body(resp: requests.Response, limit: int, what: str, *, truncate: bool = False) -> bytes:
