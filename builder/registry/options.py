@@ -2,7 +2,7 @@
 
 :class:`RegistryOptions` is what ``--insecure-registry``, ``--tls-verify``, ``--authfile``,
 ``--creds`` and the retry and timeout settings become; push, pull, login and the build's
-``from:`` pulls all take one. Which hosts count as insecure is decided here alone:
+``from:`` pulls all take one. Which hosts count as insecure is decided here:
 ``is_insecure`` (the loopback names always are, as a local ``registry:2`` speaks plain HTTP).
 """
 
