@@ -27,7 +27,7 @@ _EXPORTS = {
     "push": "builder.registry.push",
     "pull": "builder.registry.pull",
     "Reference": "builder.oci.reference",
-    "RegistryOptions": "builder.registry.transport",
+    "RegistryOptions": "builder.registry.options",
     "Image": "builder.image",
     "ImageIndex": "builder.image",
     "Platform": "builder.oci.platform",

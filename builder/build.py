@@ -73,8 +73,8 @@ def _pull_base(text: str, platform: Platform, workdir: Path, options: BuildOptio
     work dir when no cache dir is usable. ``--no-cache`` still uses the store (see builder/blobstore.py)."""
     from builder.blobstore import store_root
     from builder.oci.reference import Reference
+    from builder.registry.options import RegistryOptions
     from builder.registry.pull import pull  # the registry stack loads only when a recipe needs it
-    from builder.registry.transport import RegistryOptions
 
     try:
         ref = Reference.parse(text)

@@ -41,7 +41,7 @@ from builder.workdir import work_directory
 
 if TYPE_CHECKING:
     from builder.oci.reference import Reference
-    from builder.registry.transport import RegistryOptions
+    from builder.registry.options import RegistryOptions
 
 SUBCOMMANDS = ("build", "inspect", "ls", "unpack", "push", "pull", "login", "logout", "cache", "version")
 RECIPE_NAMES = ("pybuild.yaml", "recipe.yaml")
@@ -207,8 +207,8 @@ def _registry_options(insecure_registry: tuple[str, ...], tls_verify: bool, auth
     never talks to a registry never loads the registry stack."""
     if not insecure_registry and tls_verify and authfile is None and creds is None and retry is None:
         return None
-    from builder.registry.auth import Credentials
-    from builder.registry.transport import RegistryOptions
+    from builder.registry.credentials import Credentials
+    from builder.registry.options import RegistryOptions
 
     if authfile is not None and not authfile.is_file():
         raise InputError(f"--authfile: no such file: {str(authfile)!r}")
@@ -682,9 +682,9 @@ def pull_cmd(ref: str, out: Path, platform_text: str | None, tag: str | None, in
 def login_cmd(registry: str, username: str | None, password: str | None, password_stdin: bool,
               insecure_registry: tuple[str, ...], tls_verify: bool, authfile: Path | None) -> None:
     """Check credentials against REGISTRY and keep them where podman and skopeo look."""
-    from builder.registry.auth import Credentials
+    from builder.registry.credentials import Credentials
     from builder.registry.login import check_login, registry_host, save_login
-    from builder.registry.transport import RegistryOptions
+    from builder.registry.options import RegistryOptions
 
     host = registry_host(registry)
     if password_stdin:

@@ -13,7 +13,7 @@ from builder.layer.compress import Compression
 from builder.oci.platform import Platform
 
 if TYPE_CHECKING:  # the registry stack loads only when a build needs it
-    from builder.registry.transport import RegistryOptions
+    from builder.registry.options import RegistryOptions
 
 
 def epoch_from_env(value: int | None) -> int:

@@ -219,7 +219,7 @@ class StageBuilder:
     def _fetch(self, url: str, digest: Digest) -> Path:
         """A ``fetch:`` step's file, from the blob store or downloaded into it (builder/fetch.py)."""
         from builder.fetch import fetch_file
-        from builder.registry.transport import RegistryOptions
+        from builder.registry.options import RegistryOptions
 
         registry = self.options.registry or RegistryOptions()
         host = urlsplit(url).netloc

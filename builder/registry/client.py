@@ -30,9 +30,13 @@ from builder.oci.canonical import json_object
 from builder.oci.digest import Digest
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES, MediaType
 from builder.oci.reference import Reference
-from builder.registry.auth import Authenticator, Credentials, find_credentials, scope_for
-from builder.registry.transport import TRANSIENT_ERRORS, Body, RegistryOptions, Reply, RetryableError, Transport
-from builder.registry.wire import MiB, new_session
+from builder.registry.challenges import scope_for
+from builder.registry.credential_lookup import find_credentials
+from builder.registry.credentials import Credentials
+from builder.registry.options import RegistryOptions
+from builder.registry.retry import RetryableError, pause, retrying
+from builder.registry.transport import Body, Reply, Transport
+from builder.registry.wire import MiB
 
 ACCEPTED = (MediaType.OCI_MANIFEST, MediaType.OCI_INDEX, MediaType.DOCKER_MANIFEST, MediaType.DOCKER_LIST)
 MANIFEST_ACCEPT = ", ".join(ACCEPTED)  # without Accept, some registries answer with schema 1
@@ -75,11 +79,7 @@ class RegistryClient:
             creds = self.options.credentials or find_credentials(ref.registry, authfile=self.options.authfile)
         else:
             creds = credentials
-        session = new_session()
-        insecure = self.options.is_insecure(ref.api_host) or self.options.is_insecure(ref.registry)
-        self.authenticator = Authenticator(ref.registry, creds, session, insecure=insecure,
-                                           deadline=self.options.deadline)
-        self.transport = Transport(ref.registry, ref.api_host, self.authenticator, self.options, session=session)
+        self.transport = Transport(ref.registry, ref.api_host, creds, self.options)
         self.repo = ref.repository
         self.scopes = (scope_for(ref.repository, "pull,push" if push else "pull"),)
 
@@ -220,10 +220,10 @@ class RegistryClient:
             except RetryableError:
                 if attempt >= self.options.retries:
                     raise
-                self.transport.pause(attempt)
+                pause(self.options, attempt)
 
     def _upload_once(self, source: Path | bytes, digest: Digest, size: int, on_progress: Progress | None) -> None:
-        name = f"{self.ref.registry}/{self.repo}@{digest}"
+        name = self._name(digest)
         with _opened(source) as file:
             actual = os.fstat(file.fileno()).st_size if isinstance(source, Path) else len(source)
             if actual != size:
@@ -262,16 +262,10 @@ class RegistryClient:
         """Run ``fetch`` again (with backoff) when a response body breaks off or stalls while being read.
 
         The transport retries failures before the response arrives; this covers the body,
-        which a streamed download reads after the transport has returned.
+        which a streamed download reads after the transport has returned (``retry.retrying``).
         """
-        for attempt in range(self.options.retries + 1):
-            try:
-                return fetch()
-            except TRANSIENT_ERRORS as exc:
-                if attempt >= self.options.retries:
-                    raise RegistryError(self.transport.describe_failure(method, self.transport.url(path), exc)) from exc
-                self.transport.pause(attempt)
-        raise AssertionError("unreachable")
+        return retrying(fetch, self.options,
+                        lambda exc: self.transport.describe_failure(method, self.transport.url(path), exc))
 
 
 def run_all(func: Callable[[_T], None], items: Sequence[_T], workers: int, name: str) -> None:

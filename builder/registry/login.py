@@ -1,6 +1,6 @@
 """``pybuild login``/``logout``: credentials proven against a registry and kept where podman keeps them.
 
-The file is the one the lookup in :mod:`builder.registry.auth` reads first: ``--authfile``, else
+The file is the one the lookup in :mod:`builder.registry.credential_lookup` reads first: ``--authfile``, else
 ``$REGISTRY_AUTH_FILE``, else ``$XDG_RUNTIME_DIR/containers/auth.json`` (or
 ``/run/containers/UID/auth.json``) — the file ``podman login`` and ``skopeo login`` write, so a login
 made by any of the three serves all of them. Its format is docker's ``config.json``: an ``auths``
@@ -26,9 +26,10 @@ from typing import Any
 from builder.errors import InputError, OutputError
 from builder.oci.canonical import json_value
 from builder.oci.reference import Reference
-from builder.registry.auth import MAX_AUTH_FILE, Credentials, auth_files
 from builder.registry.client import RegistryClient
-from builder.registry.transport import RegistryOptions
+from builder.registry.credential_lookup import MAX_AUTH_FILE, auth_files
+from builder.registry.credentials import Credentials
+from builder.registry.options import RegistryOptions
 
 
 def auth_file(authfile: Path | None = None) -> Path:

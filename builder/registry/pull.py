@@ -33,7 +33,7 @@ from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
 from builder.oci.reference import Reference
 from builder.registry.client import MAX_MANIFEST, RegistryClient, manifest_media_type, run_all
-from builder.registry.transport import RegistryOptions
+from builder.registry.options import RegistryOptions
 from builder.registry.wire import MiB
 
 MAX_CONFIG = 8 * MiB  # as the layout reader's limit for JSON documents (sinks/layout.py MAX_JSON)

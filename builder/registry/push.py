@@ -19,7 +19,7 @@ from builder.image import Image, ImageIndex
 from builder.oci.digest import Digest
 from builder.oci.reference import Reference
 from builder.registry.client import RegistryClient, run_all
-from builder.registry.transport import RegistryOptions
+from builder.registry.options import RegistryOptions
 
 EventSink = Callable[[str, Digest, int], None]
 

@@ -25,10 +25,9 @@ so that the client reads like the distribution spec:
   keep up a minimum throughput, every MiB within ``timeout`` seconds (17 KiB/s by default; a
   per-read timeout alone lets a server that sends a byte every few seconds hold the download
   forever). A blob upload's deadline starts when its body has been sent.
-- Transient failures (connection errors, timeouts, 5xx, 429) are retried with exponential
-  backoff, but only for requests that can be replayed as they are. A request whose body is a
-  stream cannot: it raises :class:`RetryableError`, and the caller restarts the whole blob
-  upload, which is how the spec wants a broken upload session handled anyway.
+- Transient failures are retried (``retry.py`` says which, and how long to wait), but only for
+  requests that can be replayed as they are; one whose body is a stream raises
+  ``RetryableError`` and the caller restarts the whole blob upload.
 - Error messages name the registry, method, path and the registry's error code and message,
   never a query string (pre-signed CDN URLs carry signatures there) nor a header.
 """
@@ -36,13 +35,10 @@ so that the client reads like the distribution spec:
 from __future__ import annotations
 
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http import HTTPStatus
-from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urljoin, urlsplit
 
@@ -52,77 +48,28 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from builder.errors import RegistryError
 from builder.oci.canonical import json_object
-from builder.registry.auth import Authenticator, Credentials
+from builder.registry.auth import Authenticator
+from builder.registry.credentials import Credentials
+from builder.registry.options import RegistryOptions
+from builder.registry.retry import TRANSIENT_ERRORS, RetryableError, pause, retry_after, retrying, transient
 from builder.registry.wire import (
-    MAX_REDIRECTS,
-    REDIRECT_CODES,
-    USER_AGENT,  # noqa: F401 - re-exported (the tests check that it is sent)
     Deadline,
     DeadlineError,
     KiB,
     MiB,
+    follow_redirects,
     new_session,
+    origin,
     read_body,
-    redirect_target,
+    status_phrase,
 )
 
-LOOPBACK = frozenset({"localhost", "127.0.0.1", "[::1]"})
 #: Bytes of an answer read when the caller does not need its body (upload steps, a stored manifest).
 MAX_ANSWER = 64 * KiB
 #: Bytes of an error body read for its message; the rest is not read.
 MAX_ERROR_BODY = 64 * KiB
 MAX_CHALLENGES = 3  # per request; the authenticator itself gives up after a fresh value is refused
-MAX_RETRY_AFTER = 30.0  # seconds: a Retry-After longer than this is shortened, not obeyed
-_NOT_TRANSIENT_5XX = frozenset({501, 505})
-TRANSIENT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _UNVERIFIED = threading.Lock()  # see Transport._send
-
-
-@dataclass(frozen=True)
-class RegistryOptions:
-    """How to talk to registries: which hosts are insecure, and how hard to try."""
-
-    insecure: frozenset[str] = frozenset()
-    """``--insecure-registry`` values: ``HOST`` (any port) or ``HOST:PORT``."""
-    retries: int = 4
-    """Extra attempts for a transient failure (and restarts of a failed blob upload)."""
-    backoff: float = 0.5
-    """Seconds before the first retry; doubled for each one after."""
-    timeout: float = 60
-    """Seconds to connect, and between two reads of a response; a blob body must bring a MiB in this time."""
-    deadline: float = 120
-    """Seconds for a whole small request (manifest, token, upload step, HEAD), redirects included."""
-    chunk_size: int = 64 * MiB
-    """Blobs up to this size go in one PUT; larger ones in PATCH chunks of this size."""
-    parallel: int = 4
-    """Blobs transferred at once by push and pull."""
-    tls_verify: bool = True
-    """False (``--tls-verify=false``, as skopeo): every host is treated as listed in ``insecure``."""
-    authfile: Path | None = None
-    """``--authfile``: read before the default credential files (as containers/image's ``--authfile``)."""
-    credentials: Credentials | None = None
-    """``--creds``: used for every registry of the command instead of any file."""
-
-    def is_insecure(self, host: str) -> bool:
-        """True for ``host`` (``name[:port]``) if it is loopback or listed, with or without its port."""
-        name = hostname(host)
-        return not self.tls_verify or name in LOOPBACK or host in self.insecure or name in self.insecure
-
-
-def hostname(host: str) -> str:
-    """``host`` without its port; IPv6 literals keep their brackets (``[::1]:5000`` -> ``[::1]``)."""
-    if host.startswith("["):
-        return host[: host.find("]") + 1] if "]" in host else host
-    return host.partition(":")[0]
-
-
-class RetryableError(RegistryError):
-    """A request failed in a way that redoing the whole operation may fix.
-
-    Raised instead of retrying when the request itself cannot be replayed (its body was a
-    stream that has been consumed): a transient failure, or a 401 after which the
-    authenticator has a fresh token (tokens expire in the middle of long uploads).
-    """
 
 
 @dataclass(frozen=True)
@@ -168,28 +115,17 @@ class Body:
             yield data
 
 
-def _transient(status: int) -> bool:
-    return status in (408, 429) or (status >= 500 and status not in _NOT_TRANSIENT_5XX)
-
-
 class Transport:
-    """One registry host's HTTP: a session, the scheme, and the Authorization values in use."""
+    """One registry host's HTTP: a session, the scheme, and the Authenticator that shares the session."""
 
-    def __init__(
-        self,
-        ref_registry: str,
-        api_host: str,
-        authenticator: Authenticator,
-        options: RegistryOptions,
-        *,
-        session: requests.Session | None = None,
-    ) -> None:
+    def __init__(self, ref_registry: str, api_host: str, credentials: Credentials | None, options: RegistryOptions) -> None:
         self.registry = ref_registry
         self.api_host = api_host
-        self.authenticator = authenticator
         self.options = options
-        self.session = session if session is not None else new_session()
-        self.insecure = options.is_insecure(api_host) or options.is_insecure(ref_registry)
+        self.session = new_session()
+        self.insecure = options.is_insecure_registry(ref_registry, api_host)
+        self.authenticator = Authenticator(ref_registry, credentials, self.session, insecure=self.insecure,
+                                           deadline=options.deadline)
         self._scheme: str | None = None if self.insecure else "https"
         self._scheme_lock = threading.Lock()
         self._challenge: str | None = None  # the registry's last WWW-Authenticate
@@ -255,19 +191,16 @@ class Transport:
         A longer body is a RegistryError naming ``what``.
         """
         repeat = (method in ("GET", "HEAD") if repeatable is None else repeatable) and not isinstance(data, Body)
-        for attempt in range(self.options.retries + 1):
-            try:
-                with self.stream(method, url_or_path, scopes=scopes, headers=headers, data=data, ok=ok,
-                                 repeatable=repeatable) as (resp, _):
-                    where = self._where(method, resp.url)
-                    body = b"" if method == "HEAD" else read_body(resp, limit, f"{where}: {what}")
-                return Reply(resp.status_code, resp.headers, resp.url, body)
-            except TRANSIENT_ERRORS as exc:  # the body broke off or stalled
-                if not repeat or attempt >= self.options.retries:
-                    cls = RegistryError if repeat else RetryableError
-                    raise cls(self.describe_failure(method, self.url(url_or_path), exc)) from None
-                self.pause(attempt)
-        raise AssertionError("unreachable")
+
+        def read() -> Reply:
+            with self.stream(method, url_or_path, scopes=scopes, headers=headers, data=data, ok=ok,
+                             repeatable=repeatable) as (resp, _):
+                where = self._where(method, resp.url)
+                body = b"" if method == "HEAD" else read_body(resp, limit, f"{where}: {what}")
+            return Reply(resp.status_code, resp.headers, resp.url, body)
+
+        return retrying(read, self.options, lambda exc: self.describe_failure(method, self.url(url_or_path), exc),
+                        repeat=repeat)
 
     @contextmanager
     def stream(
@@ -324,7 +257,7 @@ class Transport:
                 if isinstance(exc, requests.exceptions.SSLError) or not (repeat and attempt < self.options.retries):
                     cls = RegistryError if repeat or isinstance(exc, requests.exceptions.SSLError) else RetryableError
                     raise cls(self.describe_failure(method, url, exc)) from exc
-                self.pause(attempt)
+                pause(self.options, attempt)
                 attempt += 1
                 continue
             if resp.status_code in ok:
@@ -340,11 +273,11 @@ class Transport:
                         if not replayable:
                             raise RetryableError(f"{self._where(method, url)}: 401 (authorization expired or refused)")
                         continue
-                if _transient(resp.status_code):
+                if transient(resp.status_code):
                     if repeat and attempt < self.options.retries:
-                        delay = _retry_after(resp)
+                        delay = retry_after(resp)
                         self._close(resp, deadline)
-                        self.pause(attempt, delay)
+                        pause(self.options, attempt, delay)
                         attempt += 1
                         continue
                     if not repeat:
@@ -358,41 +291,26 @@ class Transport:
         deadline.close()
         resp.close()
 
-    def pause(self, attempt: int, at_least: float | None = None) -> None:
-        """Wait before retry number ``attempt + 1``: exponential backoff, or the server's Retry-After."""
-        delay = self.options.backoff * (2**attempt)
-        if at_least is not None:
-            delay = max(delay, min(at_least, MAX_RETRY_AFTER))
-        if delay > 0:
-            time.sleep(delay)
-
     def _follow(
         self, method: str, url: str, auth: str | None, headers: dict[str, str], data: bytes | Body | None,
         deadline: Deadline,
     ) -> requests.Response:
         """Send the request and follow redirects by hand, with Authorization only for the registry's origin."""
-        for _ in range(MAX_REDIRECTS + 1):
-            deadline.check()
-            send = dict(headers)
-            if auth is not None and self._is_registry(url):
-                send["Authorization"] = auth
-            with deadline.watching():
-                resp = self._send(method, url, send, data, verify=self._verify(url))
-            location = resp.headers.get("Location")
-            if resp.status_code not in REDIRECT_CODES or not location:
-                return resp
-            deadline.detach()
-            resp.close()
+
+        def send(at: str) -> requests.Response:
+            hop = dict(headers)
+            if auth is not None and self._is_registry(at):
+                hop["Authorization"] = auth
+            return self._send(method, at, hop, data, verify=self._verify(at))
+
+        def redirected(status: int, at: str, target: str | None) -> None:
+            nonlocal method, data
             if isinstance(data, Body):  # a consumed stream cannot be sent to the new place
-                raise RetryableError(f"{self._where(method, url)}: redirected while uploading a stream")
-            target = redirect_target(url, location)
-            if target is None:
-                raise RegistryError(f"{self._where(method, url)}: {resp.status_code} redirect to a URL that is not "
-                                    "http(s) or is malformed")
-            if resp.status_code == 303 and method != "HEAD":
+                raise RetryableError(f"{self._where(method, at)}: redirected while uploading a stream")
+            if status == 303 and method != "HEAD":
                 method, data = "GET", None
-            url = target
-        raise RegistryError(f"{self._where(method, url)}: more than {MAX_REDIRECTS} redirects")
+
+        return follow_redirects(url, send, deadline, lambda at: self._where(method, at), redirected)
 
     def _send(
         self, method: str, url: str, headers: dict[str, str], data: bytes | Body | None, *, verify: bool
@@ -413,8 +331,7 @@ class Transport:
             return self.session.request(method, url, **kwargs)
 
     def _is_registry(self, url: str) -> bool:
-        parts = urlsplit(url)
-        return (parts.scheme, parts.netloc.lower()) == (self.scheme, self.api_host.lower())
+        return origin(url) == (self.scheme, self.api_host.lower())
 
     # ---- auth ------------------------------------------------------------------------------
 
@@ -432,12 +349,7 @@ class Transport:
 
     def describe_response(self, method: str, url: str, resp: requests.Response) -> str:
         """``REGISTRY: METHOD PATH: STATUS CODE: message`` from the distribution-spec error body."""
-        detail = error_detail(resp)
-        if not detail:
-            try:
-                detail = HTTPStatus(resp.status_code).phrase
-            except ValueError:
-                detail = resp.reason or "error"
+        detail = error_detail(resp) or status_phrase(resp.status_code) or resp.reason or "error"
         return f"{self._where(method, url)}: {resp.status_code} {detail}"
 
     def describe_failure(self, method: str, url: str, exc: Exception) -> str:
@@ -470,11 +382,6 @@ def error_detail(resp: requests.Response, limit: int = MAX_ERROR_BODY) -> str:
             if text:
                 parts.append(" ".join(text.split()))
     return "; ".join(parts)[:500]
-
-
-def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After", "")
-    return float(value) if value.strip().isdigit() else None
 
 
 def _os_reason(exc: BaseException) -> str | None:

@@ -13,7 +13,7 @@ Three rules hold for every exchange, whoever makes it (transport or authenticato
 - **No credentials but the authenticator's.** requests adds ``~/.netrc`` passwords to a request
   without ``Authorization`` and, on redirects, for the redirect's target host; the sessions made
   here have a no-op auth and never prepare a redirect themselves: every exchange follows
-  redirects by hand (:func:`redirect_target` checks where they point). Proxies and CA bundles
+  redirects by hand, in :func:`follow_redirects` (:func:`redirect_target` checks where they point). Proxies and CA bundles
   still come from the environment (``trust_env`` stays on for them).
 """
 
@@ -25,10 +25,11 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
 from typing import Any, Self
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import requests
 import requests.adapters
@@ -250,17 +251,66 @@ def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
     return request  # a session-level auth keeps requests from looking into ~/.netrc for the first hop
 
 
+def follow_redirects(
+    url: str,
+    send: Callable[[str], requests.Response],
+    deadline: Deadline,
+    where: Callable[[str], str],
+    redirected: Callable[[int, str, str | None], None],
+    *,
+    follow: bool = True,
+) -> requests.Response:
+    """The answer at the end of ``url``'s redirects (its body unread), followed by hand within ``deadline``.
+
+    ``send(url)`` makes one exchange (``allow_redirects=False``, ``stream=True``): which headers
+    and which TLS verification a hop gets is the caller's rule. Each redirect is closed and
+    shown to ``redirected(status, url, target)``, which may refuse it (by raising) or change
+    what the next hop sends; ``target`` is None when the redirect does not point to an http(s)
+    URL (:func:`redirect_target`), and such a redirect is a RegistryError. Without ``follow`` a
+    redirect is the answer. ``where(url)`` names the request in error messages.
+    """
+    for _ in range(MAX_REDIRECTS + 1):
+        deadline.check()
+        with deadline.watching():
+            resp = send(url)
+        location = resp.headers.get("Location")
+        if not follow or resp.status_code not in REDIRECT_CODES or not location:
+            return resp
+        deadline.detach()
+        resp.close()
+        target = redirect_target(resp.url or url, location)
+        redirected(resp.status_code, url, target)
+        if target is None:
+            raise RegistryError(f"{where(url)}: {resp.status_code} redirect to a URL that is not http(s) or is malformed")
+        url = target
+    raise RegistryError(f"{where(url)}: more than {MAX_REDIRECTS} redirects")
+
+
+def origin(url: str) -> tuple[str, str]:
+    """(scheme, host[:port]) of ``url``, lowercased: ``Authorization`` goes to its own origin only."""
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
 def redirect_target(url: str, location: str) -> str | None:
     """The absolute http(s) URL a redirect from ``url`` points to, or None if it is not one."""
     try:
         target = urljoin(url, location)
-        parts = urlsplit(target)
+    except ValueError:
+        return None
+    return target if http_url(target) is not None else None
+
+
+def http_url(url: str) -> SplitResult | None:
+    """The parts of ``url`` if it is an http(s) URL with a host (and a valid port, if any), else None."""
+    try:
+        parts = urlsplit(url)
         _ = parts.port  # raises on a malformed port
     except ValueError:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
-    return target
+    return parts
 
 
 def read_body(resp: requests.Response, limit: int, what: str, *, truncate: bool = False) -> bytes:
@@ -279,6 +329,14 @@ def read_body(resp: requests.Response, limit: int, what: str, *, truncate: bool 
                 return bytes(data[:limit])
             raise RegistryError(f"{what} is more than the limit of {size_text(limit)}")
     return bytes(data)
+
+
+def status_phrase(status: int) -> str:
+    """HTTP's reason phrase for ``status`` (``Not Found``), or "" for a status it does not define."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def size_text(n: int) -> str:

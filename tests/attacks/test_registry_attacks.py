@@ -32,9 +32,9 @@ from builder.errors import InputError, PybuildError, RegistryError
 from builder.oci.canonical import MAX_DEPTH, json_object, json_value, nesting_depth
 from builder.oci.mediatypes import MediaType
 from builder.oci.reference import Reference
-from builder.registry.auth import find_credentials
+from builder.registry.credential_lookup import find_credentials
+from builder.registry.options import RegistryOptions
 from builder.registry.pull import pull
-from builder.registry.transport import RegistryOptions
 from tests.attacks.conftest import assert_clean_error
 
 MiB = 1 << 20

@@ -37,9 +37,9 @@ import zstandard
 from builder.errors import PybuildError
 from builder.image import Image
 from builder.oci.reference import Reference
+from builder.registry.options import RegistryOptions
 from builder.registry.pull import pull
 from builder.registry.push import push
-from builder.registry.transport import RegistryOptions
 from builder.sinks.layout import read_layout
 
 from .registry import (

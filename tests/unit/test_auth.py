@@ -24,8 +24,11 @@ import pytest
 import requests
 
 from builder.errors import InputError, RegistryError
-from builder.registry import auth
-from builder.registry.auth import HUB_SERVER, Authenticator, Credentials, find_credentials, scope_for
+from builder.registry import auth, challenges, credential_lookup
+from builder.registry.auth import Authenticator
+from builder.registry.challenges import scope_for
+from builder.registry.credential_lookup import HUB_SERVER, find_credentials
+from builder.registry.credentials import Credentials
 
 USER = "alice"
 PASSWORD = "pw-Zq8#s3cr3t"
@@ -740,16 +743,16 @@ def test_basic_without_credentials(session: requests.Session) -> None:
 
 
 def test_challenge_parsing() -> None:
-    assert auth.parse_challenges(
+    assert challenges.parse_challenges(
         'Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push"'
     ) == [("bearer", {"realm": "https://auth.example/token", "service": "reg", "scope": "repository:a/b:pull,push"})]
-    assert auth.parse_challenges('Basic realm="x, y", BEARER realm="y" , error=insufficient_scope') == [
+    assert challenges.parse_challenges('Basic realm="x, y", BEARER realm="y" , error=insufficient_scope') == [
         ("basic", {"realm": "x, y"}),
         ("bearer", {"realm": "y", "error": "insufficient_scope"}),
     ]
-    assert auth.parse_challenges(r'Bearer realm="a\"b"') == [("bearer", {"realm": 'a"b'})]
-    assert auth.parse_challenges("Basic") == [("basic", {})]
-    assert auth.parse_challenges("") == []
+    assert challenges.parse_challenges(r'Bearer realm="a\"b"') == [("bearer", {"realm": 'a"b'})]
+    assert challenges.parse_challenges("Basic") == [("basic", {})]
+    assert challenges.parse_challenges("") == []
 
 
 def test_bearer_preferred_and_bad_challenges(endpoint: TokenEndpoint, session: requests.Session) -> None:
@@ -767,12 +770,12 @@ def test_bearer_preferred_and_bad_challenges(endpoint: TokenEndpoint, session: r
 
 
 def test_scope_merging() -> None:
-    assert auth._merge_scopes([scope_for("a", "push"), scope_for("b", "pull"), f"{scope_for('a', 'pull')} registry:catalog:*"]) == (
+    assert challenges.merge_scopes([scope_for("a", "push"), scope_for("b", "pull"), f"{scope_for('a', 'pull')} registry:catalog:*"]) == (
         "repository:a:pull,push",
         "repository:b:pull",
         "registry:catalog:*",
     )
-    assert auth._merge_scopes(["", "opaque"]) == ("opaque",)
+    assert challenges.merge_scopes(["", "opaque"]) == ("opaque",)
 
 
 def test_tls_of_the_token_endpoint(session: requests.Session, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -816,17 +819,17 @@ def test_unreadable_files(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) 
 
 def test_auth_files_order(env: dict[str, str], tmp_path: Path) -> None:
     home = Path(env["HOME"])
-    assert auth.auth_files(env) == [
+    assert credential_lookup.auth_files(env) == [
         tmp_path / "run" / "containers" / "auth.json",
         tmp_path / "config" / "containers" / "auth.json",
         home / ".docker" / "config.json",
     ]
     del env["XDG_RUNTIME_DIR"], env["XDG_CONFIG_HOME"]
     env["DOCKER_CONFIG"] = str(tmp_path / "dc")
-    assert auth.auth_files(env) == [
+    assert credential_lookup.auth_files(env) == [
         Path(f"/run/containers/{os.getuid()}/auth.json"),
         home / ".config" / "containers" / "auth.json",
         tmp_path / "dc" / "config.json",
     ]
     env["REGISTRY_AUTH_FILE"] = str(tmp_path / "a.json")
-    assert auth.auth_files(env) == [tmp_path / "a.json", tmp_path / "dc" / "config.json"]
+    assert credential_lookup.auth_files(env) == [tmp_path / "a.json", tmp_path / "dc" / "config.json"]

@@ -55,7 +55,7 @@ def test_imports_follow_the_data_flow(path):
         if mod == "click":
             assert path.name == "cli.py", f"only cli.py may import click ({path})"
         if mod == "subprocess":  # the sandbox, and docker-credential-* helpers
-            allowed = area(path) == "sandbox" or path.name == "auth.py"
+            allowed = area(path) == "sandbox" or path.name == "credential_helpers.py"
             assert allowed, f"{path} runs subprocesses; only the sandbox (and credential helpers) may"
         if not mod.startswith("builder.") or me not in ALLOWED:
             continue

@@ -43,11 +43,12 @@ from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
 from builder.oci.reference import Reference
 from builder.registry import client as client_module
-from builder.registry.auth import Credentials
 from builder.registry.client import RegistryClient
+from builder.registry.credentials import Credentials
+from builder.registry.options import RegistryOptions
 from builder.registry.pull import pull
 from builder.registry.push import push
-from builder.registry.transport import USER_AGENT, RegistryOptions
+from builder.registry.wire import USER_AGENT
 from tests.helpers import AMD64, ARM64, make_image, make_index
 
 FAST = RegistryOptions(retries=3, backoff=0, timeout=10)
