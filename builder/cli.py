@@ -24,7 +24,8 @@ import click
 from builder import __version__
 from builder.build import BuildResult, build, has_run_steps
 from builder.cache import LayerCache
-from builder.errors import InputError, OutputError, PybuildError
+from builder.errors import InputError, PybuildError
+from builder.fs.atomic import masked, write_file
 from builder.image import Image, ImageIndex
 from builder.inspect import describe, render_text
 from builder.layer.compress import Compression
@@ -359,23 +360,8 @@ def _build_and_write(recipe: Path, out: Path | None, scratch: Path | None, fmt: 
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` through a fresh temp file beside it (mkstemp: O_EXCL, a random
-    name), so a link planted at a predictable name in a shared directory is never written through."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600: the mode a plain write would give
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror}") from exc
+    """Replace ``path`` with ``text``, with the mode a plain write would give."""
+    write_file(path, text.encode("utf-8"), masked(0o666))
 
 
 def split_ref(ref: str) -> tuple[Path, str | None]:
