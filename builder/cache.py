@@ -99,6 +99,10 @@ class CacheEntry:
     used: float
     """When a build last stored or hit it (the entry file's mtime)."""
 
+    def to_json(self) -> dict[str, Any]:
+        """The ``pybuild cache ls --json`` line (seconds since the epoch, whole)."""
+        return {"key": self.key, "digest": self.digest, "size": self.size, "used": int(self.used)}
+
 
 @dataclass(frozen=True)
 class CacheUsage:
@@ -111,6 +115,10 @@ class CacheUsage:
     blobs: int = 0
     """Registry blobs in the blob store (``CACHE/blobs``, builder/blobstore.py)."""
     blob_bytes: int = 0
+
+    def to_json(self, cache_dir: Path) -> dict[str, Any]:
+        """The ``pybuild cache du --json`` object."""
+        return {"cache_dir": str(cache_dir), **dataclasses.asdict(self)}
 
 
 @dataclass(frozen=True)
