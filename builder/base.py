@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from builder.errors import InputError, IntegrityError
+from builder.fs.atomic import NotRegularFileError, open_regular, read_regular, tmp_path
 from builder.image import Image, ImageIndex, LayerBlob
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.tarstream import tar_members
@@ -41,7 +42,6 @@ from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
 from builder.sinks.archive import docker_repo_tag
 from builder.sinks.layout import MAX_JSON, find_ref, read_layout
-from builder.sinks.lock import NotRegularFileError, open_regular, read_regular, tmp_path
 
 KINDS = ("oci", "oci-archive", "docker-archive")
 _BLOB = re.compile(r"blobs/(sha256/[a-f0-9]{64}|sha512/[a-f0-9]{128})")

@@ -16,7 +16,7 @@ Nothing in the store is trusted when read: the cache directory is the user's, an
 tool or a crash may have damaged any file. Every read re-hashes the file (:meth:`BlobStore.get`,
 :meth:`BlobStore.read`); a file that does not match its name, or is not a regular file (a FIFO, a
 device or a symlink planted there), is removed and the caller downloads the blob again. Only
-regular files are opened (:func:`builder.sinks.lock.open_regular`), never more than the expected
+regular files are opened (:func:`builder.fs.atomic.open_regular`), never more than the expected
 size (+1) is read.
 
 The store's files are its own, as the layer cache's: the layout sink clones or copies them into an
@@ -32,15 +32,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 from pathlib import Path
-from typing import BinaryIO
 
 from builder.errors import IntegrityError
+from builder.fs.atomic import (
+    ContentMismatchError,
+    NotRegularFileError,
+    atomic_path,
+    clone_file,
+    copy_verified,
+    open_regular,
+    write_atomic,
+)
 from builder.oci.digest import Digest
-from builder.sinks.lock import NotRegularFileError, clone_file, open_regular, tmp_path
-
-_CHUNK = 1 << 20
 
 
 def store_root(cache_dir: Path) -> Path | None:
@@ -95,13 +101,7 @@ class BlobStore:
         target = self.path(digest)
         with contextlib.suppress(OSError):
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = tmp_path(target.parent)
-            try:
-                with open(tmp, "xb") as f:  # O_EXCL: never through a link planted at the name
-                    f.write(data)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(target, data)
 
     def adopt(self, source: Path, digest: Digest, size: int | None) -> Path | None:
         """Clone ``source`` (a blob of another layout) into the store if it hashes to ``digest``.
@@ -115,21 +115,14 @@ class BlobStore:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError:
             return None
-        tmp = tmp_path(target.parent)
         try:
-            clone_file(source, tmp, size)
-            if self._hash_file(tmp, digest, size):
-                os.replace(tmp, target)
-                return target
+            with atomic_path(target) as tmp:
+                clone_file(source, tmp, size)
+                with os.fdopen(open_regular(tmp), "rb") as f:
+                    copy_verified(f, None, digest, size)  # a mismatch raises: the clone is not renamed in
         except (OSError, IntegrityError):
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
-        return None
-
-    def _hash_file(self, path: Path, digest: Digest, size: int | None) -> bool:
-        with os.fdopen(open_regular(path), "rb") as f:
-            return _matches(f, digest, size, None) is not None
+            return None
+        return target
 
     def _check(self, digest: Digest, size: int | None, limit: int | None) -> bytes | None:
         """Hash the stored file: its bytes if ``limit`` is given (b"" otherwise) when it matches, else None.
@@ -147,9 +140,11 @@ class BlobStore:
             return None
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
+            kept = io.BytesIO() if limit is not None else None
             try:
-                data = _matches(f, digest, size, limit)
-            except OSError:  # an I/O error reading it: as good as damaged
+                copy_verified(f, kept, digest, size, limit=limit)
+                data = kept.getvalue() if kept is not None else b""
+            except (OSError, ContentMismatchError):  # an I/O error reading it: as good as damaged
                 data = None
         if data is None:
             _remove(path, (st.st_dev, st.st_ino))
@@ -157,26 +152,6 @@ class BlobStore:
             with contextlib.suppress(OSError):
                 os.utime(path, follow_symlinks=False)  # used now: `cache prune --max-age` keeps it
         return data
-
-
-def _matches(f: BinaryIO, digest: Digest, size: int | None, limit: int | None) -> bytes | None:
-    """Read ``f`` (at most ``size`` or ``limit`` + 1 bytes); its content (b"" unless ``limit``) if it is ``digest``."""
-    hasher = hashlib.new(digest.algorithm)
-    cap = size if size is not None else limit
-    keep: list[bytes] = []
-    count = 0
-    while block := f.read(_CHUNK if cap is None else min(_CHUNK, cap + 1 - count)):
-        count += len(block)
-        hasher.update(block)
-        if limit is not None:
-            keep.append(block)
-        if cap is not None and count > cap:
-            return None
-    if size is not None and count != size:
-        return None
-    if hasher.hexdigest() != digest.hex:
-        return None
-    return b"".join(keep)
 
 
 def _remove(path: Path, identity: tuple[int, int] | None) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from builder.base import load_base
 from builder.cache import LayerCache
 from builder.errors import InputError, located
 from builder.fs.apply import unpack_layers
 from builder.image import Image, ImageIndex, LayerBlob
+from builder.inspect import describe
 from builder.layer.blob import write_layer_blob
 from builder.layer.tarwriter import LayerTarWriter
 from builder.oci import config as cfgmod
@@ -52,6 +53,23 @@ class BuildResult:
     @property
     def cache_misses(self) -> int:
         return sum(not r.cached for _, records in self.steps for r in records)
+
+    @property
+    def image_id(self) -> Digest:
+        """What ``--iidfile`` records: the config digest, as docker and podman do; an index has no
+        config, so its own digest stands for it."""
+        return self.result.image_id if isinstance(self.result, Image) else self.result.digest
+
+    def metadata(self) -> dict[str, Any]:
+        """The ``--metadata-file`` object: ``inspect --json``'s, plus what each step did."""
+        meta = describe(self.result, self.tag)
+        meta["cache"] = {"hits": self.cache_hits, "misses": self.cache_misses}
+        meta["steps"] = [
+            {"platform": str(platform), "step": r.index, "created_by": r.created_by, "cached": r.cached,
+             "layer": str(r.layer.digest) if r.layer else None}
+            for platform, records in self.steps for r in records
+        ]
+        return meta
 
 
 def _load_base(ref: BaseRef, context: Path, platform: Platform, workdir: Path, options: BuildOptions,

@@ -37,28 +37,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
+import functools
 import io
 import os
 import shutil
 import stat
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from builder.errors import OutputError
+from builder.fs.atomic import atomic_path, clone_file, copy_hashed, open_regular, read_regular, write_atomic
 from builder.image import LayerBlob
 from builder.layer.compress import LAYER_FORMAT_VERSION
 from builder.layer.decompress import DECODE_ERRORS, ReadAhead, open_decompressed, sniff
 from builder.oci.canonical import canonical_json, json_object
 from builder.oci.descriptor import Descriptor
-from builder.oci.digest import Digest
+from builder.oci.digest import Digest, HashingReader
 from builder.oci.mediatypes import MediaType
-from builder.sinks.lock import clone_file, open_regular, read_regular
 
 MAX_ENTRY = 64 << 10
 """An entry is a few hundred bytes; anything larger than this is not one (a miss, removed)."""
@@ -100,6 +99,10 @@ class CacheEntry:
     used: float
     """When a build last stored or hit it (the entry file's mtime)."""
 
+    def to_json(self) -> dict[str, Any]:
+        """The ``pybuild cache ls --json`` line (seconds since the epoch, whole)."""
+        return {"key": self.key, "digest": self.digest, "size": self.size, "used": int(self.used)}
+
 
 @dataclass(frozen=True)
 class CacheUsage:
@@ -112,6 +115,10 @@ class CacheUsage:
     blobs: int = 0
     """Registry blobs in the blob store (``CACHE/blobs``, builder/blobstore.py)."""
     blob_bytes: int = 0
+
+    def to_json(self, cache_dir: Path) -> dict[str, Any]:
+        """The ``pybuild cache du --json`` object."""
+        return {"cache_dir": str(cache_dir), **dataclasses.asdict(self)}
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,7 @@ class LayerCache:
         """Record that an entry of this shape is stored (after the entry itself)."""
         try:
             self.shapes.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.shapes / shape, b"")
+            write_atomic(self.shapes / shape, b"", 0o600)
         except OSError as exc:
             raise OutputError(f"cannot write the layer cache in {str(self.root)!r}: {exc.strerror}") from exc
 
@@ -193,7 +200,7 @@ class LayerCache:
                     _clone_in(layer.path, target, layer.descriptor.size)
                 entry = {"digest": str(layer.digest), "diff_id": str(layer.diff_id), "size": layer.descriptor.size,
                          "uncompressed_size": layer.uncompressed_size, "media_type": layer.descriptor.media_type}
-            _write_atomic(self.entries / f"{key}.json", canonical_json(entry))
+            write_atomic(self.entries / f"{key}.json", canonical_json(entry), 0o600)
         except OSError as exc:
             raise OutputError(f"cannot write the layer cache in {str(self.root)!r}: {exc.strerror}") from exc
 
@@ -397,31 +404,11 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _clone_in(source: Path, target: Path, size: int) -> None:
     """Put a copy of ``source`` at ``target`` by rename (over whatever is there): a clone or a copy,
     never a hard link, so the cache shares no inode with the build's outputs."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
-    os.close(fd)
-    try:
-        os.unlink(tmp)
-        clone_file(source, Path(tmp), size)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(target) as tmp:
+        clone_file(source, tmp, size)
 
 
 def _is_file_of(path: Path, size: int) -> bool:
@@ -458,45 +445,37 @@ def _check_blob(path: Path, descriptor: Descriptor, diff_id: Digest, unpacked: i
         fd = open_regular(path)
     except OSError:
         return "blob"
-    compressed = hashlib.sha256()
     try:
         with os.fdopen(fd, "rb") as raw:
             if os.fstat(fd).st_size != descriptor.size:
                 return "blob"
             if kind is None:  # uncompressed: the diff_id is the digest
-                size = sum(len(block) for block in _hashed(raw, compressed))
-                tar: tuple[Digest | None, int] = (Digest("sha256", compressed.hexdigest()), size)
+                plain = copy_hashed(raw, None, cap=descriptor.size)
+                compressed = plain.digest()
+                tar: tuple[Digest | None, int] = (compressed, plain.size)
             elif sniff(raw.peek(6)[:6]) != kind:
                 return "entry"
             else:
-                with ReadAhead(_hashed(raw, compressed)) as ahead:
+                blob = HashingReader(raw)
+                with ReadAhead(iter(functools.partial(blob.read, _CHUNK), b"")) as ahead:
                     source = io.BufferedReader(ahead, _CHUNK)
                     tar = _decoded_digest(source, unpacked)
                     while source.read(_CHUNK):  # trailing bytes after the last frame are part of the digest
                         pass
+                compressed = blob.digest()
     except OSError:  # an I/O error reading the blob: as good as damaged
         return "blob"
-    if tar[0] is None or Digest("sha256", compressed.hexdigest()) != descriptor.digest:
+    if tar[0] is None or compressed != descriptor.digest:
         return "blob"
     return "ok" if tar[0] == diff_id and unpacked in (None, tar[1]) else "entry"
 
 
-def _hashed(raw: IO[bytes], hasher: Any) -> Iterator[bytes]:
-    while block := raw.read(_CHUNK):
-        hasher.update(block)
-        yield block
-
-
 def _decoded_digest(source: IO[bytes], unpacked: int | None) -> tuple[Digest | None, int]:
     """(sha256, size) of what ``source`` decompresses to, reading at most ``unpacked + 1`` bytes of
-    it; (None, size) if it does not decode."""
-    limit = (unpacked if unpacked is not None else 1 << 62) + 1
-    hasher, size = hashlib.sha256(), 0
+    it; (None, 0) if it does not decode."""
     try:
         with open_decompressed(source) as stream:  # type: ignore[arg-type]
-            while size < limit and (block := stream.read(min(_CHUNK, limit - size))):
-                hasher.update(block)
-                size += len(block)
+            decoded = copy_hashed(stream, None, cap=unpacked)
     except DECODE_ERRORS:
-        return None, size
-    return Digest("sha256", hasher.hexdigest()), size
+        return None, 0
+    return decoded.digest(), decoded.size

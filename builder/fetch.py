@@ -12,15 +12,12 @@ and a server cannot fill the disk.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from builder.blobstore import BlobStore, store_root
 from builder.errors import InputError
+from builder.fs.atomic import ContentMismatchError, atomic_file, copy_verified
 from builder.oci.digest import Digest
 
 MAX_FETCH = 16 << 30
@@ -42,30 +39,19 @@ def fetch_file(url: str, digest: Digest, cache_dir: Path, workdir: Path, *, inse
     target = store.path(digest)
     target.parent.mkdir(parents=True, exist_ok=True)
     shown = urlsplit(url)._replace(query="", fragment="").geturl()
-    fd, tmp = tempfile.mkstemp(prefix=".fetch-", dir=target.parent)
-    try:
-        hasher, size = hashlib.new(digest.algorithm), 0
-        with new_session() as session, os.fdopen(fd, "wb") as out:
-            try:
-                with session.get(url, stream=True, timeout=(timeout, timeout), verify=not insecure) as resp:
-                    if resp.status_code != 200:
-                        raise InputError(f"fetch {shown}: the server answered {resp.status_code} {resp.reason}")
-                    for block in resp.iter_content(_CHUNK):
-                        size += len(block)
-                        if size > MAX_FETCH:
-                            raise InputError(f"fetch {shown}: larger than {MAX_FETCH} bytes")
-                        hasher.update(block)
-                        out.write(block)
-            except requests.RequestException as exc:
-                raise InputError(f"fetch {shown}: {type(exc).__name__}: {_reason(exc)}") from None
-        got = Digest(digest.algorithm, hasher.hexdigest())
-        if got != digest:
-            raise InputError(f"fetch {shown}: the file's sha256 is {got.hex}, the recipe says {digest.hex} "
-                             f"({size} bytes downloaded; update sha256: if the file was meant to change)")
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    with atomic_file(target, 0o600, prefix=".fetch-") as out, new_session() as session:
+        try:
+            with session.get(url, stream=True, timeout=(timeout, timeout), verify=not insecure) as resp:
+                if resp.status_code != 200:
+                    raise InputError(f"fetch {shown}: the server answered {resp.status_code} {resp.reason}")
+                copy_verified(resp.iter_content(_CHUNK), out, digest, limit=MAX_FETCH)
+        except requests.RequestException as exc:
+            raise InputError(f"fetch {shown}: {type(exc).__name__}: {_reason(exc)}") from None
+        except ContentMismatchError as exc:
+            if exc.kind == "larger":
+                raise InputError(f"fetch {shown}: larger than {MAX_FETCH} bytes") from None
+            raise InputError(f"fetch {shown}: the file's sha256 is {exc.actual.hex}, the recipe says {digest.hex} "
+                             f"({exc.count} bytes downloaded; update sha256: if the file was meant to change)") from None
     return target
 
 

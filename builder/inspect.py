@@ -1,4 +1,4 @@
-"""``pybuild inspect``: every id of an image, as JSON for tools and as lines for people.
+"""``pybuild inspect`` and ``ls``: every id of an image, as JSON for tools and as lines for people.
 
 Images carry several ids that are easy to confuse; the text output names each one and says
 what it is the hash of, so a user can match it with what a registry, docker/podman or a
@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from builder.image import Image, ImageIndex
-from builder.oci.descriptor import is_attestation
+from builder.oci.descriptor import Descriptor, is_attestation
+from builder.oci.manifest import REF_NAME
 
 
 def describe(image: Image | ImageIndex, name: str) -> dict[str, Any]:
@@ -46,6 +47,16 @@ def describe(image: Image | ImageIndex, name: str) -> dict[str, Any]:
         "created": cfg.get("created"),
         "annotations": dict(image.manifest.get("annotations") or {}),
     }
+
+
+def list_entry(desc: Descriptor, image: Image | ImageIndex) -> dict[str, Any]:
+    """The ``pybuild ls --json`` object of one entry of a layout's index: what it runs on, and how
+    much its layers take (attestations left out: they run nowhere)."""
+    images = image.images if isinstance(image, ImageIndex) else (image,)
+    runnable = [img for img in images if not is_attestation(img.descriptor())]
+    return {"tag": desc.annotations.get(REF_NAME), "digest": str(desc.digest), "media_type": desc.media_type,
+            "platforms": [str(img.platform) for img in runnable],
+            "size": sum(layer.descriptor.size for img in runnable for layer in img.layers)}
 
 
 def _short(digest: str) -> str:

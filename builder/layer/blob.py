@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from builder.errors import OutputError
+from builder.fs.atomic import masked, new_file, tmp_path
 from builder.image import LayerBlob
 from builder.layer.compress import Compression, compressor
 from builder.oci.descriptor import Descriptor
@@ -90,18 +90,15 @@ def write_layer_blob(
     Returns a LayerBlob whose four ids (digest, size, diff_id, uncompressed size) all come from
     this single pass. Any exception from ``produce`` or the worker propagates and leaves no file.
     """
+    tmp = tmp_path(workdir, ".layer-")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".layer-", dir=workdir)
+        fd = new_file(tmp, masked(0o644))  # blobs are linked into layouts others read
     except OSError as exc:
         raise OutputError(f"cannot create a layer blob in {str(workdir)!r}: {exc.strerror}") from exc
     q: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=QUEUE_DEPTH)
     failed = threading.Event()
     error: list[BaseException] = []
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o644 & ~umask)  # mkstemp makes 0600; blobs are linked into layouts others read
-    tmp = Path(tmp_name)
     result: dict[str, HashingWriter] = {}
 
     def worker() -> None:

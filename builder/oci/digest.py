@@ -53,9 +53,10 @@ class HashingWriter:
     ``sink`` may be None to only hash (used to compute a diff_id without storing).
     """
 
-    def __init__(self, sink: Writable | None = None) -> None:
+    def __init__(self, sink: Writable | None = None, algorithm: str = "sha256") -> None:
         self._sink = sink
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.new(algorithm)
+        self.algorithm = algorithm
         self.size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -72,7 +73,7 @@ class HashingWriter:
             flush()
 
     def digest(self) -> Digest:
-        return Digest("sha256", self._hash.hexdigest())
+        return Digest(self.algorithm, self._hash.hexdigest())
 
 
 class HashingReader:

@@ -15,7 +15,6 @@ import enum
 import hashlib
 import io
 import os
-import secrets
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 import requests
 
 from builder.errors import InputError, IntegrityError, RegistryError
+from builder.fs.atomic import ContentMismatchError, atomic_file, copy_verified
 from builder.oci.canonical import json_object
 from builder.oci.digest import Digest
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES, MediaType
@@ -155,31 +155,24 @@ class RegistryClient:
         name = f"{self.ref.registry}/{self.repo}@{digest}"
 
         def fetch() -> None:
-            tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
-            try:
-                with self.transport.stream("GET", f"{self.repo}/blobs/{digest}", scopes=self.scopes,
-                                           headers={"Accept-Encoding": "identity"}) as (resp, deadline), \
-                        open(tmp, "xb") as out:
-                    hasher = hashlib.new(digest.algorithm)
-                    count = 0
-                    rule = f"the blob arrives slower than 1 MiB per {self.options.timeout:g} s"
-                    deadline.restart(self.options.timeout, rule)
+            # renamed into place only after the stream ends well: a body the deadline cut short may look complete
+            with atomic_file(dest, prefix=f".{dest.name}.tmp-") as out, \
+                    self.transport.stream("GET", f"{self.repo}/blobs/{digest}", scopes=self.scopes,
+                                          headers={"Accept-Encoding": "identity"}) as (resp, deadline):
+                rule = f"the blob arrives slower than 1 MiB per {self.options.timeout:g} s"
+                deadline.restart(self.options.timeout, rule)
+
+                def body() -> Iterator[bytes]:
                     for block in resp.iter_content(MiB):
                         deadline.restart(self.options.timeout, rule)
-                        count += len(block)
-                        if size is not None and count > size:
-                            raise IntegrityError(f"{name}: blob is larger than the {size} bytes its descriptor says")
-                        hasher.update(block)
-                        out.write(block)
+                        yield block
                         if on_progress is not None:
                             on_progress(len(block))
-                if size is not None and count != size:
-                    raise IntegrityError(f"{name}: blob has {count} bytes, its descriptor says {size}")
-                if hasher.hexdigest() != digest.hex:
-                    raise IntegrityError(f"{name}: blob content is {digest.algorithm}:{hasher.hexdigest()}")
-                os.replace(tmp, dest)
-            finally:
-                tmp.unlink(missing_ok=True)
+
+                try:
+                    copy_verified(body(), out, digest, size)
+                except ContentMismatchError as exc:
+                    raise IntegrityError(f"{name}: {_blob_mismatch(exc)}") from None
 
         self._retrying("GET", f"{self.repo}/blobs/{digest}", fetch)
 
@@ -266,6 +259,14 @@ class RegistryClient:
         """
         return retrying(fetch, self.options,
                         lambda exc: self.transport.describe_failure(method, self.transport.url(path), exc))
+
+
+def _blob_mismatch(exc: ContentMismatchError) -> str:
+    if exc.kind == "larger":
+        return f"blob is larger than the {exc.size} bytes its descriptor says"
+    if exc.kind == "size":
+        return f"blob has {exc.count} bytes, its descriptor says {exc.size}"
+    return f"blob content is {exc.actual}"
 
 
 def run_all(func: Callable[[_T], None], items: Sequence[_T], workers: int, name: str) -> None:

@@ -16,14 +16,12 @@ written.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError, OutputError
+from builder.fs.atomic import write_file
 from builder.oci.canonical import json_value
 from builder.oci.reference import Reference
 from builder.registry.client import RegistryClient
@@ -111,15 +109,6 @@ def _write(path: Path, doc: dict[str, Any]) -> None:
     try:
         if not path.parent.is_dir():
             path.parent.mkdir(mode=0o700, parents=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600
     except OSError as exc:
         raise OutputError(f"cannot write {str(path)!r}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent="\t")
-            f.write("\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise OutputError(f"cannot write {str(path)!r}: {exc.strerror}") from None
+    write_file(path, (json.dumps(doc, indent="\t") + "\n").encode("utf-8"), 0o600)

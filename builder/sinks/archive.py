@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import IO
 
 from builder.errors import InputError, IntegrityError, OutputError
+from builder.fs.atomic import NotRegularFileError, open_regular
 from builder.image import Image, ImageIndex
 from builder.oci.canonical import canonical_json
 from builder.oci.descriptor import is_attestation
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.platform import Platform
 from builder.sinks.layout import OCI_LAYOUT, Blob, check_ref_name, image_blobs
-from builder.sinks.lock import NotRegularFileError, open_regular, private_sibling
+from builder.sinks.lock import private_sibling
 
 _DIR = None  # marks a directory entry among the archive's members
 

@@ -28,6 +28,17 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError, IntegrityError, OutputError
+from builder.fs.atomic import (
+    TMP_PREFIX,
+    NotRegularFileError,
+    clone_file,
+    copy_checked,
+    open_regular,
+    read_regular,
+    rename_noreplace,
+    tmp_path,
+    write_atomic,
+)
 from builder.image import Image, ImageIndex, LayerBlob
 from builder.oci.canonical import canonical_json, json_object
 from builder.oci.config import diff_ids, platform_of
@@ -36,21 +47,7 @@ from builder.oci.digest import Digest
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
-from builder.sinks.lock import (
-    TMP_PREFIX,
-    NotRegularFileError,
-    clone_file,
-    copy_checked,
-    locked_dir,
-    open_regular,
-    private_sibling,
-    read_regular,
-    remove_dead_siblings,
-    rename_noreplace,
-    sibling_prefix,
-    tmp_path,
-    write_atomic,
-)
+from builder.sinks.lock import locked_dir, private_sibling, remove_dead_siblings, sibling_prefix
 
 OCI_LAYOUT = canonical_json({"imageLayoutVersion": "1.0.0"})
 MAX_JSON = 8 << 20

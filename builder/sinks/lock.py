@@ -1,4 +1,6 @@
-"""The filesystem primitives that make outputs atomic and safe to share: locks, temp names, renames.
+"""The locks that make outputs safe to share: the layout lock, and private siblings beside OUT.
+
+Temp names, atomic writes and renames are :mod:`builder.fs.atomic`'s.
 
 The layout lock is an ``flock`` on the directory itself (opened read-only), not a lock
 file: a lock file would be an extra entry in the layout that other tools neither expect
@@ -17,22 +19,14 @@ sees a sibling in the instant between its creation and its locking.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import fcntl
-import hashlib
 import os
-import secrets
 import shutil
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from builder.errors import IntegrityError, OutputError
-from builder.oci.digest import Digest
-
-TMP_PREFIX = ".tmp-"
-_CHUNK = 1 << 20
+from builder.errors import OutputError
+from builder.fs.atomic import tmp_path
 
 
 @contextlib.contextmanager
@@ -151,153 +145,3 @@ def private_sibling(out: Path, kind: str, *, directory: bool, mode: int = 0o777)
             _remove(path)
         finally:
             os.close(fd)
-
-
-def tmp_path(directory: Path, prefix: str = TMP_PREFIX) -> Path:
-    """A fresh, unpredictable name in ``directory``; created by the caller, so it gets the umask's mode."""
-    return directory / f"{prefix}{os.getpid()}-{secrets.token_hex(8)}"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: readers see the old content or the new, never a part."""
-    tmp = tmp_path(path.parent)
-    try:
-        with open(tmp, "xb") as f:  # O_EXCL: never through a link planted at the name
-            f.write(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename that fails with FileExistsError if ``dst`` exists, even as an empty directory.
-
-    Plain rename(2) silently replaces an empty directory, possibly one another build has
-    just created and locked; Linux's renameat2(RENAME_NOREPLACE) closes that window. Where
-    that call is missing, a check-then-rename is the best available.
-    """
-    func = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if func is not None:
-        at_fdcwd, noreplace = -100, 1
-        if func(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), noreplace) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.ENOSYS, errno.EINVAL):
-            raise OSError(err, os.strerror(err), str(dst))
-    if dst.exists() or dst.is_symlink():
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
-    src.rename(dst)
-
-
-class NotRegularFileError(OSError):
-    """A path that must be a regular file is a FIFO, a device, a directory or a symbolic link."""
-
-
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def open_regular(path: Path, *, follow: bool = False) -> int:
-    """A read-only fd on regular file ``path``; NotRegularFileError (an OSError) for anything else.
-
-    Blobs, indexes and cache entries are read from directories others may write to. Opening a
-    FIFO blocks until a writer comes and reading a device (``/dev/zero``) never ends, so the
-    open never blocks (``O_NONBLOCK``), a symlink is refused unless ``follow`` (``O_NOFOLLOW``:
-    a content-addressed file has no reason to be one), and the type is checked on the open fd,
-    so nothing swapped in after a check is read.
-    """
-    try:
-        fd = os.open(path, _OPEN_FLAGS | (0 if follow else os.O_NOFOLLOW))
-    except OSError as exc:
-        if exc.errno == errno.ELOOP and not follow:
-            raise NotRegularFileError(errno.ELOOP, "a symbolic link, not a regular file", str(path)) from None
-        raise
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise NotRegularFileError(errno.EINVAL, f"{_KIND.get(stat.S_IFMT(mode), 'special file')}, not a regular file",
-                             str(path))
-    return fd
-
-
-_KIND = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-         stat.S_IFDIR: "a directory", stat.S_IFSOCK: "a socket"}
-
-
-def read_regular(path: Path, limit: int, *, follow: bool = False) -> bytes:
-    """The content of regular file ``path`` (see :func:`open_regular`), at most ``limit + 1`` bytes.
-
-    A result longer than ``limit`` means the file is too large: the caller names the limit.
-    """
-    with os.fdopen(open_regular(path, follow=follow), "rb") as f:
-        return f.read(limit + 1)
-
-
-_FICLONE = 0x40049409  # ioctl(dst, FICLONE, src): <linux/fs.h>
-
-
-def clone_file(src: Path, dst: Path, size: int | None) -> None:
-    """New file ``dst`` with the content of regular file ``src``, never sharing its inode.
-
-    A reflink where the filesystem has them (btrfs, XFS: instant, and the extents are copied on
-    write, so damage to one copy never reaches the other), else ``copy_file_range`` (the kernel
-    copies, no bytes through Python), else read/write. ``size``: what ``src`` must hold
-    (IntegrityError otherwise); at most that much is copied, so a file that grows is no trap.
-    """
-    fi = open_regular(src)
-    try:
-        have = os.fstat(fi).st_size
-        if size is not None and have != size:
-            raise IntegrityError(f"{src}: {have} bytes, descriptor says {size}")
-        fo = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        try:
-            try:
-                fcntl.ioctl(fo, _FICLONE, fi)
-            except OSError:
-                _copy_range(fi, fo, have)
-            if os.fstat(fo).st_size != have:
-                raise IntegrityError(f"{src}: changed while it was copied")
-        finally:
-            os.close(fo)
-    finally:
-        os.close(fi)
-
-
-def _copy_range(fi: int, fo: int, size: int) -> None:
-    """Copy ``size`` bytes from ``fi`` to ``fo`` (both at offset 0), in the kernel when it can."""
-    done = 0
-    while done < size:
-        try:
-            n = os.copy_file_range(fi, fo, size - done)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
-                raise
-            n = _copy_some(fi, fo, size - done)
-        if n == 0:
-            break  # src got shorter: the caller's size check reports it
-        done += n
-
-
-def _copy_some(fi: int, fo: int, left: int) -> int:
-    block = os.read(fi, min(left, _CHUNK))
-    view = memoryview(block)
-    while view:
-        view = view[os.write(fo, view):]
-    return len(block)
-
-
-def copy_checked(src: Path, dst: Path, digest: Digest, size: int | None) -> None:
-    """Copy ``src`` to new file ``dst``, hashing on the way; IntegrityError if it is not ``digest``.
-
-    ``src`` must be a regular file (a FIFO or a device would never end); at most ``size + 1``
-    bytes of it are read, enough to see that it is too long.
-    """
-    hasher = hashlib.new(digest.algorithm)
-    n = 0
-    with os.fdopen(open_regular(src), "rb") as fi, open(dst, "xb") as fo:
-        while block := fi.read(_CHUNK if size is None else min(_CHUNK, size + 1 - n)):
-            hasher.update(block)
-            n += len(block)
-            fo.write(block)
-    if hasher.hexdigest() != digest.hex or (size is not None and n != size):
-        actual = f"{digest.algorithm}:{hasher.hexdigest()}"
-        raise IntegrityError(f"{src}: content is {actual} ({n} bytes), expected {digest}")

@@ -483,7 +483,7 @@ def test_open_regular_refuses_what_would_block_or_never_end(tmp_path: Path) -> N
     """FIFOs open without blocking and are refused, as are symlinks (unless followed) and directories."""
     import os
 
-    from builder.sinks.lock import NotRegularFileError, open_regular, read_regular
+    from builder.fs.atomic import NotRegularFileError, open_regular, read_regular
 
     (tmp_path / "file").write_bytes(b"0123456789")
     os.mkfifo(tmp_path / "fifo")  # no writer: a plain open would wait for ever
@@ -499,7 +499,7 @@ def test_open_regular_refuses_what_would_block_or_never_end(tmp_path: Path) -> N
 
 
 def test_clone_file_copies_never_links(tmp_path: Path) -> None:
-    from builder.sinks.lock import clone_file
+    from builder.fs.atomic import clone_file
 
     src = tmp_path / "src"
     src.write_bytes(b"x" * 3_000_000)
@@ -516,7 +516,7 @@ def test_clone_file_copies_never_links(tmp_path: Path) -> None:
 
 def test_copy_checked_reads_no_more_than_the_size(tmp_path: Path) -> None:
     """A source longer than its descriptor says is refused after size + 1 bytes, not read to its end."""
-    from builder.sinks.lock import copy_checked
+    from builder.fs.atomic import copy_checked
 
     (tmp_path / "long").write_bytes(b"a" * (3 << 20))
     with pytest.raises(IntegrityError, match=r"\(11 bytes\)"):
