@@ -246,13 +246,22 @@ def _layout_json(layout: Path) -> dict[str, Any]:
             continue
         doc = json.loads((layout / "blobs" / desc["digest"].replace(":", "/")).read_bytes())
         found[desc["digest"]] = (desc["mediaType"], doc)
-        todo += doc.get("manifests", []) + ([doc["config"]] if "config" in doc else [])
+        todo += _children(desc["mediaType"], doc)
     return found
+
+
+def _children(media_type: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    if media_type.endswith(".index.v1+json"):
+        return list(doc.get("manifests", []))
+    if media_type.endswith(".manifest.v1+json"):
+        return [doc["config"], *doc.get("layers", [])]
+    return []
 
 
 def _has_zstd_layers(layout: Path) -> bool:
     docs = _layout_json(layout).values()
-    return any(layer["mediaType"].endswith("+zstd") for _, doc in docs for layer in doc.get("layers", []))
+    return any(layer["mediaType"].endswith("+zstd") for media_type, doc in docs
+               for layer in _children(media_type, doc))
 
 
 def _validate_blobwise(layout: Path) -> subprocess.CompletedProcess[str]:
@@ -270,7 +279,7 @@ def _validate_blobwise(layout: Path) -> subprocess.CompletedProcess[str]:
                                   capture_output=True, text=True, timeout=600, check=False, stdin=subprocess.DEVNULL)
             out.append(proc.stdout + proc.stderr)
             rc = rc or proc.returncode
-        for desc in doc.get("layers", []) + ([doc["config"]] if "config" in doc else []) + doc.get("manifests", []):
+        for desc in _children(media_type, doc):
             data = (layout / "blobs" / desc["digest"].replace(":", "/")).read_bytes()
             if "sha256:" + hashlib.sha256(data).hexdigest() != desc["digest"] or len(data) != desc["size"]:
                 out.append(f"blob {desc['digest']}: its bytes do not match the descriptor")
