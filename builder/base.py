@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from builder.errors import InputError, IntegrityError
-from builder.image import Image, ImageIndex, LayerBlob
+from builder.image import Image, ImageIndex, LayerBlob, image_from
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.tarstream import tar_members
 from builder.oci.canonical import canonical_json, json_object, json_value
-from builder.oci.config import diff_ids, platform_of
+from builder.oci.config import diff_ids
 from builder.oci.descriptor import Descriptor
 from builder.oci.digest import Digest
 from builder.oci.manifest import image_manifest
@@ -288,7 +288,10 @@ def _legacy(members: dict[str, _Member], path: Path, tag: str | None, workdir: P
               for n, diff_id in zip(layer_names, ids, strict=True)]
     cdesc = Descriptor(MediaType.OCI_CONFIG, Digest.of(raw_config), len(raw_config))
     raw_manifest = canonical_json(image_manifest(cdesc, [layer.descriptor for layer in layers]))
-    return Image(raw_manifest, raw_config, MediaType.OCI_MANIFEST, tuple(layers), platform_of(config))
+    desc = Descriptor(MediaType.OCI_MANIFEST, Digest.of(raw_manifest), len(raw_manifest))
+    extracted = {layer.digest: layer for layer in layers}
+    return image_from(desc, raw_manifest, raw_config,
+                      lambda ldesc, diff_id: dataclasses.replace(extracted[ldesc.digest], diff_id=diff_id))
 
 
 def _strings(value: Any) -> list[str]:

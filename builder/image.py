@@ -7,13 +7,15 @@ loaded image keeps the bytes it was read from.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from builder.oci.canonical import json_object
-from builder.oci.descriptor import Descriptor
+from builder.oci.config import diff_ids, platform_of
+from builder.oci.descriptor import Descriptor, is_attestation
 from builder.oci.digest import Digest
 from builder.oci.platform import Platform
 
@@ -98,3 +100,48 @@ class ImageIndex:
 
     def descriptor(self, annotations: dict[str, str] | None = None) -> Descriptor:
         return Descriptor(self.media_type, self.digest, len(self.raw_index), annotations or {})
+
+
+def manifest_blobs(manifest: Mapping[str, Any]) -> tuple[Descriptor, tuple[Descriptor, ...]]:
+    """The config and the layers an image manifest names; ValueError if it is malformed.
+
+    Apart from :func:`image_from` because a pull must fetch these before it has the config.
+    """
+    try:
+        config = Descriptor.from_json(manifest["config"])
+        layers = tuple(Descriptor.from_json(d) for d in manifest.get("layers") or [])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed manifest: {exc}") from exc
+    return config, layers
+
+
+def image_from(desc: Descriptor, raw_manifest: bytes, raw_config: bytes,
+               layer: Callable[[Descriptor, Digest], LayerBlob]) -> Image:
+    """The image that the manifest ``desc`` points to and its config make; ValueError if they disagree.
+
+    Every reader (layout, archive, registry) comes here, so an image means the same whatever it was
+    read from: a layer per manifest entry, paired with the config's diff_ids in order; an
+    attestation's placeholder config names no diff_ids, so its layers (in-toto documents) stand
+    for their own; the platform is the index entry's, else the config's. ``layer`` makes one
+    :class:`LayerBlob` from a layer's descriptor and diff_id: where the reader keeps its bytes,
+    and whether they are verified, are the reader's to say.
+    """
+    try:
+        manifest = json_object(raw_manifest)
+    except ValueError as exc:
+        raise ValueError(f"malformed manifest: {exc}") from exc
+    _, layers = manifest_blobs(manifest)
+    try:
+        config = json_object(raw_config)
+    except ValueError as exc:
+        raise ValueError(f"config {Digest.of(raw_config)}: invalid JSON: {exc}") from exc
+    try:
+        ids = diff_ids(config)
+    except ValueError:
+        ids = []
+    if len(ids) != len(layers):
+        if not is_attestation(desc):
+            raise ValueError(f"config has {len(ids)} diff_ids but the manifest has {len(layers)} layers")
+        ids = [d.digest for d in layers]
+    blobs = tuple(layer(ldesc, diff_id) for ldesc, diff_id in zip(layers, ids, strict=True))
+    return Image(raw_manifest, raw_config, desc.media_type, blobs, desc.platform or platform_of(config))

@@ -24,10 +24,9 @@ from typing import Any
 
 from builder.blobstore import BlobStore
 from builder.errors import RegistryError
-from builder.image import Image, ImageIndex, LayerBlob
+from builder.image import Image, ImageIndex, LayerBlob, image_from, manifest_blobs
 from builder.oci.canonical import json_object
-from builder.oci.config import diff_ids, platform_of
-from builder.oci.descriptor import Descriptor, is_attestation, select_platform
+from builder.oci.descriptor import Descriptor, select_platform
 from builder.oci.digest import Digest
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
@@ -90,15 +89,13 @@ def pull(
             raise RegistryError(f"{ref}: unsupported manifest media type {media_type!r}")
         blobs = _Blobs(client, store, sources, emit)
         blobs.fetch([m.config for m in manifests])
-        configs = [blobs.read_config(m.config, ref) for m in manifests]
+        images = tuple(_image(m, blobs.read_config(m.config, ref), store, ref) for m in manifests)
         if media_type in MANIFEST_TYPES and platform is not None:
             # a single-platform image must still be the platform asked for: known from its config,
             # so a wrong one fails before any layer is downloaded
-            found = manifest.desc.platform or platform_of(_json(configs[0], f"{ref}: config", MAX_CONFIG))
-            select_platform([Descriptor(top.media_type, top.digest, top.size, platform=found)], platform, ref)
+            select_platform([images[0].descriptor()], platform, ref)
         if layers:
             blobs.fetch([layer for m in manifests for layer in m.layers])
-        images = tuple(_image(m, raw_config, store, ref) for m, raw_config in zip(manifests, configs, strict=True))
     if media_type in MANIFEST_TYPES or platform is not None:
         return images[0]
     return ImageIndex(raw, images, media_type)
@@ -160,10 +157,9 @@ def _fetch_manifest(client: RegistryClient, store: BlobStore, desc: Descriptor, 
 def _parse_manifest(desc: Descriptor, raw: bytes, ref: Reference) -> _Manifest:
     doc = _json(raw, f"{ref}: manifest {desc.digest}", MAX_MANIFEST)
     try:
-        config = Descriptor.from_json(doc["config"])
-        layers = tuple(Descriptor.from_json(d) for d in doc.get("layers") or [])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RegistryError(f"{ref}: malformed manifest {desc.digest}: {exc}") from exc
+        config, layers = manifest_blobs(doc)
+    except ValueError as exc:
+        raise RegistryError(f"{ref}: manifest {desc.digest}: {exc}") from exc
     if config.size > MAX_CONFIG:
         raise RegistryError(f"{ref}: config {config.digest} is {config.size} bytes, too large")
     return _Manifest(desc, raw, config, layers)
@@ -205,22 +201,12 @@ class _Blobs:
 
 
 def _image(manifest: _Manifest, raw_config: bytes, store: BlobStore, ref: Reference) -> Image:
-    config = _json(raw_config, f"{ref}: config {manifest.config.digest}", MAX_CONFIG)
-    desc = manifest.desc
+    """The image of a fetched manifest and config; its layers are (or will be) verified files of the store."""
     try:
-        ids = diff_ids(config)
-    except ValueError:
-        ids = []
-    if len(ids) != len(manifest.layers):
-        if not is_attestation(desc):
-            raise RegistryError(f"{ref}: manifest {desc.digest} has {len(manifest.layers)} layers but its config "
-                                f"has {len(ids)} diff_ids")
-        ids = [d.digest for d in manifest.layers]  # attestations: in-toto documents, not layers
-    layers = tuple(
-        LayerBlob(ldesc, diff_id, store.path(ldesc.digest), None, True)
-        for ldesc, diff_id in zip(manifest.layers, ids, strict=True)
-    )
-    return Image(manifest.raw, raw_config, desc.media_type, layers, desc.platform or platform_of(config))
+        return image_from(manifest.desc, manifest.raw, raw_config,
+                          lambda desc, diff_id: LayerBlob(desc, diff_id, store.path(desc.digest), None, True))
+    except ValueError as exc:
+        raise RegistryError(f"{ref}: manifest {manifest.desc.digest}: {exc}") from exc
 
 
 def blob_path(root: Path, digest: Digest) -> Path:

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError, IntegrityError, OutputError
-from builder.image import Image, ImageIndex, LayerBlob
+from builder.image import Image, ImageIndex, LayerBlob, image_from, manifest_blobs
 from builder.oci.canonical import canonical_json, json_object
-from builder.oci.config import diff_ids, platform_of
-from builder.oci.descriptor import Descriptor, is_attestation, select_platform
+from builder.oci.descriptor import Descriptor, select_platform
 from builder.oci.digest import Digest
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
@@ -430,27 +429,22 @@ def load_image(root: Path, desc: Descriptor) -> Image:
     where = blob_path(root, desc.digest)
     raw_manifest, manifest = read_json_blob(root, desc)
     try:
-        cdesc = Descriptor.from_json(manifest["config"])
-        layers = [Descriptor.from_json(d) for d in manifest.get("layers") or []]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{where}: malformed manifest: {exc}") from exc
-    raw_config, config = read_json_blob(root, cdesc)
+        cdesc, _ = manifest_blobs(manifest)
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from exc
+    raw_config, _ = read_json_blob(root, cdesc)
     try:
-        ids = diff_ids(config)
-    except ValueError:
-        ids = []
-    if len(ids) != len(layers):
-        if not is_attestation(desc):  # an attestation's config is a placeholder: its layers are documents
-            raise InputError(f"{where}: config has {len(ids)} diff_ids but the manifest has {len(layers)} layers")
-        ids = [d.digest for d in layers]
-    blobs = []
-    for ldesc, diff_id in zip(layers, ids, strict=True):
-        path = blob_path(root, ldesc.digest)
-        try:
-            mode = path.lstat().st_mode
-        except OSError:
-            raise InputError(f"{path}: layer blob missing from the layout") from None
-        if not stat.S_ISREG(mode):  # a FIFO would block its readers, a device never end, a link lead anywhere
-            raise InputError(f"{path}: layer blob is not a regular file")
-        blobs.append(LayerBlob(ldesc, diff_id, path, None, False))
-    return Image(raw_manifest, raw_config, desc.media_type, tuple(blobs), desc.platform or platform_of(config))
+        return image_from(desc, raw_manifest, raw_config, lambda ldesc, diff_id: _layer(root, ldesc, diff_id))
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from exc
+
+
+def _layer(root: Path, desc: Descriptor, diff_id: Digest) -> LayerBlob:
+    path = blob_path(root, desc.digest)
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        raise InputError(f"{path}: layer blob missing from the layout") from None
+    if not stat.S_ISREG(mode):  # a FIFO would block its readers, a device never end, a link lead anywhere
+        raise InputError(f"{path}: layer blob is not a regular file")
+    return LayerBlob(desc, diff_id, path, None, False)

@@ -1,0 +1,65 @@
+"""The rules every reader and writer of images shares: manifest + config -> Image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from builder.image import Image, LayerBlob, image_from, manifest_blobs
+from builder.oci.canonical import canonical_json
+from builder.oci.descriptor import Descriptor
+from builder.oci.digest import Digest
+from builder.oci.manifest import image_manifest
+from builder.oci.mediatypes import MediaType
+from builder.oci.platform import Platform
+from tests.helpers import AMD64, ARM64, make_image
+
+
+def _layer(desc: Descriptor, diff_id: Digest) -> LayerBlob:
+    return LayerBlob(desc, diff_id, Path("/nowhere") / desc.digest.hex)
+
+
+def _desc(image: Image, platform: Platform | None = None, annotations: dict[str, str] | None = None) -> Descriptor:
+    return Descriptor(image.media_type, image.digest, len(image.raw_manifest), annotations or {}, platform)
+
+
+def test_image_from_pairs_layers_with_diff_ids(tmp_path: Path) -> None:
+    base = make_image(tmp_path, {"a": b"a"})
+    built = make_image(tmp_path, {"b": b"b"}, base=base)
+    got = image_from(_desc(built), built.raw_manifest, built.raw_config, _layer)
+    assert (got.digest, got.image_id, got.media_type) == (built.digest, built.image_id, built.media_type)
+    assert [(la.descriptor, la.diff_id) for la in got.layers] == [(la.descriptor, la.diff_id) for la in built.layers]
+    assert got.platform == AMD64  # from the config, as the index entry says none
+
+
+def test_image_from_takes_the_index_entrys_platform(tmp_path: Path) -> None:
+    built = make_image(tmp_path, {"a": b"a"})
+    assert image_from(_desc(built, ARM64), built.raw_manifest, built.raw_config, _layer).platform == ARM64
+
+
+def test_image_from_refuses_a_config_that_disagrees(tmp_path: Path) -> None:
+    built = make_image(tmp_path, {"a": b"a"})
+    other = make_image(tmp_path, {"b": b"b"}, base=built)
+    with pytest.raises(ValueError, match="config has 2 diff_ids but the manifest has 1 layers"):
+        image_from(_desc(built), built.raw_manifest, other.raw_config, _layer)
+    with pytest.raises(ValueError, match="invalid JSON"):
+        image_from(_desc(built), built.raw_manifest, b"[]", _layer)
+
+
+def test_an_attestations_layers_stand_for_themselves(tmp_path: Path) -> None:
+    doc = canonical_json({"predicateType": "x"})
+    ldesc = Descriptor("application/vnd.in-toto+json", Digest.of(doc), len(doc))
+    config = canonical_json({"architecture": "unknown", "os": "unknown"})
+    cdesc = Descriptor(MediaType.OCI_CONFIG, Digest.of(config), len(config))
+    raw = canonical_json(image_manifest(cdesc, [ldesc]))
+    desc = Descriptor(MediaType.OCI_MANIFEST, Digest.of(raw), len(raw), {"vnd.docker.reference.type": "attestation-manifest"})
+    image = image_from(desc, raw, config, _layer)
+    assert [la.diff_id for la in image.layers] == [ldesc.digest]
+
+
+@pytest.mark.parametrize("manifest", [{}, {"config": {"size": 1}}, {"config": [], "layers": []},
+                                      {"config": {"mediaType": "x", "digest": "sha256:00", "size": 1}}])
+def test_malformed_manifests_are_value_errors(manifest: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="malformed manifest"):
+        manifest_blobs(manifest)
