@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from builder.errors import InputError, IntegrityError
-from builder.image import Image, ImageIndex, LayerBlob, image_from
+from builder.image import Image, ImageIndex, LayerBlob, image_from, select_image
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.tarstream import tar_members
 from builder.oci.canonical import canonical_json, json_object, json_value
@@ -71,12 +71,7 @@ def load_base(kind: str, path: Path, tag: str | None, platform: Platform, workdi
     image = open_local(kind, path, tag, workdir, platform)
     if not isinstance(image, Image):
         raise InputError(f"{path}: expected one image for {platform}, found an index")
-    have = image.platform
-    if have.os and have.architecture and (have.os, have.architecture) != (platform.os, platform.architecture):
-        raise InputError(f"{path}: the image is for {have}, not {platform}; choose the platform to build for")
-    if have.variant and platform.variant and have.variant != platform.variant:
-        raise InputError(f"{path}: the image is for {have}, not {platform}")
-    return image
+    return select_image((image,), platform, path)
 
 
 @dataclass

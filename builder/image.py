@@ -7,7 +7,7 @@ loaded image keeps the bytes it was read from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -15,7 +15,7 @@ from typing import Any
 
 from builder.oci.canonical import json_object
 from builder.oci.config import diff_ids, platform_of
-from builder.oci.descriptor import Descriptor, is_attestation
+from builder.oci.descriptor import Descriptor, is_attestation, select_platform
 from builder.oci.digest import Digest
 from builder.oci.platform import Platform
 
@@ -145,3 +145,22 @@ def image_from(desc: Descriptor, raw_manifest: bytes, raw_config: bytes,
         ids = [d.digest for d in layers]
     blobs = tuple(layer(ldesc, diff_id) for ldesc, diff_id in zip(layers, ids, strict=True))
     return Image(raw_manifest, raw_config, desc.media_type, blobs, desc.platform or platform_of(config))
+
+
+def select_image(images: Sequence[Image], want: Platform, where: object) -> Image:
+    """The image for ``want`` among ``images`` (an index's, or the one image read), or InputError.
+
+    By :func:`~builder.oci.descriptor.select_platform`'s rule, the one a reader applies to an
+    index's entries, so choosing among images already read, or checking a single image, can
+    neither pick nor refuse differently, nor say so in other words.
+    """
+    descriptors = [image.descriptor() for image in images]
+    chosen = select_platform(descriptors, want, where)
+    return images[next(i for i, desc in enumerate(descriptors) if desc is chosen)]
+
+
+def runnable_images(image: Image | ImageIndex) -> list[Image]:
+    """The images that run somewhere: an index's, less its attestation manifests."""
+    if isinstance(image, Image):
+        return [image]
+    return [img for img in image.images if not is_attestation(img.descriptor())]

@@ -24,7 +24,7 @@ from typing import Any
 
 from builder.blobstore import BlobStore
 from builder.errors import RegistryError
-from builder.image import Image, ImageIndex, LayerBlob, image_from, manifest_blobs
+from builder.image import Image, ImageIndex, LayerBlob, image_from, manifest_blobs, select_image
 from builder.oci.canonical import json_object
 from builder.oci.descriptor import Descriptor, select_platform
 from builder.oci.digest import Digest
@@ -93,7 +93,7 @@ def pull(
         if media_type in MANIFEST_TYPES and platform is not None:
             # a single-platform image must still be the platform asked for: known from its config,
             # so a wrong one fails before any layer is downloaded
-            select_platform([images[0].descriptor()], platform, ref)
+            select_image(images, platform, ref)
         if layers:
             blobs.fetch([layer for m in manifests for layer in m.layers])
     if media_type in MANIFEST_TYPES or platform is not None:

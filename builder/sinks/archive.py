@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import IO
 
 from builder.errors import InputError, IntegrityError, OutputError
-from builder.image import Image, ImageIndex
+from builder.image import Image, ImageIndex, runnable_images, select_image
 from builder.oci.canonical import canonical_json
-from builder.oci.descriptor import is_attestation
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.platform import Platform
 from builder.sinks.layout import OCI_LAYOUT, Blob, check_ref_name, image_blobs
@@ -69,7 +68,7 @@ def write_docker_archive(
     repo_tag = docker_repo_tag(tag)
     repo, _, short = repo_tag.rpartition(":")
     members = _layout_members(image, tag)
-    others = [img for img in _runnable(image) if img is not chosen]
+    others = [img for img in runnable_images(image) if img is not chosen]
     manifest = [
         {
             "Config": f"blobs/{img.image_id.algorithm}/{img.image_id.hex}",
@@ -88,21 +87,15 @@ def docker_repo_tag(tag: str) -> str:
     return tag if ":" in tag.rsplit("/", 1)[-1] else f"{tag}:latest"
 
 
-def _runnable(image: Image | ImageIndex) -> list[Image]:
-    if isinstance(image, Image):
-        return [image]
-    return [img for img in image.images if not is_attestation(img.descriptor())]
-
-
 def _pick(image: Image | ImageIndex, platform: Platform | None, out: Path) -> Image:
     if isinstance(image, Image):
         return image
-    runnable = _runnable(image)
-    for img in runnable:
-        if platform is None or img.platform == platform:
-            return img
-    available = ", ".join(str(img.platform) for img in runnable) or "none"
-    raise OutputError(f"{out}: no image for platform {platform} in the index (available: {available})")
+    if platform is not None:
+        return select_image(image.images, platform, out)
+    runnable = runnable_images(image)
+    if not runnable:
+        raise OutputError(f"{out}: the index has no image to run, only attestations")
+    return runnable[0]
 
 
 def _layout_members(image: Image | ImageIndex, tag: str) -> dict[str, bytes | Blob | None]:

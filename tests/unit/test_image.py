@@ -1,4 +1,4 @@
-"""The rules every reader and writer of images shares: manifest + config -> Image."""
+"""The rules every reader and writer of images shares: manifest + config -> Image, the platform rule."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from builder.image import Image, LayerBlob, image_from, manifest_blobs
+from builder.errors import InputError
+from builder.image import Image, LayerBlob, image_from, manifest_blobs, runnable_images, select_image
 from builder.oci.canonical import canonical_json
-from builder.oci.descriptor import Descriptor
+from builder.oci.descriptor import Descriptor, select_platform
 from builder.oci.digest import Digest
 from builder.oci.manifest import image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
-from tests.helpers import AMD64, ARM64, make_image
+from tests.helpers import AMD64, ARM64, make_image, make_index
 
 
 def _layer(desc: Descriptor, diff_id: Digest) -> LayerBlob:
@@ -53,7 +54,8 @@ def test_an_attestations_layers_stand_for_themselves(tmp_path: Path) -> None:
     config = canonical_json({"architecture": "unknown", "os": "unknown"})
     cdesc = Descriptor(MediaType.OCI_CONFIG, Digest.of(config), len(config))
     raw = canonical_json(image_manifest(cdesc, [ldesc]))
-    desc = Descriptor(MediaType.OCI_MANIFEST, Digest.of(raw), len(raw), {"vnd.docker.reference.type": "attestation-manifest"})
+    attests = {"vnd.docker.reference.type": "attestation-manifest"}
+    desc = Descriptor(MediaType.OCI_MANIFEST, Digest.of(raw), len(raw), attests)
     image = image_from(desc, raw, config, _layer)
     assert [la.diff_id for la in image.layers] == [ldesc.digest]
 
@@ -63,3 +65,24 @@ def test_an_attestations_layers_stand_for_themselves(tmp_path: Path) -> None:
 def test_malformed_manifests_are_value_errors(manifest: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="malformed manifest"):
         manifest_blobs(manifest)
+
+
+def test_one_platform_rule_for_images_and_index_entries(tmp_path: Path) -> None:
+    amd = make_image(tmp_path, {"a": b"amd"})
+    arm = make_image(tmp_path, {"a": b"arm"}, platform=Platform("linux", "arm64", "v8"))
+    attestation = make_image(tmp_path, {"sbom": b"{}"}, platform=Platform("unknown", "unknown"))
+    images = (attestation, amd, arm)
+    assert select_image(images, AMD64, "here") is amd
+    assert select_image(images, Platform("linux", "arm64"), "here") is arm  # a variant unsaid on one side
+    assert select_image(images, Platform("linux", "arm64", "v8"), "here") is arm
+    for want, images_ in ((Platform("linux", "arm64", "v9"), images), (ARM64, (amd,))):
+        with pytest.raises(InputError) as caught:
+            select_image(images_, want, "here")
+        descriptors = [img.descriptor() for img in images_]
+        with pytest.raises(InputError) as expected:
+            select_platform(descriptors, want, "here")
+        assert str(caught.value) == str(expected.value)
+    available = r"\(available: linux/amd64, linux/arm64/v8\)"
+    with pytest.raises(InputError, match=rf"^here: no image for platform linux/s390x {available}$"):
+        select_image(images, Platform("linux", "s390x"), "here")
+    assert runnable_images(make_index(list(images))) == [amd, arm]
