@@ -7,7 +7,7 @@ loaded image keeps the bytes it was read from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -164,3 +164,55 @@ def runnable_images(image: Image | ImageIndex) -> list[Image]:
     if isinstance(image, Image):
         return [image]
     return [img for img in image.images if not is_attestation(img.descriptor())]
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One blob to store or send: its digest, its size if known, and its bytes (in memory or in a file).
+
+    ``verified`` as for :class:`LayerBlob`: a writer copies an unverified file while hashing it.
+    """
+
+    digest: Digest
+    size: int | None
+    data: bytes | None = None
+    path: Path | None = None
+    verified: bool = False
+
+
+def images_of(image: Image | ImageIndex) -> tuple[Image, ...]:
+    return image.images if isinstance(image, ImageIndex) else (image,)
+
+
+def unique_blobs(images: Sequence[Image]) -> list[Blob]:
+    """Every layer, extra blob and config of ``images``, each once: all layers first, configs after.
+
+    Layers first because they take longest to send; configs (and then the manifests that name
+    both) after them, so a writer or a push that goes in this order never stores a document
+    before what it names. Images of an index share layers, and an image may repeat one: each is
+    written, uploaded or archived once.
+    """
+    files: list[Blob] = []
+    for img in images:
+        files += [Blob(layer.digest, layer.descriptor.size, None, layer.path, layer.verified) for layer in img.layers]
+        files += [Blob(digest, None, path=path) for digest, path in sorted(img.extra_blobs.items())]
+    configs = [Blob(img.image_id, len(img.raw_config), img.raw_config) for img in images]
+    return _once([*files, *configs])
+
+
+def layout_blobs(image: Image | ImageIndex) -> list[Blob]:
+    """Every blob an OCI layout of ``image`` holds, each once: :func:`unique_blobs`, then the manifests,
+    then the index (the document that names them all comes last)."""
+    images = images_of(image)
+    documents = [Blob(img.digest, len(img.raw_manifest), img.raw_manifest) for img in images]
+    if isinstance(image, ImageIndex):
+        documents.append(Blob(image.digest, len(image.raw_index), image.raw_index))
+    return _once([*unique_blobs(images), *documents])
+
+
+def _once(blobs: Iterable[Blob]) -> list[Blob]:
+    """``blobs`` in order, each digest the first time only."""
+    found: dict[Digest, Blob] = {}
+    for blob in blobs:
+        found.setdefault(blob.digest, blob)
+    return list(found.values())

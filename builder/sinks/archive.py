@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import IO
 
 from builder.errors import InputError, IntegrityError, OutputError
-from builder.image import Image, ImageIndex, runnable_images, select_image
+from builder.image import Blob, Image, ImageIndex, layout_blobs, runnable_images, select_image
 from builder.oci.canonical import canonical_json
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.platform import Platform
-from builder.sinks.layout import OCI_LAYOUT, Blob, check_ref_name, image_blobs
+from builder.sinks.layout import OCI_LAYOUT, check_ref_name
 from builder.sinks.lock import NotRegularFileError, open_regular, private_sibling
 
 _DIR = None  # marks a directory entry among the archive's members
@@ -105,7 +105,7 @@ def _layout_members(image: Image | ImageIndex, tag: str) -> dict[str, bytes | Bl
         "index.json": canonical_json(image_index([image.descriptor({REF_NAME: tag})])),
         "blobs/": _DIR,
     }
-    for blob in image_blobs(image):
+    for blob in layout_blobs(image):
         members[f"blobs/{blob.digest.algorithm}/"] = _DIR
         members[f"blobs/{blob.digest.algorithm}/{blob.digest.hex}"] = blob
     return members

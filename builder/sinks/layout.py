@@ -23,12 +23,11 @@ import re
 import shutil
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError, IntegrityError, OutputError
-from builder.image import Image, ImageIndex, LayerBlob, image_from, manifest_blobs
+from builder.image import Blob, Image, ImageIndex, LayerBlob, image_from, layout_blobs, manifest_blobs
 from builder.oci.canonical import canonical_json, json_object
 from builder.oci.descriptor import Descriptor, select_platform
 from builder.oci.digest import Digest
@@ -58,33 +57,6 @@ registry client's manifest limit (registries take at least 4 MB), so what pybuil
 read back, and a 400 MiB ``index.json`` costs nothing."""
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")  # image-spec annotations.md
-
-
-@dataclass(frozen=True)
-class Blob:
-    """One blob to store: its digest, its size if known, and where its bytes come from."""
-
-    digest: Digest
-    size: int | None
-    data: bytes | None = None
-    path: Path | None = None
-    verified: bool = False
-
-
-def image_blobs(image: Image | ImageIndex) -> list[Blob]:
-    """Every blob of ``image``, each once, children before the documents that name them."""
-    found: dict[Digest, Blob] = {}
-    images = image.images if isinstance(image, ImageIndex) else (image,)
-    for img in images:
-        for digest, path in sorted(img.extra_blobs.items()):
-            found.setdefault(digest, Blob(digest, None, path=path))
-        for layer in img.layers:
-            found.setdefault(layer.digest, Blob(layer.digest, layer.descriptor.size, None, layer.path, layer.verified))
-        found.setdefault(img.image_id, Blob(img.image_id, len(img.raw_config), img.raw_config))
-        found.setdefault(img.digest, Blob(img.digest, len(img.raw_manifest), img.raw_manifest))
-    if isinstance(image, ImageIndex):
-        found.setdefault(image.digest, Blob(image.digest, len(image.raw_index), image.raw_index))
-    return list(found.values())
 
 
 def blob_path(root: Path, digest: Digest) -> Path:
@@ -153,7 +125,7 @@ def _ours(out: Path, path: Path) -> bool:
 def write_layout(out: Path, image: Image | ImageIndex, tag: str) -> None:
     """Record ``image`` under ``tag`` in the OCI layout ``out``, creating it or updating it in place."""
     check_ref_name(tag, out)
-    blobs = image_blobs(image)
+    blobs = layout_blobs(image)
     desc = image.descriptor({REF_NAME: tag})
     if not (out.exists() or out.is_symlink()) and _create(out, blobs, desc):
         return

@@ -1,4 +1,4 @@
-"""The rules every reader and writer of images shares: manifest + config -> Image, the platform rule."""
+"""What readers and writers of images share: manifest + config -> Image, the platform rule, every blob once."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from builder.errors import InputError
-from builder.image import Image, LayerBlob, image_from, manifest_blobs, runnable_images, select_image
+from builder.image import (
+    Image,
+    LayerBlob,
+    image_from,
+    layout_blobs,
+    manifest_blobs,
+    runnable_images,
+    select_image,
+    unique_blobs,
+)
 from builder.oci.canonical import canonical_json
 from builder.oci.descriptor import Descriptor, select_platform
 from builder.oci.digest import Digest
@@ -86,3 +95,19 @@ def test_one_platform_rule_for_images_and_index_entries(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=rf"^here: no image for platform linux/s390x {available}$"):
         select_image(images, Platform("linux", "s390x"), "here")
     assert runnable_images(make_index(list(images))) == [amd, arm]
+
+
+def test_every_blob_once_layers_then_configs_then_documents(tmp_path: Path) -> None:
+    base = make_image(tmp_path, {"a": b"a"})
+    amd = make_image(tmp_path, {"b": b"amd"}, base=base)
+    arm = make_image(tmp_path, {"b": b"arm"}, base=base, platform=ARM64)
+    index = make_index([amd, arm, amd])  # the shared base layer, and a whole image twice
+    files = [amd.layers[0].digest, amd.layers[1].digest, arm.layers[1].digest]
+    assert [b.digest for b in unique_blobs([amd, arm])] == [*files, amd.image_id, arm.image_id]
+    assert [b.digest for b in layout_blobs(index)] == [*files, amd.image_id, arm.image_id, amd.digest, arm.digest,
+                                                       index.digest]
+    assert [b.digest for b in layout_blobs(amd)] == [*files[:2], amd.image_id, amd.digest]
+    config, manifest = layout_blobs(amd)[2:]
+    assert (config.data, config.size, manifest.data) == (amd.raw_config, len(amd.raw_config), amd.raw_manifest)
+    layer = layout_blobs(amd)[0]
+    assert (layer.path, layer.size, layer.data) == (amd.layers[0].path, amd.layers[0].descriptor.size, None)
