@@ -32,6 +32,8 @@ from builder.errors import InputError, IntegrityError
 from builder.image import Image, ImageIndex, LayerBlob, image_from, select_image
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.tarstream import tar_members
+from builder.layout.format import MAX_JSON, is_layout
+from builder.layout.read import find_ref, read_layout
 from builder.oci.canonical import canonical_json, json_object, json_value
 from builder.oci.config import diff_ids
 from builder.oci.descriptor import Descriptor
@@ -40,7 +42,6 @@ from builder.oci.manifest import image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
 from builder.sinks.archive import docker_repo_tag
-from builder.sinks.layout import MAX_JSON, find_ref, read_layout
 from builder.sinks.lock import NotRegularFileError, open_regular, read_regular, tmp_path
 
 KINDS = ("oci", "oci-archive", "docker-archive")
@@ -179,7 +180,7 @@ def _archive(path: Path, tag: str | None, platform: Platform | None, workdir: Pa
     """An OCI archive, or a ``docker save`` tar: its OCI layout where it has one (Docker 25+), else
     its manifest.json."""
     root, members = _extract(path, workdir, docker)
-    has_layout = (root / "oci-layout").is_file() and (root / "index.json").is_file()
+    has_layout = is_layout(root)
     if docker and not (has_layout and _tag_in_index(root, tag, "manifest.json" in members)):
         if "manifest.json" not in members:
             raise InputError(f"{path}: not a docker-archive (no manifest.json) nor an OCI archive")

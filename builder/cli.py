@@ -28,14 +28,15 @@ from builder.errors import InputError, OutputError, PybuildError
 from builder.image import Image, ImageIndex
 from builder.inspect import describe, render_text
 from builder.layer.compress import Compression
+from builder.layout.format import read_json
+from builder.layout.write import write_layout
 from builder.oci.descriptor import is_attestation
 from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir, epoch_from_env
+from builder.output import FORMATS, write_output
 from builder.progress import JsonReporter, NullReporter, PlainReporter, Reporter, TtyReporter, human
 from builder.sandbox import join_user_namespace, run_in_user_namespace
-from builder.sinks import FORMATS, write_layout, write_output
 from builder.sinks.bundle import write_bundle
-from builder.sinks.layout import read_json
 from builder.userns import in_user_namespace, subordinate_ids
 from builder.workdir import work_directory
 
@@ -485,8 +486,8 @@ def _only_tag(path: Path) -> str | None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, for tools.")
 def ls_cmd(out: Path, as_json: bool) -> None:
     """List the images of a layout: tag, digest, platforms, size."""
+    from builder.layout.read import layout_entries, read_entry
     from builder.oci.manifest import REF_NAME
-    from builder.sinks.layout import layout_entries, read_entry
 
     for desc in layout_entries(out):
         image = read_entry(out, desc)

@@ -25,6 +25,7 @@ from typing import Any
 from builder.blobstore import BlobStore
 from builder.errors import RegistryError
 from builder.image import Image, ImageIndex, LayerBlob, image_from, manifest_blobs, select_image
+from builder.layout.format import MAX_JSON, blob_path
 from builder.oci.canonical import json_object
 from builder.oci.descriptor import Descriptor, select_platform
 from builder.oci.digest import Digest
@@ -33,9 +34,7 @@ from builder.oci.platform import Platform
 from builder.registry.client import MAX_MANIFEST, RegistryClient, manifest_media_type, run_all
 from builder.registry.reference import Reference
 from builder.registry.transport import RegistryOptions
-from builder.registry.wire import MiB
 
-MAX_CONFIG = 8 * MiB  # as the layout reader's limit for JSON documents (sinks/layout.py MAX_JSON)
 EventSink = Callable[[str, Digest, int], None]
 
 
@@ -160,7 +159,7 @@ def _parse_manifest(desc: Descriptor, raw: bytes, ref: Reference) -> _Manifest:
         config, layers = manifest_blobs(doc)
     except ValueError as exc:
         raise RegistryError(f"{ref}: manifest {desc.digest}: {exc}") from exc
-    if config.size > MAX_CONFIG:
+    if config.size > MAX_JSON:
         raise RegistryError(f"{ref}: config {config.digest} is {config.size} bytes, too large")
     return _Manifest(desc, raw, config, layers)
 
@@ -191,10 +190,10 @@ class _Blobs:
 
     def read_config(self, desc: Descriptor, ref: Reference) -> bytes:
         """A config's bytes (fetched just before), hashed again as they are read."""
-        raw = self.store.read(desc.digest, MAX_CONFIG)
+        raw = self.store.read(desc.digest, MAX_JSON)
         if raw is None:  # removed or damaged since it was fetched: once more from the registry
             self._one(desc)
-            raw = self.store.read(desc.digest, MAX_CONFIG)
+            raw = self.store.read(desc.digest, MAX_JSON)
         if raw is None or len(raw) != desc.size:
             raise RegistryError(f"{ref}: config {desc.digest} could not be stored and read back")
         return raw
@@ -207,10 +206,6 @@ def _image(manifest: _Manifest, raw_config: bytes, store: BlobStore, ref: Refere
                           lambda desc, diff_id: LayerBlob(desc, diff_id, store.path(desc.digest), None, True))
     except ValueError as exc:
         raise RegistryError(f"{ref}: manifest {manifest.desc.digest}: {exc}") from exc
-
-
-def blob_path(root: Path, digest: Digest) -> Path:
-    return root / "blobs" / digest.algorithm / digest.hex
 
 
 def _as_digest(identifier: str) -> Digest | None:

@@ -23,10 +23,11 @@ from typing import IO
 
 from builder.errors import InputError, IntegrityError, OutputError
 from builder.image import Blob, Image, ImageIndex, layout_blobs, runnable_images, select_image
+from builder.layout.format import OCI_LAYOUT
+from builder.layout.write import check_ref_name
 from builder.oci.canonical import canonical_json
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.platform import Platform
-from builder.sinks.layout import OCI_LAYOUT, check_ref_name
 from builder.sinks.lock import NotRegularFileError, open_regular, private_sibling
 
 _DIR = None  # marks a directory entry among the archive's members

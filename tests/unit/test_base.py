@@ -12,13 +12,13 @@ import pytest
 from builder.base import load_base
 from builder.errors import InputError, IntegrityError
 from builder.image import Image
+from builder.layout.write import write_layout
 from builder.oci.canonical import canonical_json
 from builder.oci.config import append_layer, empty_config
 from builder.oci.digest import Digest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
 from builder.sinks.archive import write_docker_archive, write_oci_archive
-from builder.sinks.layout import write_layout
 from tests.helpers import AMD64, ARM64, OciCheck, compress, layer_tar, make_image, make_index
 
 

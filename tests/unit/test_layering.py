@@ -17,13 +17,15 @@ ALLOWED = {
     "fs": {"layer", "oci", "image", "userns"},
     "recipe": {"oci"},
     "steps": {"recipe", "layer", "fs", "oci", "sandbox"},
-    "sinks": {"image", "oci", "fs", "layer"},
+    "layout": {"image", "oci", "sinks"},  # sinks.lock only: regular-file reads, clones, temp names
+    "sinks": {"image", "oci", "fs", "layer", "layout"},
     "sandbox": {"confine", "userns", "oci"},
     "confine": set(),
     "userns": set(),
-    "registry": {"image", "oci", "blobstore"},
+    "registry": {"image", "oci", "blobstore", "layout"},  # layout.format: a pull reuses a layout's blobs
     "blobstore": {"oci", "sinks"},  # sinks.lock only: regular-file reads, clones, temp names
-    "base": {"image", "oci", "sinks", "layer"},
+    "base": {"image", "oci", "sinks", "layer", "layout"},
+    "output": {"image", "layout", "sinks"},
     "inspect": {"image", "oci"},
     "progress": {"image", "oci"},
 }
