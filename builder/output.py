@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from builder.archive.docker import write_docker_archive
+from builder.archive.oci import write_oci_archive
 from builder.errors import OutputError
 from builder.image import Image, ImageIndex
 from builder.layout.write import write_layout
-from builder.sinks.archive import write_docker_archive, write_oci_archive
 
 FORMATS = ("oci", "oci-archive", "docker-archive")
 

@@ -27,9 +27,13 @@ def is_layout(root: Path) -> bool:
     return (root / "oci-layout").is_file() and (root / "index.json").is_file()
 
 
+def blob_name(digest: Digest) -> str:
+    """A blob's name in a layout, and in an archive of one: its digest, so a name is a promise of the content."""
+    return f"blobs/{digest.algorithm}/{digest.hex}"
+
+
 def blob_path(root: Path, digest: Digest) -> Path:
-    """Where a layout keeps a blob: named by its digest, so a name is a promise of the content."""
-    return root / "blobs" / digest.algorithm / digest.hex
+    return root / blob_name(digest)
 
 
 def load_index(path: Path, error: type[InputError | OutputError]) -> dict[str, Any]:

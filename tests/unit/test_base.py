@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.archive.docker import write_docker_archive
+from builder.archive.oci import write_oci_archive
 from builder.base import load_base
 from builder.errors import InputError, IntegrityError
 from builder.image import Image
@@ -18,7 +20,6 @@ from builder.oci.config import append_layer, empty_config
 from builder.oci.digest import Digest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
-from builder.sinks.archive import write_docker_archive, write_oci_archive
 from tests.helpers import AMD64, ARM64, OciCheck, compress, layer_tar, make_image, make_index
 
 

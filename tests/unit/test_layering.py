@@ -18,14 +18,15 @@ ALLOWED = {
     "recipe": {"oci"},
     "steps": {"recipe", "layer", "fs", "oci", "sandbox"},
     "layout": {"image", "oci", "sinks"},  # sinks.lock only: regular-file reads, clones, temp names
-    "sinks": {"image", "oci", "fs", "layer", "layout"},
+    "archive": {"image", "oci", "layer", "layout", "sinks"},  # sinks.lock only
+    "sinks": {"image", "oci", "fs"},
     "sandbox": {"confine", "userns", "oci"},
     "confine": set(),
     "userns": set(),
     "registry": {"image", "oci", "blobstore", "layout"},  # layout.format: a pull reuses a layout's blobs
     "blobstore": {"oci", "sinks"},  # sinks.lock only: regular-file reads, clones, temp names
-    "base": {"image", "oci", "sinks", "layer", "layout"},
-    "output": {"image", "layout", "sinks"},
+    "base": {"image", "oci", "layout", "archive"},
+    "output": {"image", "layout", "archive"},
     "inspect": {"image", "oci"},
     "progress": {"image", "oci"},
 }

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from builder.archive.docker import docker_repo_tag, write_docker_archive
+from builder.archive.oci import write_oci_archive
 from builder.errors import InputError, IntegrityError, OutputError
 from builder.image import Image, ImageIndex
 from builder.layout.read import read_layout
@@ -25,7 +27,6 @@ from builder.oci.manifest import REF_NAME, image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
 from builder.output import write_output
-from builder.sinks.archive import docker_repo_tag, write_docker_archive, write_oci_archive
 from builder.sinks.lock import private_sibling
 from tests.helpers import AMD64, ARM64, OciCheck, make_image, make_index
 
