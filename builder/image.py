@@ -7,7 +7,7 @@ loaded image keeps the bytes it was read from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +17,7 @@ from builder.oci.canonical import json_object
 from builder.oci.config import diff_ids, platform_of
 from builder.oci.descriptor import Descriptor, is_attestation, select_platform
 from builder.oci.digest import Digest
+from builder.oci.manifest import manifest_blobs
 from builder.oci.platform import Platform
 
 
@@ -100,19 +101,6 @@ class ImageIndex:
 
     def descriptor(self, annotations: dict[str, str] | None = None) -> Descriptor:
         return Descriptor(self.media_type, self.digest, len(self.raw_index), annotations or {})
-
-
-def manifest_blobs(manifest: Mapping[str, Any]) -> tuple[Descriptor, tuple[Descriptor, ...]]:
-    """The config and the layers an image manifest names; ValueError if it is malformed.
-
-    Apart from :func:`image_from` because a pull must fetch these before it has the config.
-    """
-    try:
-        config = Descriptor.from_json(manifest["config"])
-        layers = tuple(Descriptor.from_json(d) for d in manifest.get("layers") or [])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"malformed manifest: {exc}") from exc
-    return config, layers
 
 
 def image_from(desc: Descriptor, raw_manifest: bytes, raw_config: bytes,

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError, IntegrityError
-from builder.image import Image, ImageIndex, LayerBlob, image_from, manifest_blobs
+from builder.image import Image, ImageIndex, LayerBlob, image_from
 from builder.layout.format import MAX_JSON, blob_path, is_layout, load_index, reason
 from builder.oci.canonical import json_object
 from builder.oci.descriptor import Descriptor, select_platform
 from builder.oci.digest import Digest
-from builder.oci.manifest import REF_NAME
+from builder.oci.manifest import REF_NAME, index_entries, manifest_blobs
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
 from builder.sinks.lock import NotRegularFileError, open_regular
@@ -44,7 +44,7 @@ def layout_entries(path: Path) -> list[Descriptor]:
     if not is_layout(path):
         raise InputError(f"{path}: not an OCI image layout (no oci-layout or index.json)")
     index = load_index(path / "index.json", InputError)
-    return _descriptors(index["manifests"], path / "index.json")
+    return _entries(index, path / "index.json")
 
 
 def read_entry(path: Path, desc: Descriptor) -> Image | ImageIndex:
@@ -65,11 +65,11 @@ def find_ref(entries: Sequence[Descriptor], tag: str | None, where: Path) -> Des
     raise InputError(f"{where}: no image tagged {tag!r} (tags present: {tags})")
 
 
-def _descriptors(entries: Any, where: Path) -> list[Descriptor]:
+def _entries(index: dict[str, Any], where: Path) -> list[Descriptor]:
     try:
-        return [Descriptor.from_json(e) for e in entries]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{where}: malformed descriptor: {exc}") from exc
+        return index_entries(index)
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from exc
 
 
 def read_json_blob(root: Path, desc: Descriptor) -> tuple[bytes, dict[str, Any]]:
@@ -106,7 +106,7 @@ def _load(root: Path, desc: Descriptor, platform: Platform | None, depth: int) -
     if desc.media_type not in INDEX_TYPES or depth > 3:
         raise InputError(f"{where}: unsupported media type {desc.media_type!r}")
     raw, index = read_json_blob(root, desc)
-    children = _descriptors(index.get("manifests") or [], where)
+    children = _entries(index, where)
     if platform is not None:
         return _load(root, select_platform(children, platform, where), platform, depth + 1)
     images = []

@@ -24,11 +24,12 @@ from typing import Any
 
 from builder.blobstore import BlobStore
 from builder.errors import RegistryError
-from builder.image import Image, ImageIndex, LayerBlob, image_from, manifest_blobs, select_image
+from builder.image import Image, ImageIndex, LayerBlob, image_from, select_image
 from builder.layout.format import MAX_JSON, blob_path
 from builder.oci.canonical import json_object
 from builder.oci.descriptor import Descriptor, select_platform
 from builder.oci.digest import Digest
+from builder.oci.manifest import index_entries, manifest_blobs
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
 from builder.registry.client import MAX_MANIFEST, RegistryClient, manifest_media_type, run_all
@@ -124,14 +125,10 @@ def _top_manifest(client: RegistryClient, ref: Reference, store: BlobStore) -> t
 
 
 def _children(raw: bytes, ref: Reference) -> list[Descriptor]:
-    doc = _json(raw, f"{ref}: index", MAX_MANIFEST)
-    entries = doc.get("manifests")
-    if not isinstance(entries, list):
-        raise RegistryError(f"{ref}: index has no manifests list")
     try:
-        return [Descriptor.from_json(e) for e in entries]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RegistryError(f"{ref}: malformed descriptor in the index: {exc}") from exc
+        return index_entries(_json(raw, f"{ref}: index", MAX_MANIFEST))
+    except ValueError as exc:
+        raise RegistryError(f"{ref}: {exc}") from exc
 
 
 def _fetch_manifest(client: RegistryClient, store: BlobStore, desc: Descriptor, ref: Reference,

@@ -12,7 +12,6 @@ from builder.image import (
     LayerBlob,
     image_from,
     layout_blobs,
-    manifest_blobs,
     runnable_images,
     select_image,
     unique_blobs,
@@ -20,7 +19,7 @@ from builder.image import (
 from builder.oci.canonical import canonical_json
 from builder.oci.descriptor import Descriptor, select_platform
 from builder.oci.digest import Digest
-from builder.oci.manifest import image_manifest
+from builder.oci.manifest import image_manifest, index_entries, manifest_blobs
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
 from tests.helpers import AMD64, ARM64, make_image, make_index
@@ -111,3 +110,10 @@ def test_every_blob_once_layers_then_configs_then_documents(tmp_path: Path) -> N
     assert (config.data, config.size, manifest.data) == (amd.raw_config, len(amd.raw_config), amd.raw_manifest)
     layer = layout_blobs(amd)[0]
     assert (layer.path, layer.size, layer.data) == (amd.layers[0].path, amd.layers[0].descriptor.size, None)
+
+
+@pytest.mark.parametrize(("index", "why"), [({}, "no manifests list"), ({"manifests": {}}, "no manifests list"),
+                                            ({"manifests": [{"size": 1}]}, "malformed descriptor in the index")])
+def test_malformed_indexes_are_value_errors(index: dict[str, object], why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        index_entries(index)
