@@ -11,22 +11,28 @@ PKG = Path(__file__).resolve().parents[2] / "builder"
 
 # package (or module) -> builder packages it may import (besides itself and builder.errors)
 ALLOWED = {
+    # values: the vocabulary, and images as raw bytes with the rules every reader and writer shares
     "oci": set(),
-    "layer": {"oci", "image"},
     "image": {"oci"},
+    # building layers
+    "layer": {"oci", "image"},
     "fs": {"layer", "oci", "image", "userns"},
     "recipe": {"oci"},
     "steps": {"recipe", "layer", "fs", "oci", "sandbox"},
-    "layout": {"image", "oci", "sinks"},  # sinks.lock only: regular-file reads, clones, temp names
-    "archive": {"image", "oci", "layer", "layout", "sinks"},  # sinks.lock only
-    "sinks": {"image", "oci", "fs"},
     "sandbox": {"confine", "userns", "oci"},
     "confine": set(),
     "userns": set(),
+    # readers and writers of on-disk formats and of registries (sinks.lock: regular-file reads, clones,
+    # temp names, private siblings)
+    "sinks": {"image", "oci", "fs"},
+    "layout": {"image", "oci", "sinks"},  # sinks.lock only
+    "archive": {"image", "oci", "layer", "layout", "sinks"},  # layer: the hardened tar reader; sinks.lock only
+    "blobstore": {"oci", "sinks"},  # sinks.lock only
     "registry": {"image", "oci", "blobstore", "layout"},  # layout.format: a pull reuses a layout's blobs
-    "blobstore": {"oci", "sinks"},  # sinks.lock only: regular-file reads, clones, temp names
+    # choosing among them: a base's kind, an output's format
     "base": {"image", "oci", "layout", "archive"},
     "output": {"image", "layout", "archive"},
+    # showing an image, and a build's progress
     "inspect": {"image", "oci"},
     "progress": {"image", "oci"},
 }
