@@ -3,6 +3,11 @@
 As in go-containerregistry, the digests are always computed over the raw bytes that are
 written (``digest`` = sha256 of the manifest, ``image_id`` = sha256 of the config), and a
 loaded image keeps the bytes it was read from.
+
+The rules every reader and writer (layout, archive, registry) applies to these values are here
+too, one function each, so that they cannot drift apart: making an image of a manifest and its
+config (:func:`image_from`), choosing one by platform (:func:`select_image`), and listing every
+blob once (:func:`unique_blobs`, :func:`layout_blobs`).
 """
 
 from __future__ import annotations
@@ -103,6 +108,20 @@ class ImageIndex:
         return Descriptor(self.media_type, self.digest, len(self.raw_index), annotations or {})
 
 
+@dataclass(frozen=True)
+class Blob:
+    """One blob to store or send: its digest, its size if known, and its bytes (in memory or in a file).
+
+    ``verified`` as for :class:`LayerBlob`: a writer copies an unverified file while hashing it.
+    """
+
+    digest: Digest
+    size: int | None
+    data: bytes | None = None
+    path: Path | None = None
+    verified: bool = False
+
+
 def image_from(desc: Descriptor, raw_manifest: bytes, raw_config: bytes,
                layer: Callable[[Descriptor, Digest], LayerBlob]) -> Image:
     """The image that the manifest ``desc`` points to and its config make; ValueError if they disagree.
@@ -152,20 +171,6 @@ def runnable_images(image: Image | ImageIndex) -> list[Image]:
     if isinstance(image, Image):
         return [image]
     return [img for img in image.images if not is_attestation(img.descriptor())]
-
-
-@dataclass(frozen=True)
-class Blob:
-    """One blob to store or send: its digest, its size if known, and its bytes (in memory or in a file).
-
-    ``verified`` as for :class:`LayerBlob`: a writer copies an unverified file while hashing it.
-    """
-
-    digest: Digest
-    size: int | None
-    data: bytes | None = None
-    path: Path | None = None
-    verified: bool = False
 
 
 def images_of(image: Image | ImageIndex) -> tuple[Image, ...]:

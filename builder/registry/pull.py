@@ -8,7 +8,7 @@ layers are files under ``DEST/blobs/<alg>/<hex>``, each verified.
 ``DEST`` is a :class:`~builder.blobstore.BlobStore`'s root: the cache directory, so that what
 one build downloads the next one reads from disk, or a scratch directory when no cache is
 usable. Never an output: temporary files appear beside the blobs while they download, and the
-layout sink clones what it takes from there. Nothing is fetched that is already there and
+layout writer clones what it takes from there. Nothing is fetched that is already there and
 still hashes to its digest, nor what an existing layout given as ``reuse`` holds (cloned in,
 then verified); a manifest named by a tag is looked up by the digest a HEAD of the tag answers,
 so a tag that has not moved costs one HEAD. For a single image, its config is fetched and its
@@ -76,8 +76,7 @@ def pull(
         emit("manifest", digest, len(raw))
         top = Descriptor(media_type, digest, len(raw))
         if media_type in MANIFEST_TYPES:
-            manifest = _parse_manifest(top, raw, ref)
-            manifests = [manifest]
+            manifests = [_parse_manifest(top, raw, ref)]
         elif media_type in INDEX_TYPES:
             children = _children(raw, ref)
             if platform is not None:
