@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from builder.image import Image, ImageIndex
+from builder.image import Image, ImageIndex, runnable_images
 from builder.oci.descriptor import Descriptor, is_attestation
 from builder.oci.manifest import REF_NAME
 
@@ -23,7 +23,7 @@ def describe(image: Image | ImageIndex, name: str) -> dict[str, Any]:
             "digest": str(image.digest),
             "media_type": image.media_type,
             # one object per platform: attestation manifests (unknown/unknown) describe no runnable image
-            "manifests": [describe(img, name) for img in image.images if not is_attestation(img.descriptor())],
+            "manifests": [describe(img, name) for img in runnable_images(image)],
             "annotations": dict(image.index.get("annotations") or {}),
         }
     cfg = image.config

@@ -29,9 +29,9 @@ from builder.cli.options import (
 from builder.errors import InputError
 from builder.layer.compress import Compression
 from builder.options import BuildOptions, epoch_from_env
+from builder.output import FORMATS, write_output
 from builder.progress import Reporter
 from builder.sandbox import run_in_user_namespace
-from builder.sinks import FORMATS, write_output
 from builder.userns import in_user_namespace, subordinate_ids
 from builder.workdir import work_directory
 

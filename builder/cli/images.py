@@ -14,11 +14,11 @@ from builder.cli.options import reference, registry_flags, registry_options
 from builder.errors import InputError, PybuildError
 from builder.image import Image, ImageIndex
 from builder.inspect import describe, list_entry, render_text
+from builder.layout.read import layout_entries, read_entry
 from builder.oci.manifest import REF_NAME
 from builder.oci.platform import Platform
 from builder.progress import human
 from builder.sinks.bundle import write_bundle
-from builder.sinks.layout import layout_entries, read_entry
 
 if TYPE_CHECKING:
     from builder.oci.reference import Reference

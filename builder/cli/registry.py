@@ -26,8 +26,8 @@ from builder.cli.options import (
     write_text,
 )
 from builder.errors import InputError
+from builder.layout.write import write_layout
 from builder.options import default_cache_dir
-from builder.sinks import write_layout
 from builder.workdir import work_directory
 
 

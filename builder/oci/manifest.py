@@ -1,4 +1,4 @@
-"""Image manifests and indexes as JSON, built from descriptors."""
+"""Image manifests and indexes as JSON: built from descriptors, and read back into them."""
 
 from __future__ import annotations
 
@@ -38,3 +38,32 @@ def image_index(manifests: Sequence[Descriptor], annotations: Mapping[str, str] 
     if annotations:
         out["annotations"] = dict(annotations)
     return out
+
+
+def manifest_blobs(manifest: Mapping[str, Any]) -> tuple[Descriptor, tuple[Descriptor, ...]]:
+    """The config and the layers an image manifest names; ValueError if it is malformed.
+
+    Apart from :func:`builder.image.image_from` because a pull must fetch these before it has the
+    config.
+    """
+    try:
+        config = Descriptor.from_json(manifest["config"])
+        layers = tuple(Descriptor.from_json(d) for d in manifest.get("layers") or [])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed manifest: {exc}") from exc
+    return config, layers
+
+
+def index_entries(index: Mapping[str, Any]) -> list[Descriptor]:
+    """The descriptors an image index lists, in its order; ValueError without a list of them, or for a bad one.
+
+    One reading for a layout's index.json, the indexes inside it and a registry's, so an index
+    one reader takes the others take too.
+    """
+    entries = index.get("manifests")
+    if not isinstance(entries, list):
+        raise ValueError("index has no manifests list")
+    try:
+        return [Descriptor.from_json(e) for e in entries]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed descriptor in the index: {exc}") from exc

@@ -8,7 +8,7 @@ layers are files under ``DEST/blobs/<alg>/<hex>``, each verified.
 ``DEST`` is a :class:`~builder.blobstore.BlobStore`'s root: the cache directory, so that what
 one build downloads the next one reads from disk, or a scratch directory when no cache is
 usable. Never an output: temporary files appear beside the blobs while they download, and the
-layout sink clones what it takes from there. Nothing is fetched that is already there and
+layout writer clones what it takes from there. Nothing is fetched that is already there and
 still hashes to its digest, nor what an existing layout given as ``reuse`` holds (cloned in,
 then verified); a manifest named by a tag is looked up by the digest a HEAD of the tag answers,
 so a tag that has not moved costs one HEAD. For a single image, its config is fetched and its
@@ -24,19 +24,18 @@ from typing import Any
 
 from builder.blobstore import BlobStore
 from builder.errors import RegistryError
-from builder.image import Image, ImageIndex, LayerBlob
+from builder.image import Image, ImageIndex, LayerBlob, image_from, select_image
+from builder.layout.format import MAX_JSON, blob_path
 from builder.oci.canonical import json_object
-from builder.oci.config import diff_ids, platform_of
-from builder.oci.descriptor import Descriptor, is_attestation, select_platform
+from builder.oci.descriptor import Descriptor, select_platform
 from builder.oci.digest import Digest
+from builder.oci.manifest import index_entries, manifest_blobs
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
 from builder.oci.reference import Reference
 from builder.registry.client import MAX_MANIFEST, RegistryClient, manifest_media_type, run_all
 from builder.registry.options import RegistryOptions
-from builder.registry.wire import MiB
 
-MAX_CONFIG = 8 * MiB  # as the layout reader's limit for JSON documents (sinks/layout.py MAX_JSON)
 EventSink = Callable[[str, Digest, int], None]
 
 
@@ -77,8 +76,7 @@ def pull(
         emit("manifest", digest, len(raw))
         top = Descriptor(media_type, digest, len(raw))
         if media_type in MANIFEST_TYPES:
-            manifest = _parse_manifest(top, raw, ref)
-            manifests = [manifest]
+            manifests = [_parse_manifest(top, raw, ref)]
         elif media_type in INDEX_TYPES:
             children = _children(raw, ref)
             if platform is not None:
@@ -90,15 +88,13 @@ def pull(
             raise RegistryError(f"{ref}: unsupported manifest media type {media_type!r}")
         blobs = _Blobs(client, store, sources, emit)
         blobs.fetch([m.config for m in manifests])
-        configs = [blobs.read_config(m.config, ref) for m in manifests]
+        images = tuple(_image(m, blobs.read_config(m.config, ref), store, ref) for m in manifests)
         if media_type in MANIFEST_TYPES and platform is not None:
             # a single-platform image must still be the platform asked for: known from its config,
             # so a wrong one fails before any layer is downloaded
-            found = manifest.desc.platform or platform_of(_json(configs[0], f"{ref}: config", MAX_CONFIG))
-            select_platform([Descriptor(top.media_type, top.digest, top.size, platform=found)], platform, ref)
+            select_image(images, platform, ref)
         if layers:
             blobs.fetch([layer for m in manifests for layer in m.layers])
-        images = tuple(_image(m, raw_config, store, ref) for m, raw_config in zip(manifests, configs, strict=True))
     if media_type in MANIFEST_TYPES or platform is not None:
         return images[0]
     return ImageIndex(raw, images, media_type)
@@ -128,14 +124,10 @@ def _top_manifest(client: RegistryClient, ref: Reference, store: BlobStore) -> t
 
 
 def _children(raw: bytes, ref: Reference) -> list[Descriptor]:
-    doc = _json(raw, f"{ref}: index", MAX_MANIFEST)
-    entries = doc.get("manifests")
-    if not isinstance(entries, list):
-        raise RegistryError(f"{ref}: index has no manifests list")
     try:
-        return [Descriptor.from_json(e) for e in entries]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RegistryError(f"{ref}: malformed descriptor in the index: {exc}") from exc
+        return index_entries(_json(raw, f"{ref}: index", MAX_MANIFEST))
+    except ValueError as exc:
+        raise RegistryError(f"{ref}: {exc}") from exc
 
 
 def _fetch_manifest(client: RegistryClient, store: BlobStore, desc: Descriptor, ref: Reference,
@@ -160,11 +152,10 @@ def _fetch_manifest(client: RegistryClient, store: BlobStore, desc: Descriptor, 
 def _parse_manifest(desc: Descriptor, raw: bytes, ref: Reference) -> _Manifest:
     doc = _json(raw, f"{ref}: manifest {desc.digest}", MAX_MANIFEST)
     try:
-        config = Descriptor.from_json(doc["config"])
-        layers = tuple(Descriptor.from_json(d) for d in doc.get("layers") or [])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RegistryError(f"{ref}: malformed manifest {desc.digest}: {exc}") from exc
-    if config.size > MAX_CONFIG:
+        config, layers = manifest_blobs(doc)
+    except ValueError as exc:
+        raise RegistryError(f"{ref}: manifest {desc.digest}: {exc}") from exc
+    if config.size > MAX_JSON:
         raise RegistryError(f"{ref}: config {config.digest} is {config.size} bytes, too large")
     return _Manifest(desc, raw, config, layers)
 
@@ -195,36 +186,22 @@ class _Blobs:
 
     def read_config(self, desc: Descriptor, ref: Reference) -> bytes:
         """A config's bytes (fetched just before), hashed again as they are read."""
-        raw = self.store.read(desc.digest, MAX_CONFIG)
+        raw = self.store.read(desc.digest, MAX_JSON)
         if raw is None:  # removed or damaged since it was fetched: once more from the registry
             self._one(desc)
-            raw = self.store.read(desc.digest, MAX_CONFIG)
+            raw = self.store.read(desc.digest, MAX_JSON)
         if raw is None or len(raw) != desc.size:
             raise RegistryError(f"{ref}: config {desc.digest} could not be stored and read back")
         return raw
 
 
 def _image(manifest: _Manifest, raw_config: bytes, store: BlobStore, ref: Reference) -> Image:
-    config = _json(raw_config, f"{ref}: config {manifest.config.digest}", MAX_CONFIG)
-    desc = manifest.desc
+    """The image of a fetched manifest and config; its layers are (or will be) verified files of the store."""
     try:
-        ids = diff_ids(config)
-    except ValueError:
-        ids = []
-    if len(ids) != len(manifest.layers):
-        if not is_attestation(desc):
-            raise RegistryError(f"{ref}: manifest {desc.digest} has {len(manifest.layers)} layers but its config "
-                                f"has {len(ids)} diff_ids")
-        ids = [d.digest for d in manifest.layers]  # attestations: in-toto documents, not layers
-    layers = tuple(
-        LayerBlob(ldesc, diff_id, store.path(ldesc.digest), None, True)
-        for ldesc, diff_id in zip(manifest.layers, ids, strict=True)
-    )
-    return Image(manifest.raw, raw_config, desc.media_type, layers, desc.platform or platform_of(config))
-
-
-def blob_path(root: Path, digest: Digest) -> Path:
-    return root / "blobs" / digest.algorithm / digest.hex
+        return image_from(manifest.desc, manifest.raw, raw_config,
+                          lambda desc, diff_id: LayerBlob(desc, diff_id, store.path(desc.digest), None, True))
+    except ValueError as exc:
+        raise RegistryError(f"{ref}: manifest {manifest.desc.digest}: {exc}") from exc
 
 
 def _as_digest(identifier: str) -> Digest | None:

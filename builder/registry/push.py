@@ -10,25 +10,17 @@ of the same registry has can be mounted instead of uploaded (``mount_from``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from builder.errors import RegistryError
-from builder.image import Image, ImageIndex
+from builder.image import Blob, Image, ImageIndex, images_of, unique_blobs
 from builder.oci.digest import Digest
 from builder.oci.reference import Reference
 from builder.registry.client import RegistryClient, run_all
 from builder.registry.options import RegistryOptions
 
 EventSink = Callable[[str, Digest, int], None]
-
-
-@dataclass(frozen=True)
-class _Blob:
-    digest: Digest
-    size: int
-    source: Path | bytes
 
 
 def push(
@@ -48,14 +40,14 @@ def push(
     if ref.digest is not None and ref.digest != image.digest:
         raise RegistryError(f"{ref}: cannot push there, the image's digest is {image.digest}")
     emit = on_event if on_event is not None else (lambda kind, digest, size: None)
-    images = image.images if isinstance(image, ImageIndex) else (image,)
+    images = images_of(image)
     raw_top = image.raw_index if isinstance(image, ImageIndex) else image.raw_manifest
     with RegistryClient(ref, options, push=True) as client:
         if client.manifest_digest(ref.identifier) == image.digest:
             emit("existing", image.digest, len(raw_top))
             return image.digest
         stored = {img.digest for img in images if client.manifest_digest(img.digest) == img.digest}
-        blobs = _blobs([img for img in images if img.digest not in stored])
+        blobs = unique_blobs([img for img in images if img.digest not in stored])
         run_all(lambda blob: _push_blob(client, blob, mount_from, emit), blobs, client.options.parallel,
                 "pybuild-push")
         if isinstance(image, ImageIndex):
@@ -70,24 +62,17 @@ def push(
     return image.digest
 
 
-def _blobs(images: Sequence[Image]) -> list[_Blob]:
-    """Every layer and config of ``images`` once; layers first, as they take longest."""
-    found: dict[Digest, _Blob] = {}
-    for img in images:
-        for layer in img.layers:
-            found.setdefault(layer.digest, _Blob(layer.digest, layer.descriptor.size, layer.path))
-        for digest, path in sorted(img.extra_blobs.items()):
-            found.setdefault(digest, _Blob(digest, path.stat().st_size, path))
-    for img in images:
-        found.setdefault(img.image_id, _Blob(img.image_id, len(img.raw_config), img.raw_config))
-    return list(found.values())
-
-
-def _push_blob(client: RegistryClient, blob: _Blob, mount_from: str | None, emit: EventSink) -> None:
-    if client.blob_exists(blob.digest):
-        emit("existing", blob.digest, blob.size)
-    elif mount_from and mount_from != client.repo and client.mount_blob(blob.digest, mount_from):
-        emit("mounted", blob.digest, blob.size)
+def _push_blob(client: RegistryClient, blob: Blob, mount_from: str | None, emit: EventSink) -> None:
+    source: Path | bytes
+    if blob.data is not None:
+        source, size = blob.data, len(blob.data)
     else:
-        client.upload_blob(blob.source, blob.digest, blob.size)
-        emit("pushed", blob.digest, blob.size)
+        assert blob.path is not None  # unique_blobs gives every blob its bytes or its file
+        source, size = blob.path, blob.size if blob.size is not None else blob.path.stat().st_size
+    if client.blob_exists(blob.digest):
+        emit("existing", blob.digest, size)
+    elif mount_from and mount_from != client.repo and client.mount_blob(blob.digest, mount_from):
+        emit("mounted", blob.digest, size)
+    else:
+        client.upload_blob(source, blob.digest, size)
+        emit("pushed", blob.digest, size)

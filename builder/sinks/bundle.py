@@ -22,7 +22,7 @@ from typing import Any
 from builder.errors import InputError, OutputError
 from builder.fs.apply import read_in_root, unpack_layers
 from builder.fs.users import MAX_ACCOUNT_FILE, resolve_user
-from builder.image import Image, ImageIndex
+from builder.image import Image, ImageIndex, select_image
 from builder.oci.config import DEFAULT_PATH
 from builder.oci.platform import Platform
 
@@ -61,7 +61,7 @@ def write_bundle(image: Image | ImageIndex, bundle: Path, platform: Platform | N
     in one rename. The bundle directory is 0700 (mkdtemp's): the rootfs holds the image's setuid
     files and device nodes, which other local users must not reach.
     """
-    chosen = image if isinstance(image, Image) else pick_platform(image, platform or Platform.host())
+    chosen = image if isinstance(image, Image) else select_image(image.images, platform or Platform.host(), "the index")
     _check_target(bundle)
     try:
         bundle.parent.mkdir(parents=True, exist_ok=True)
@@ -82,19 +82,6 @@ def write_bundle(image: Image | ImageIndex, bundle: Path, platform: Platform | N
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def pick_platform(index: ImageIndex, want: Platform) -> Image:
-    """The image of ``index`` for ``want``: exact match, else same os/arch with a variant unsaid on one side."""
-    for image in index.images:
-        if image.platform == want:
-            return image
-    for image in index.images:
-        p = image.platform
-        if (p.os, p.architecture) == (want.os, want.architecture) and not (p.variant and want.variant):
-            return image
-    available = ", ".join(str(i.platform) for i in index.images) or "none"
-    raise InputError(f"no image for platform {want} in the index (available: {available})")
 
 
 def _check_target(bundle: Path) -> None:

@@ -21,15 +21,15 @@ from typing import Any
 
 import pytest
 
+from builder.archive.oci import write_oci_archive
 from builder.image import Image, LayerBlob
+from builder.layout.write import write_layout
 from builder.oci.canonical import canonical_json
 from builder.oci.config import append_layer, empty_config, rfc3339
 from builder.oci.descriptor import Descriptor
 from builder.oci.digest import Digest
 from builder.oci.manifest import image_manifest
 from builder.oci.mediatypes import MediaType
-from builder.sinks.archive import write_oci_archive
-from builder.sinks.layout import write_layout
 from tests.attacks.conftest import assert_clean_error
 from tests.helpers import AMD64, layer_tar, make_image
 from tests.hostile.corpus import PAX, REG, ZeroStream, archive, base256, d, header, member, pax

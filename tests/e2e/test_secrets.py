@@ -36,11 +36,11 @@ import zstandard
 
 from builder.errors import PybuildError
 from builder.image import Image
+from builder.layout.read import read_layout
 from builder.oci.reference import Reference
 from builder.registry.options import RegistryOptions
 from builder.registry.pull import pull
 from builder.registry.push import push
-from builder.sinks.layout import read_layout
 
 from .registry import (
     USER,

@@ -60,6 +60,7 @@ import zstandard
 from builder.image import Image, LayerBlob
 from builder.layer.decompress import open_decompressed
 from builder.layer.tarstream import tar_members
+from builder.layout.write import write_layout
 from builder.oci.canonical import canonical_json
 from builder.oci.config import append_layer, empty_config, rfc3339
 from builder.oci.descriptor import Descriptor
@@ -67,7 +68,6 @@ from builder.oci.digest import Digest
 from builder.oci.manifest import image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
-from builder.sinks.layout import write_layout
 
 from . import corpus
 from .corpus import BIG_BOMBS, BY_ID, CASES, EITHER, OK, REFUSED, Case

@@ -55,6 +55,8 @@ from builder.layer.compress import Compression
 from builder.layer.entry import WH_OPAQUE, WH_PREFIX, Change, Entry, Kind, Opaque, Whiteout, parents
 from builder.layer.order import canonical
 from builder.layer.tarwriter import write_tar
+from builder.layout.read import read_layout
+from builder.layout.write import write_layout
 from builder.oci.canonical import canonical_json
 from builder.oci.config import append_layer, empty_config, rfc3339
 from builder.oci.descriptor import Descriptor
@@ -63,7 +65,6 @@ from builder.oci.manifest import image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.recipe import load_recipe
 from builder.recipe.model import Recipe
-from builder.sinks.layout import read_layout, write_layout
 from tests.helpers import AMD64, compress
 
 # The random trees of the diff round trip, and how they are made on disk and observed.

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from builder.inspect import describe, render_text
+from builder.layout.read import read_layout
+from builder.layout.write import write_layout
 from builder.oci.platform import Platform
-from builder.sinks.layout import read_layout, write_layout
 from tests.helpers import ARM64, make_image, make_index
 
 RUNTIME = {

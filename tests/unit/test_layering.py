@@ -11,20 +11,29 @@ PKG = Path(__file__).resolve().parents[2] / "builder"
 
 # package (or module) -> builder packages (or modules) it may import (besides itself and builder.errors)
 ALLOWED = {
+    # values: the vocabulary, and images as raw bytes with the rules every reader and writer shares
     "oci": set(),
     "fs.atomic": {"oci"},  # temp files, atomic writes, regular-file reads, verified copies: for everyone below
-    "layer": {"oci", "image", "fs.atomic"},
     "image": {"oci"},
+    # building layers
+    "layer": {"oci", "image", "fs.atomic"},
     "fs": {"layer", "oci", "image", "userns"},  # never recipe or steps: fs is below them
     "recipe": {"oci"},
     "steps": {"recipe", "layer", "fs", "oci", "sandbox"},
-    "sinks": {"image", "oci", "fs", "layer"},
     "sandbox": {"confine", "userns", "oci"},
     "confine": set(),
     "userns": set(),
-    "registry": {"image", "oci", "blobstore", "fs.atomic"},
+    # readers and writers of on-disk formats and of registries (fs.atomic: temp files, verified copies;
+    # sinks.lock: the layout lock, private siblings)
+    "sinks": {"image", "oci", "fs"},
+    "layout": {"image", "oci", "sinks", "fs.atomic"},
+    "archive": {"image", "oci", "layer", "layout", "sinks", "fs.atomic"},  # layer: the hardened tar reader
     "blobstore": {"oci", "fs.atomic"},
-    "base": {"image", "oci", "sinks", "layer", "fs.atomic"},
+    "registry": {"image", "oci", "blobstore", "layout", "fs.atomic"},  # layout.format: a pull reuses a layout's blobs
+    # choosing among them: a base's kind, an output's format
+    "base": {"image", "oci", "layout", "archive"},
+    "output": {"image", "layout", "archive"},
+    # showing an image, and a build's progress
     "inspect": {"image", "oci"},
     "progress": {"image", "oci"},
 }

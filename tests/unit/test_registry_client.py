@@ -700,7 +700,7 @@ def test_pull_downloads_a_damaged_stored_blob_again(tmp_path: Path, registry: Fa
 
 
 def test_pull_takes_blobs_from_a_reuse_layout(tmp_path: Path, registry: FakeRegistry) -> None:
-    from builder.sinks import write_layout
+    from builder.layout.write import write_layout
 
     image = make_image(tmp_path, {"a": b"1"}, base=make_image(tmp_path, {"b": b"2"}))
     push(image, registry.ref(), FAST)

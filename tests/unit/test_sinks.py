@@ -14,17 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from builder.archive.docker import docker_repo_tag, write_docker_archive
+from builder.archive.oci import write_oci_archive
 from builder.errors import InputError, IntegrityError, OutputError
 from builder.image import Image, ImageIndex
+from builder.layout.read import read_layout
+from builder.layout.write import write_layout
 from builder.oci.canonical import canonical_json
 from builder.oci.descriptor import Descriptor
 from builder.oci.digest import Digest
 from builder.oci.manifest import REF_NAME, image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
-from builder.sinks import write_output
-from builder.sinks.archive import docker_repo_tag, write_docker_archive, write_oci_archive
-from builder.sinks.layout import read_layout, write_layout
+from builder.output import write_output
 from builder.sinks.lock import private_sibling
 from tests.helpers import AMD64, ARM64, OciCheck, make_image, make_index
 
@@ -198,7 +200,7 @@ def test_concurrent_processes_all_land(tmp_path: Path, oci_check: OciCheck) -> N
     for i, tag in enumerate(tags):
         write_layout(src, make_image(tmp_path, {f"f{i}": bytes([i]) * 5000}), tag)
     code = (
-        "import sys; from pathlib import Path; from builder.sinks.layout import read_layout, write_layout; "
+        "import sys; from pathlib import Path; from builder.layout.read import read_layout; from builder.layout.write import write_layout; "
         "write_layout(Path(sys.argv[2]), read_layout(Path(sys.argv[1]), sys.argv[3]), sys.argv[3])"
     )
     root = Path(__file__).resolve().parents[2]
@@ -526,7 +528,7 @@ def test_copy_checked_reads_no_more_than_the_size(tmp_path: Path) -> None:
 def test_read_layout_refuses_special_files_and_huge_documents(tmp_path: Path, image: Image) -> None:
     import os
 
-    from builder.sinks.layout import MAX_JSON
+    from builder.layout.format import MAX_JSON
 
     out = tmp_path / "out"
     write_layout(out, image, "1")

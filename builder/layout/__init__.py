@@ -1,0 +1,1 @@
+"""OCI image layouts: ``write`` (atomic, concurrent), ``read`` (every document checked), ``gc``."""

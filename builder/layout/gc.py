@@ -1,0 +1,57 @@
+"""Garbage collection of an OCI layout: every blob no tag leads to any more is deleted.
+
+Reachability is read from the documents on disk, not from the images pybuild knows: a
+layout may hold other tools' images, artifacts, referrers (``subject``) and nested indexes,
+and whatever a document names is kept, looked into only when it is a manifest or an index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from builder.layout.format import blob_path, read_json
+from builder.oci.digest import Digest
+from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
+
+
+def collect_garbage(root: Path) -> None:
+    """Delete every blob not reachable from ``index.json``; do nothing if reachability is unknowable."""
+    keep = _reachable(root)
+    if keep is None or not (root / "blobs").is_dir():
+        return
+    for algdir in sorted((root / "blobs").iterdir()):
+        if algdir.is_dir() and not algdir.is_symlink():
+            for entry in algdir.iterdir():
+                if (algdir.name, entry.name) not in keep and not entry.is_dir():
+                    entry.unlink(missing_ok=True)
+
+
+def _reachable(root: Path) -> set[tuple[str, str]] | None:
+    """(alg, hex) of every blob reachable from index.json: manifests, indexes, configs, layers.
+
+    Blobs of unknown media types are kept but not looked into. None when a manifest or index on
+    the way cannot be read: better to keep garbage than to delete what a broken document names.
+    """
+    try:
+        stack: list[Any] = list(read_json(root / "index.json")["manifests"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+    keep: set[tuple[str, str]] = set()
+    while stack:
+        entry = stack.pop()
+        try:
+            digest = Digest.parse(str(entry.get("digest")))
+        except (ValueError, AttributeError):  # not a descriptor
+            continue
+        if (digest.algorithm, digest.hex) in keep:
+            continue
+        keep.add((digest.algorithm, digest.hex))
+        if entry.get("mediaType") in MANIFEST_TYPES | INDEX_TYPES:
+            try:
+                doc = read_json(blob_path(root, digest))
+                stack += [doc.get("config"), doc.get("subject"), *(doc.get("layers") or [])]
+                stack += [*(doc.get("manifests") or []), *(doc.get("blobs") or [])]
+            except (OSError, ValueError, AttributeError, TypeError, RecursionError):
+                return None
+    return keep
