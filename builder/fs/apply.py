@@ -17,7 +17,6 @@ layers can still write into them.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import shutil
 import stat
@@ -28,11 +27,10 @@ from typing import BinaryIO
 
 from builder.errors import InputError, IntegrityError, OutputError
 from builder.fs.safepath import MAX_LINKS
-from builder.fs.xattrs import keep_from_archive
 from builder.image import LayerBlob
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
-from builder.layer.entry import WH_OPAQUE, WH_PREFIX, canon
-from builder.layer.tarstream import tar_members
+from builder.layer.entry import Change, Entry, Kind, Opaque, Whiteout
+from builder.layer.reader import read_layer
 from builder.oci.digest import HashingReader
 from builder.userns import in_user_namespace
 
@@ -41,8 +39,7 @@ _MAX_CACHED = 256
 _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _DIR_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_XATTR = "SCHILY.xattr."
-_AUFS_META = WH_PREFIX + WH_PREFIX  # ".wh..wh.plnk" etc.: aufs bookkeeping in old Docker layers, skipped
+_NODES = {Kind.CHAR: stat.S_IFCHR, Kind.BLOCK: stat.S_IFBLK, Kind.FIFO: stat.S_IFIFO}
 
 
 class _Reader(HashingReader):
@@ -119,8 +116,9 @@ def apply_layer(root: Path, tar_stream: BinaryIO, *, label: str = "layer") -> No
         raise OutputError(f"cannot open {str(root)!r}: {exc.strerror}") from exc
     applier = _Applier(root_fd, label)
     try:
-        for tf, ti in tar_members(tar_stream):
-            applier.apply(tf, ti)
+        for name, change in read_layer(tar_stream, label):
+            applier.name = name
+            applier.apply(change)
         applier.finish()
     except (tarfile.TarError, EOFError, UnicodeError, OverflowError) as exc:
         raise InputError(f"{label}: invalid tar data at or after entry {applier.name!r} ({exc})") from exc
@@ -204,13 +202,6 @@ def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
         return None
 
 
-def _xattrs(ti: tarfile.TarInfo) -> list[tuple[str, bytes]]:
-    """PAX ``SCHILY.xattr.*`` records (as Go, GNU tar and pybuild write them), host artefacts left out."""
-    names = [(k[len(_XATTR):], v) for k, v in ti.pax_headers.items() if k.startswith(_XATTR)]
-    return [(n, v.encode("utf-8", "surrogateescape")) for n, v in names
-            if keep_from_archive(n)]
-
-
 class _Applier:
     """Applying one layer: the paths it added, deferred directory times, cached directory fds."""
 
@@ -232,12 +223,6 @@ class _Applier:
     def fail(self, why: str) -> InputError:
         return InputError(f"{self.label}: entry {self.name!r}: {why}")
 
-    def canon(self, name: str, what: str) -> str:
-        try:
-            return canon(name)
-        except ValueError:
-            raise self.fail(f"{what} climbs above the root") from None
-
     def dir(self, path: str, create: bool) -> tuple[str, int] | None:
         """Resolved directory ``path`` and an fd on it, valid until the next entry (cache-owned)."""
         if path not in self.cache:
@@ -247,33 +232,22 @@ class _Applier:
             self.cache[path] = found
         return self.cache[path]
 
-    def apply(self, tf: tarfile.TarFile, ti: tarfile.TarInfo) -> None:
-        """One entry: checks, then a whiteout, an opaque marker or an addition."""
+    def apply(self, change: Change) -> None:
+        """One change (checked by the layer reader): a whiteout, an opaque marker or an addition."""
         if self.stale or len(self.cache) > _MAX_CACHED:
             self.close()
             self.stale = False
-        self.name = ti.name
-        path = self.canon(ti.name, "'..'")
-        head, _, base = path.rpartition("/")
-        if path.startswith(_AUFS_META) and path != WH_OPAQUE:
-            return
-        if any(part.startswith(WH_PREFIX) for part in head.split("/")):
-            raise self.fail("a parent directory's name starts with '.wh.'")
-        if base.startswith(WH_PREFIX):
-            if not (ti.isreg() and ti.size == 0):
-                raise self.fail("a whiteout must be an empty regular file")
-            if base != WH_OPAQUE and base[len(WH_PREFIX):] in ("", ".", ".."):
-                raise self.fail("invalid whiteout name")
-            found = self.dir(head, create=False)
-            for name in [] if found is None else os.listdir(found[1]) if base == WH_OPAQUE else [base[4:]]:
+        head, _, base = change.path.rpartition("/")
+        if isinstance(change, (Whiteout, Opaque)):
+            found = self.dir(change.path if isinstance(change, Opaque) else head, create=False)
+            names = [] if found is None else os.listdir(found[1]) if isinstance(change, Opaque) else [base]
+            for name in names:
                 assert found is not None
                 self.prune(found[1], name, f"{found[0]}/{name}".lstrip("/"))
-        elif not path:
-            if not ti.isdir():
-                raise self.fail("the root can only be a directory")
-            self.set_dir(self.root_fd, "", ti, "")
+        elif not change.path:
+            self.set_dir(self.root_fd, "", change, "")
         else:
-            self.add(tf, ti, head, base)
+            self.add(change, head, base)
 
     def prune(self, dir_fd: int, name: str, path: str) -> None:
         """Delete ``path`` as far as it came from lower layers: what this layer added stays."""
@@ -297,30 +271,30 @@ class _Applier:
             os.unlink(name, dir_fd=dir_fd)
         self.stale = self.stale or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)
 
-    def link_source(self, ti: tarfile.TarInfo) -> tuple[int, str, os.stat_result]:
+    def link_source(self, e: Entry) -> tuple[int, str, os.stat_result]:
         """A hardlink's target, resolved like any path: it must exist inside root and not be a directory."""
-        head, _, base = self.canon(ti.linkname, f"hardlink target {ti.linkname!r}").rpartition("/")
+        head, _, base = e.link.rpartition("/")
         found = self.dir(head, create=False) if base else None
         st = _lstat(base, found[1]) if found else None
         if found is None or st is None or stat.S_ISDIR(st.st_mode):
-            raise self.fail(f"hardlink target {ti.linkname!r} does not exist or is a directory")
+            raise self.fail(f"hardlink target {e.link!r} does not exist or is a directory")
         return found[1], base, st  # a symlink is linked itself (link() does not follow): it stays inside
 
-    def add(self, tf: tarfile.TarFile, ti: tarfile.TarInfo, head: str, base: str) -> None:
+    def add(self, e: Entry, head: str, base: str) -> None:
         """Create (for dir over dir: update) one path; any other path already there is replaced."""
-        source = self.link_source(ti) if ti.islnk() else None
+        source = self.link_source(e) if e.kind is Kind.HARDLINK else None
         found = self.dir(head, create=True)
         assert found is not None  # create=True makes what is missing
         path, fd = f"{found[0]}/{base}".lstrip("/"), found[1]
         old = _lstat(base, fd)
         parts = path.split("/")  # this path and its ancestors came with this layer
         self.keep.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
-        if ti.isdir():
+        if e.kind is Kind.DIR:
             if old is None or not stat.S_ISDIR(old.st_mode):
                 if old is not None:
                     self.remove(fd, base, old)
                 os.mkdir(base, 0o700, dir_fd=fd)
-            self.set_dir(fd, base, ti, path)
+            self.set_dir(fd, base, e, path)
             return
         if source and old and (old.st_dev, old.st_ino) == (source[2].st_dev, source[2].st_ino):
             return  # already that very file
@@ -328,52 +302,54 @@ class _Applier:
             self.remove(fd, base, old)
         if source is not None:  # the inode keeps the target's attributes, as GNU tar leaves them
             os.link(source[1], base, src_dir_fd=source[0], dst_dir_fd=fd, follow_symlinks=False)
-        elif ti.issym():
-            os.symlink(ti.linkname, base, dir_fd=fd)  # as written; never followed
-            self.set_meta(ti, None, fd, base)
-        elif ti.ischr() or ti.isblk() or ti.isfifo():
-            kind = stat.S_IFCHR if ti.ischr() else stat.S_IFBLK if ti.isblk() else stat.S_IFIFO
+        elif e.kind is Kind.SYMLINK:
+            os.symlink(e.link, base, dir_fd=fd)  # as written; never followed
+            self.set_meta(e, None, fd, base)
+        elif e.kind in _NODES:
+            kind = _NODES[e.kind]
             try:
-                os.mknod(base, kind | 0o600, os.makedev(ti.devmajor, ti.devminor), dir_fd=fd)
+                os.mknod(base, kind | 0o600, os.makedev(e.devmajor, e.devminor), dir_fd=fd)
             except PermissionError:
                 if kind == stat.S_IFIFO:
                     raise
                 return  # no privilege for device nodes (not root, root in a user namespace): none is made
-            self.set_meta(ti, None, fd, base)
-        else:  # regular files, and types tarfile does not know (tarfile extracts those as files too)
+            self.set_meta(e, None, fd, base)
+        else:  # regular files (the reader makes types tarfile does not know regular files too)
             with os.fdopen(os.open(base, _FILE_FLAGS, 0o600, dir_fd=fd), "wb") as dst:
-                shutil.copyfileobj(tf.extractfile(ti) or io.BytesIO(), dst, _CHUNK)
+                if e.content is not None:
+                    with e.content() as src:
+                        shutil.copyfileobj(src, dst, _CHUNK)
                 dst.flush()  # before the mtime is set
-                self.set_meta(ti, dst.fileno(), fd, base)
+                self.set_meta(e, dst.fileno(), fd, base)
 
-    def set_dir(self, parent: int, name: str, ti: tarfile.TarInfo, path: str) -> None:
+    def set_dir(self, parent: int, name: str, e: Entry, path: str) -> None:
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent) if name else os.dup(parent)
         try:
-            self.set_meta(ti, fd, parent, name)
+            self.set_meta(e, fd, parent, name)
         finally:
             os.close(fd)
-        self.dir_times.append((path, int(ti.mtime * 1_000_000_000)))
+        self.dir_times.append((path, int(e.mtime * 1_000_000_000)))
 
-    def set_meta(self, ti: tarfile.TarInfo, fd: int | None, parent: int, name: str) -> None:
+    def set_meta(self, e: Entry, fd: int | None, parent: int, name: str) -> None:
         """Owner, mode (after chown: it clears setuid), xattrs, mtime; through ``fd``, else by name, no-follow."""
         where, at, follow = (name, parent, False) if fd is None else (fd, None, True)
         try:
-            os.chown(where, ti.uid, ti.gid, dir_fd=at, follow_symlinks=follow)
+            os.chown(where, e.uid, e.gid, dir_fd=at, follow_symlinks=follow)
         except OSError as exc:
             if not (self.partial_ids and exc.errno in (errno.EPERM, errno.EINVAL)):
                 raise
-        if not ti.issym():  # the fd, or a node made just now: nothing to follow
-            mode = ti.mode & 0o7777 | (0o700 if self.rootless and ti.isdir() else 0)
+        if e.kind is not Kind.SYMLINK:  # the fd, or a node made just now: nothing to follow
+            mode = e.mode | (0o700 if self.rootless and e.kind is Kind.DIR else 0)
             os.chmod(where, mode, dir_fd=at)
-        for key, value in _xattrs(ti):
+        for key, value in e.xattrs:
             try:
                 os.setxattr(f"/proc/self/fd/{parent}/{name}" if fd is None else fd, key, value,
                             follow_symlinks=fd is not None)
             except OSError as exc:
                 if exc.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
                     raise
-        if not ti.isdir():
-            ns = int(ti.mtime * 1_000_000_000)
+        if e.kind is not Kind.DIR:
+            ns = int(e.mtime * 1_000_000_000)
             os.utime(where, ns=(ns, ns), dir_fd=at, follow_symlinks=follow)
 
     def finish(self) -> None:

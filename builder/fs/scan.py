@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Sequence
 from typing import BinaryIO
 
@@ -10,15 +9,10 @@ from builder.errors import InputError, IntegrityError
 from builder.fs.tree import WATCHED, FsTree
 from builder.fs.users import read_account_file
 from builder.image import LayerBlob
-from builder.layer.decompress import DECODE_ERRORS, open_decompressed
-from builder.layer.entry import WH_OPAQUE, WH_PREFIX, Change, Entry, Kind, Opaque, Whiteout, canon
-from builder.layer.tarstream import tar_members
+from builder.layer.decompress import open_decompressed
+from builder.layer.entry import Change, Entry
+from builder.layer.reader import READ_ERRORS, read_layer
 from builder.oci.digest import HashingReader
-
-_KINDS = {tarfile.DIRTYPE: Kind.DIR, tarfile.SYMTYPE: Kind.SYMLINK, tarfile.LNKTYPE: Kind.HARDLINK,
-          tarfile.CHRTYPE: Kind.CHAR, tarfile.BLKTYPE: Kind.BLOCK, tarfile.FIFOTYPE: Kind.FIFO}
-
-_READ_ERRORS: tuple[type[Exception], ...] = (tarfile.TarError, *DECODE_ERRORS)
 
 
 def _layer_changes(blob: LayerBlob) -> tuple[list[Change], dict[str, bytes]]:
@@ -30,7 +24,7 @@ def _layer_changes(blob: LayerBlob) -> tuple[list[Change], dict[str, bytes]]:
             with open_decompressed(reader) as stream:  # type: ignore[arg-type]
                 _read_members(stream, blob, changes, watched)
             reader.drain()  # hash any trailing bytes after the tar end marker (the decoding thread has stopped)
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             raise InputError(f"base layer {blob.digest.short}: unreadable ({exc})") from exc
     if reader.digest() != blob.digest:
         raise IntegrityError(f"base layer blob {blob.digest} does not match its digest "
@@ -39,24 +33,15 @@ def _layer_changes(blob: LayerBlob) -> tuple[list[Change], dict[str, bytes]]:
 
 
 def _read_members(stream: BinaryIO, blob: LayerBlob, changes: list[Change], watched: dict[str, bytes]) -> None:
-    for tf, ti in tar_members(stream):
-        try:
-            path = canon(ti.name)
-        except ValueError:
-            raise InputError(f"base layer {blob.digest.short}: entry {ti.name!r} escapes the root") from None
-        head, _, base = path.rpartition("/")
-        if base == WH_OPAQUE:
-            changes.append(Opaque(head))
-        elif base.startswith(WH_PREFIX):
-            changes.append(Whiteout(f"{head}/{base[4:]}" if head else base[4:]))
-        elif path:
-            kind = _KINDS.get(ti.type, Kind.FILE)
-            link = canon(ti.linkname) if kind is Kind.HARDLINK else ti.linkname
-            changes.append(Entry(path, kind, ti.mode & 0o7777, ti.uid, ti.gid, ti.size, int(ti.mtime),
-                                 link, ti.devmajor, ti.devminor))
-            if path in WATCHED and ti.isreg():
-                member = tf.extractfile(ti)
-                watched[path] = read_account_file(member, ti.size, path)
+    for _, change in read_layer(stream, f"base layer {blob.digest.short}"):
+        if not change.path:
+            continue  # the root's own metadata: the tree has no entry for it
+        if isinstance(change, Entry):
+            if change.path in WATCHED and change.content is not None:
+                with change.content() as member:
+                    watched[change.path] = read_account_file(member, change.size, change.path)
+            change = change.meta()
+        changes.append(change)
 
 
 def update_tree(tree: FsTree, layers: Sequence[LayerBlob]) -> FsTree:

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from builder.errors import StepError
-from builder.fs.xattrs import read_xattrs
 from builder.layer.entry import Kind, canon
+from builder.layer.xattrs import read_xattrs
 
 _KINDS = {
     stat.S_IFREG: Kind.FILE,

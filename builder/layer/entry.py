@@ -47,7 +47,9 @@ class Entry:
     uid: int = 0
     gid: int = 0
     size: int = 0
-    mtime: int = 0
+    mtime: float = 0
+    """Seconds since the epoch; a fraction where the source has one (PAX times): the tar writer
+    writes whole seconds, clamped to the build epoch."""
     link: str = ""
     devmajor: int = 0
     devminor: int = 0

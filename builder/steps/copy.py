@@ -29,9 +29,9 @@ from typing import Any
 from builder.errors import InputError
 from builder.fs.patterns import Excluder, read_ignore_file
 from builder.fs.safepath import glob_in_root, resolve_in_root
-from builder.fs.xattrs import read_xattrs
 from builder.layer.entry import WH_PREFIX, Change, Entry, Kind
 from builder.layer.hostfile import HostFile
+from builder.layer.xattrs import read_xattrs
 from builder.oci.digest import Digest, sha256_file
 from builder.recipe.model import CopyStep
 from builder.steps.base import Changes, FileHandler, Lower, Scope, StepContext, StepPlan, file_context, finish

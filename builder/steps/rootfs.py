@@ -17,37 +17,25 @@ host artefacts and are dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import cast
 
 from builder.errors import InputError
 from builder.fs.tree import WATCHED
 from builder.fs.users import read_account_file
-from builder.fs.xattrs import keep_from_archive
-from builder.layer.decompress import DECODE_ERRORS, open_decompressed
-from builder.layer.entry import Change, Entry, Kind, Opener, canon, is_whiteout_name, parents
+from builder.layer.decompress import open_decompressed
+from builder.layer.entry import Change, Entry, Kind, canon, is_whiteout_name, parents
+from builder.layer.reader import READ_ERRORS, entry_of, with_content
 from builder.layer.tarstream import tar_members
 from builder.oci.digest import sha256_file
 from builder.recipe.model import RootfsStep
 from builder.steps.base import REDO, Changes, FileHandler, Lower, Redo, Scope, StepContext, StepPlan, file_context
-
-_KINDS = {
-    tarfile.REGTYPE: Kind.FILE,
-    tarfile.AREGTYPE: Kind.FILE,
-    tarfile.CONTTYPE: Kind.FILE,
-    tarfile.DIRTYPE: Kind.DIR,
-    tarfile.SYMTYPE: Kind.SYMLINK,
-    tarfile.LNKTYPE: Kind.HARDLINK,
-    tarfile.CHRTYPE: Kind.CHAR,
-    tarfile.BLKTYPE: Kind.BLOCK,
-    tarfile.FIFOTYPE: Kind.FIFO,
-}
-_READ_ERRORS: tuple[type[Exception], ...] = (tarfile.TarError, *DECODE_ERRORS)
 
 
 @dataclass
@@ -70,7 +58,7 @@ def _members(path: Path) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
                 except GeneratorExit:
                     closing = True
                     raise
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             if closing:
                 return
             raise InputError(f"{path.name}: not a readable tar archive, or corrupt or truncated ({exc})") from exc
@@ -84,22 +72,11 @@ def _name(ti: tarfile.TarInfo, label: str) -> str:
                          f"root; refusing the archive") from None
 
 
-def _xattrs(ti: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
-    out = []
-    for key, value in ti.pax_headers.items():
-        if key.startswith("SCHILY.xattr."):
-            name = key[len("SCHILY.xattr."):]
-            if keep_from_archive(name):
-                out.append((name, value.encode("utf-8", "surrogateescape")))
-    return tuple(sorted(out))
-
-
 def _entry(ti: tarfile.TarInfo, path: str, link: str, epoch: int, label: str) -> Entry:
-    kind = _KINDS.get(ti.type, Kind.FILE if ti.isreg() else None)  # GNU sparse etc. read as files
-    if kind is None:
-        raise InputError(f"{label}: entry {ti.name!r} has an unsupported type {ti.type!r}")
-    return Entry(path, kind, ti.mode & 0o7777, ti.uid, ti.gid, ti.size if kind is Kind.FILE else 0,
-                 min(int(ti.mtime), epoch), link, ti.devmajor, ti.devminor, _xattrs(ti))
+    """A member as the layer's entry: the shared reader's, with the rootfs rules on top (a type tar
+    does not define is refused, times are clamped to the epoch)."""
+    entry = entry_of(ti, path, link, strict=True, label=label)
+    return dataclasses.replace(entry, mtime=min(int(entry.mtime), epoch))
 
 
 def _scan(path: Path, prefix: str, label: str, epoch: int) -> _Scan:
@@ -248,38 +225,11 @@ def _stream(path: Path, prefix: str, scan: _Scan | None, label: str, ctx: StepCo
         yield from ensure_parents(prefix + "/x")
 
 
-class _Guarded(io.RawIOBase):
-    """A member's content whose read errors (a truncated or corrupt archive) are InputError."""
-
-    def __init__(self, raw: BinaryIO, label: str) -> None:
-        self._raw, self._label = raw, label
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return self._raw.read(n)
-        except _READ_ERRORS as exc:
-            raise InputError(f"{self._label}: corrupt or truncated archive ({exc})") from exc
-
-    def readinto(self, buf: Any) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-
 def _with_content(entry: Entry, tf: tarfile.TarFile, ti: tarfile.TarInfo, label: str) -> Entry:
     """Content read straight from the archive stream; small watched files are kept in memory."""
-
-    def from_stream() -> BinaryIO:
-        member = tf.extractfile(ti)
-        if member is None:
-            raise InputError(f"cannot read {ti.name!r}")
-        return cast(BinaryIO, _Guarded(cast(BinaryIO, member), label))
-
-    opener: Opener = from_stream
-    if entry.path in WATCHED:
-        opener = partial(io.BytesIO, read_account_file(from_stream(), entry.size, entry.path))
-    return Entry(entry.path, entry.kind, entry.mode, entry.uid, entry.gid, entry.size, entry.mtime,
-                 entry.link, entry.devmajor, entry.devminor, entry.xattrs, opener)
+    entry = with_content(entry, tf, ti, label)
+    if entry.path in WATCHED and entry.content is not None:
+        with entry.content() as member:
+            data = read_account_file(member, entry.size, entry.path)
+        return dataclasses.replace(entry, content=partial(io.BytesIO, data))
+    return entry

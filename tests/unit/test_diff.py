@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from builder.errors import InputError, StepError
 from builder.fs.diff import diff
 from builder.fs.snapshot import COMPARED_KEYWORDS, Node, snapshot
-from builder.fs.xattrs import cap_v2 as _cap_v2
 from builder.layer.entry import Change, Entry, Kind, Opaque, Whiteout
 from builder.layer.tarwriter import write_tar
+from builder.layer.xattrs import cap_v2 as _cap_v2
 
 EPOCH = 4_000_000_000  # later than any file here, so real mtimes show; clamping has its own test
 root_only = pytest.mark.needs(root=True)
