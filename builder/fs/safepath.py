@@ -134,3 +134,15 @@ def _is_dir(root: Path, rel: str) -> bool:
         return stat.S_ISDIR(os.lstat(os.path.join(root, rel)).st_mode)
     except OSError:
         return False
+
+
+def in_context(context: Path, path: str | Path, shown: str) -> Path:
+    """``path`` of the build context (relative to it, or under it) with symlinks followed on the host,
+    as Docker's COPY follows a source that is a link: the real path, which must stay inside the
+    context. ``shown`` names the path in the error. (Paths *inside* an image resolve with the
+    chroot rules above instead.)"""
+    root = context.resolve()
+    real = Path(os.path.realpath(root / path))
+    if real != root and root not in real.parents:
+        raise InputError(f"{shown} leads outside the build context (to {str(real)!r})")
+    return real

@@ -28,7 +28,7 @@ from typing import Any
 
 from builder.errors import InputError
 from builder.fs.patterns import Excluder, read_ignore_file
-from builder.fs.safepath import glob_in_root, resolve_in_root
+from builder.fs.safepath import glob_in_root, in_context, resolve_in_root
 from builder.layer.entry import WH_PREFIX, Change, Entry, Kind
 from builder.layer.hostfile import HostFile
 from builder.layer.xattrs import read_xattrs
@@ -65,10 +65,7 @@ def _sources(step: CopyStep, context: Path, ignore: tuple[str, Excluder] | None 
         for cand in candidates:
             if not os.path.lexists(cand):
                 raise InputError(f"no such file or directory: {src!r}")
-            real = Path(os.path.realpath(cand))
-            if real != root and root not in real.parents:
-                raise InputError(f"{src!r} leads outside the build context (to {str(real)!r})")
-            found.append((cand.name, real))
+            found.append((cand.name, in_context(root, cand, repr(src))))
     if unmatched and not found:  # as Docker: a pattern may match nothing if another source matches
         raise InputError(f"no such file or directory: {unmatched[0]!r} (the pattern matched nothing)")
     return found

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import cast
 
 from builder.errors import InputError
+from builder.fs.safepath import in_context
 from builder.fs.tree import WATCHED
 from builder.fs.users import read_account_file
 from builder.layer.decompress import open_decompressed
@@ -108,10 +109,7 @@ def _tarball(step: RootfsStep, context: Path) -> Path:
     src = context / step.source
     if not src.is_file():
         raise InputError(f"no such file: {step.source!r}")
-    real, root = src.resolve(), context.resolve()
-    if root not in real.parents:
-        raise InputError(f"{step.source!r} leads outside the build context")
-    return real
+    return in_context(context, step.source, repr(step.source))
 
 
 class RootfsHandler(FileHandler):

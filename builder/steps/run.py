@@ -23,7 +23,7 @@ from builder.errors import InputError, StepError
 from builder.fs.apply import read_in_root
 from builder.fs.diff import diff
 from builder.fs.mountpoints import MountPoints
-from builder.fs.safepath import join_in_root, resolve_in_root
+from builder.fs.safepath import in_context, join_in_root, resolve_in_root
 from builder.fs.snapshot import snapshot
 from builder.fs.users import resolve_user
 from builder.layer.entry import Change, Entry, canon
@@ -201,10 +201,7 @@ def bind_source(context: Path | None, source: str, stage_roots: Mapping[str, Pat
         return real, real.is_dir()
     if context is None:
         raise InputError("bind mounts need a build context")
-    root = context.resolve()
-    real = Path(os.path.realpath(root / source))
-    if real != root and root not in real.parents:
-        raise InputError(f"bind source {source!r} leads outside the build context (to {str(real)!r})")
+    real = in_context(context, source, f"bind source {source!r}")
     if not real.exists():
         raise InputError(f"bind source {source!r}: no such file or directory in the build context")
     return real, real.is_dir()
