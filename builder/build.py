@@ -33,6 +33,7 @@ from builder.recipe import load_recipe, read_recipe, recipe_for
 from builder.recipe.model import BaseRef, Recipe, Step
 from builder.recipe.runtime import runtime_spec
 from builder.stage import StageBuilder, StageResult, StepRecord
+from builder.stepcache import StepCache
 from builder.steps import handler_for
 
 
@@ -64,9 +65,12 @@ class BuildResult:
         """The ``--metadata-file`` object: ``inspect --json``'s, plus what each step did."""
         meta = describe(self.result, self.tag)
         meta["cache"] = {"hits": self.cache_hits, "misses": self.cache_misses}
+        remote = [r.remote for _, records in self.steps for r in records if r.remote]
+        if remote:
+            meta["cache"]["remote"] = {"hits": remote.count("hit"), "misses": remote.count("miss")}
         meta["steps"] = [
             {"platform": str(platform), "step": r.index, "created_by": r.created_by, "cached": r.cached,
-             "layer": str(r.layer.digest) if r.layer else None}
+             "cache": r.source or None, "remote": r.remote or None, "layer": str(r.layer.digest) if r.layer else None}
             for platform, records in self.steps for r in records
         ]
         return meta
@@ -173,7 +177,7 @@ class _Stages:
 
 
 def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workdir: Path,
-                reporter: Reporter, cache: LayerCache | None = None) -> tuple[Image, list[StepRecord]]:
+                reporter: Reporter, cache: StepCache | None = None) -> tuple[Image, list[StepRecord]]:
     """Build one platform's image (the stages it needs first); returns it and what each step did."""
     context = (options.context or recipe.path.parent).resolve()
     stages = _Stages(workdir)
@@ -268,23 +272,51 @@ def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = 
     for name in unused_build_args(first, options.build_args):
         reporter.message(f"warning: --build-arg {name} is not declared in args: nor used as ${{{name}}} "
                          "by the recipe (a typo?)")
-    cache = LayerCache(options.cache_dir or default_cache_dir())
+    cache = _step_cache(options, reporter)
     images: list[Image] = []
     steps: list[tuple[Platform, tuple[StepRecord, ...]]] = []
-    for n, platform in enumerate(platforms):
-        builtins = _builtin_args(platform)
-        recipe = recipe_for(source, options.build_args, builtins)
-        if len(platforms) > 1:
-            reporter.message(f"== {platform}")
-        image, records = build_image(recipe, platform, options, options.workdir / f"p{n}", reporter, cache)
-        images.append(image)
-        steps.append((platform, tuple(records)))
+    try:
+        for n, platform in enumerate(platforms):
+            builtins = _builtin_args(platform)
+            recipe = recipe_for(source, options.build_args, builtins)
+            if len(platforms) > 1:
+                reporter.message(f"== {platform}")
+            image, records = build_image(recipe, platform, options, options.workdir / f"p{n}", reporter, cache)
+            images.append(image)
+            steps.append((platform, tuple(records)))
+    finally:
+        cache.close()
     tag = options.tag or first.tag or "latest"
     base_ref = first.base.value if first.base.kind == "registry" else None
     if len(images) == 1:
         return BuildResult(images[0], tag, tuple(steps), base_ref)
     raw_index = canonical_json(image_index([img.descriptor() for img in images]))
     return BuildResult(ImageIndex(raw_index, tuple(images)), tag, tuple(steps), base_ref)
+
+
+def _step_cache(options: BuildOptions, reporter: Reporter) -> StepCache:
+    """The local layer cache, with the ``--cache-from`` repositories behind it and ``--cache-to``."""
+    local = LayerCache(options.cache_dir or default_cache_dir())
+    if not options.cache_from and options.cache_to is None:
+        return StepCache(local)
+    from builder.layer.compress import LAYER_FORMAT_VERSION
+    from builder.oci.reference import Reference
+    from builder.registry.remote_cache import RegistryCache
+
+    def remote(text: str, write: bool) -> RegistryCache:
+        return RegistryCache(Reference.parse(text), options.registry, write=write, layer_format=LAYER_FORMAT_VERSION,
+                             warn=reporter.message)
+
+    def same(a: str, b: str) -> bool:
+        ra, rb = Reference.parse(a), Reference.parse(b)
+        return (ra.registry, ra.repository) == (rb.registry, rb.repository)
+
+    readers = [remote(text, options.cache_to is not None and same(text, options.cache_to))
+               for text in options.cache_from]
+    writer = next((r for r in readers if r.write), None)
+    if writer is None and options.cache_to is not None:
+        writer = remote(options.cache_to, True)
+    return StepCache(local, readers, writer)
 
 
 def unused_build_args(recipe: Recipe, given: Mapping[str, str]) -> list[str]:

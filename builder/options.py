@@ -66,6 +66,11 @@ class BuildOptions:
     """``--env``: config Env entries, over the recipe's (the image's, not the run steps')."""
     annotations: Mapping[str, str] = field(default_factory=dict)
     """``--annotation``: manifest annotations, over the recipe's."""
+    cache_from: tuple[str, ...] = ()
+    """``--cache-from REF``: registry repositories whose cache entries are read, in order, after the
+    local cache (a tag or digest in REF is ignored: entries are tags of their own)."""
+    cache_to: str | None = None
+    """``--cache-to REF``: the registry repository every step's cache entry is written to."""
     reuse_layouts: tuple[Path, ...] = ()
     """OCI layouts (the CLI passes ``-o OUT``) whose blobs a registry base may be cloned from, verified,
     instead of downloaded; a path that is not a layout is ignored."""

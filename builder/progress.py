@@ -32,7 +32,7 @@ class Reporter(Protocol):
 
     def step_progress(self, nbytes: int) -> None: ...
 
-    def step_done(self, layer: LayerBlob | None, cached: bool = False) -> None: ...
+    def step_done(self, layer: LayerBlob | None, cached: bool = False, source: str = "") -> None: ...
 
     def step_output(self, line: str) -> None: ...
 
@@ -50,7 +50,7 @@ class NullReporter:
     def step_progress(self, nbytes: int) -> None:
         pass
 
-    def step_done(self, layer: LayerBlob | None, cached: bool = False) -> None:
+    def step_done(self, layer: LayerBlob | None, cached: bool = False, source: str = "") -> None:
         pass
 
     def step_output(self, line: str) -> None:
@@ -117,14 +117,14 @@ class PlainReporter:
             print(f"      {human(self._bytes)} read ({human(rate)}/s, {now - self._t0:.0f}s)", file=self.stream,
                   flush=True)
 
-    def step_done(self, layer: LayerBlob | None, cached: bool = False) -> None:
+    def step_done(self, layer: LayerBlob | None, cached: bool = False, source: str = "") -> None:
         took = time.monotonic() - self._t0
-        when = "cached" if cached else f"{took:.1f}s"
+        when = (f"cached ({source})" if source else "cached") if cached else f"built in {took:.1f}s"
         if layer is None:
-            print(f"      no filesystem change (empty layer, {when})", file=self.stream, flush=True)
+            print(f"      no filesystem change (empty layer), {when}", file=self.stream, flush=True)
             return
         size = human(layer.uncompressed_size or 0)
-        print(f"      layer {layer.digest.short}: {size} -> {human(layer.descriptor.size)} ({when})",
+        print(f"      layer {layer.digest.short}: {size} -> {human(layer.descriptor.size)}, {when}",
               file=self.stream, flush=True)
 
     def message(self, text: str) -> None:
@@ -147,9 +147,9 @@ class TtyReporter(PlainReporter):
             self.stream.write(f"\r      {human(self._bytes)} read ({human(rate)}/s)\x1b[K")
             self.stream.flush()
 
-    def step_done(self, layer: LayerBlob | None, cached: bool = False) -> None:
+    def step_done(self, layer: LayerBlob | None, cached: bool = False, source: str = "") -> None:
         self.stream.write("\r\x1b[K")
-        super().step_done(layer, cached)
+        super().step_done(layer, cached, source)
 
 
 class JsonReporter:
@@ -180,8 +180,8 @@ class JsonReporter:
             self._last = now
             self._emit("progress", step=self._index, bytes=self._bytes)
 
-    def step_done(self, layer: LayerBlob | None, cached: bool = False) -> None:
-        self._emit("step_done", step=self._index, cached=cached, seconds=round(time.monotonic() - self._t0, 3),
+    def step_done(self, layer: LayerBlob | None, cached: bool = False, source: str = "") -> None:
+        self._emit("step_done", step=self._index, cached=cached, source=source or None, seconds=round(time.monotonic() - self._t0, 3),
                    layer=str(layer.digest) if layer else None,
                    size=layer.descriptor.size if layer else 0,
                    uncompressed_size=(layer.uncompressed_size or 0) if layer else 0)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
-from builder.cache import CacheHit, LayerCache, step_key
+from builder.cache import step_key
 from builder.errors import InputError, located
 from builder.fs.apply import apply_blob
 from builder.fs.scan import update_tree
@@ -34,6 +34,7 @@ from builder.oci.platform import Platform
 from builder.options import BuildOptions, default_cache_dir
 from builder.progress import Reporter, human
 from builder.recipe.model import Recipe, Step
+from builder.stepcache import Found, StepCache
 from builder.steps import Changes, Scope, Services, StepPlan, handler_for
 from builder.steps.base import Redo
 
@@ -57,6 +58,10 @@ class StepRecord:
     cached: bool
     stage: str = ""
     """The named stage the step belongs to ("" for the final image's steps)."""
+    source: str = ""
+    """Which cache the layer came from: ``local``, a cache repository's name, or "" (built)."""
+    remote: str = ""
+    """``hit`` or ``miss`` when the step was looked up in a cache repository, else ""."""
 
 
 class _Workspace:
@@ -185,7 +190,7 @@ class StageBuilder:
     """Runs one stage's steps on top of a base (its layers and config)."""
 
     def __init__(self, recipe: Recipe, platform: Platform, options: BuildOptions, context: Path, workdir: Path,
-                 reporter: Reporter, cache: LayerCache | None, *, name: str = "",
+                 reporter: Reporter, cache: StepCache | None, *, name: str = "",
                  stages: StageRoots | None = None) -> None:
         self.recipe, self.platform, self.options, self.name = recipe, platform, options, name
         self.stages = stages
@@ -238,28 +243,30 @@ class StageBuilder:
                     "level": self.options.level, "epoch": self.options.epoch}
         return step_key([blob.diff_id for blob in layers], step, inputs, settings)
 
-    def _probe(self, step: Step, plan: StepPlan, layers: list[LayerBlob]) -> tuple[CacheHit | None, str]:
-        """The cache's answer for ``step`` and the step's shape (its key when it reads no file contents).
+    def _probe(self, step: Step, plan: StepPlan, layers: list[LayerBlob]) -> tuple[Found | None, str, str]:
+        """The caches' answer for ``step``, the step's shape, and its key ("" when not looked up).
 
         A step that reads file contents (a copy from the context) is looked up by its full key
-        (which hashes its files) only when the cache knows its shape: otherwise it is a certain
+        (which hashes its files) only when a cache may know its shape: otherwise it is a certain
         miss, and its files are read once, by the layer writer, which returns their digests for
-        :meth:`_store`.
+        :meth:`_store`. Its shape is its key when it reads no file contents.
         """
         assert self.cache is not None
         shape = self._key(step, layers, plan.inputs(None))
         if not self.options.use_cache or (plan.reads_contents and not self.cache.knows_shape(shape)):
-            return None, shape
+            return None, shape, ""
         key = self._key(step, layers, plan.inputs({})) if plan.reads_contents else shape
-        return self.cache.get(key), shape
+        return self.cache.get(key, self.workdir / "remote"), shape, key
 
-    def _store(self, step: Step, plan: StepPlan, layers: list[LayerBlob], shape: str, built: _Built) -> None:
+    def _store(self, step: Step, plan: StepPlan, layers: list[LayerBlob], shape: str, blob: LayerBlob | None,
+               key: str, source: str = "", digests: Mapping[str, Digest] | None = None) -> None:
+        """Record a built step (``source`` "") or a hit from ``source`` in the caches."""
         assert self.cache is not None
-        if not plan.reads_contents:
-            self.cache.put(shape, built.blob)
-            return
-        self.cache.put(self._key(step, layers, plan.inputs(built.digests)), built.blob)
-        self.cache.add_shape(shape)
+        if plan.reads_contents and not key:
+            key = self._key(step, layers, plan.inputs(digests or {}))
+        self.cache.put(key or shape, blob, source)
+        if plan.reads_contents and source != "local":
+            self.cache.add_shape(shape)
 
     def run(self, steps: tuple[Step, ...], layers: list[LayerBlob], config: dict[str, Any]) -> StageResult:
         created = cfgmod.rfc3339(self.options.epoch)
@@ -270,16 +277,19 @@ class StageBuilder:
             self.reporter.step_started(i, len(steps), title.removeprefix("pybuild "))
             with located(step.where):
                 plan = handler.plan(step, self._scope(result.config))
-                hit, shape = self._probe(step, plan, result.layers) if self.cache else (None, "")
-                if hit is not None:
-                    blob = hit.layer
+                found, shape, key = self._probe(step, plan, result.layers) if self.cache else (None, "", "")
+                if found is not None:
+                    blob, source = found.hit.layer, found.source
+                    self._store(step, plan, result.layers, shape, blob, key, source)
                 else:
                     built = self._build(plan, result.layers)
-                    blob = built.blob
+                    blob, source = built.blob, ""
                     if self.cache is not None:
-                        self._store(step, plan, result.layers, shape, built)
-            self.reporter.step_done(blob, cached=hit is not None)
-            result.records.append(StepRecord(i, title, blob, hit is not None, self.name))
+                        self._store(step, plan, result.layers, shape, blob, key, digests=built.digests)
+            self.reporter.step_done(blob, cached=found is not None, source=source)
+            remote = "" if self.cache is None or not self.cache.has_remotes or source == "local" else (
+                "hit" if source else "miss")
+            result.records.append(StepRecord(i, title, blob, found is not None, self.name, source, remote))
             if blob is not None:
                 result.layers.append(blob)
             result.config = cfgmod.append_layer(result.config, blob.diff_id if blob else None, created, title)

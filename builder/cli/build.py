@@ -137,6 +137,10 @@ def _secrets(values: tuple[str, ...], stack: contextlib.ExitStack) -> dict[str, 
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Layer cache and run-step cache mounts "
               "(default $XDG_CACHE_HOME/pybuild).")
 @click.option("--no-cache", is_flag=True, help="Build every step (the cache is still refreshed).")
+@click.option("--cache-from", "cache_from", multiple=True, metavar="REF",
+              help="A registry repository to read cached layers from, after the local cache; repeatable, in order.")
+@click.option("--cache-to", "cache_to", metavar="REF",
+              help="A registry repository to write every step's cached layer to (read too when also a --cache-from).")
 @click.option("--push", "push_ref", help="Also push the result to a registry.")
 @registry_flags
 @click.option("--secret", multiple=True, help="id=ID,src=PATH or id=ID,env=VAR, for run steps.")
@@ -153,7 +157,8 @@ def build_cmd(recipe: Path | None, recipe_file: Path | None, out: Path | None, f
               target: str | None, platform_texts: tuple[str, ...], build_args: tuple[str, ...],
               labels: tuple[str, ...], annotations: tuple[str, ...], env: tuple[str, ...], context: Path | None,
               compression: str, compression_level: int | None, source_date_epoch: int | None,
-              cache_dir: Path | None, no_cache: bool, push_ref: str | None, insecure_registry: tuple[str, ...],
+              cache_dir: Path | None, no_cache: bool, cache_from: tuple[str, ...], cache_to: str | None,
+              push_ref: str | None, insecure_registry: tuple[str, ...],
               tls_verify: bool, authfile: Path | None, creds: str | None, retry: int | None,
               secret: tuple[str, ...], ssh: tuple[str, ...], allow: tuple[str, ...],
               digest_file: Path | None, iidfile: Path | None, metadata_file: Path | None, quiet: bool,
@@ -170,6 +175,8 @@ def build_cmd(recipe: Path | None, recipe_file: Path | None, out: Path | None, f
     if recipe is None:
         raise click.UsageError("Missing argument 'RECIPE' (a recipe file, or -f FILE).")
     push_to = reference(push_ref, "--push") if push_ref is not None else None
+    for ref in (*cache_from, *([cache_to] if cache_to else [])):
+        reference(ref, "--cache-from" if ref in cache_from else "--cache-to")
     if out is None and push_to is None:
         raise click.UsageError("Missing option '-o' / '--output' (needed unless --push is given).")
     recipe = _recipe_file(recipe)
@@ -189,6 +196,7 @@ def build_cmd(recipe: Path | None, recipe_file: Path | None, out: Path | None, f
             secrets=_secrets(secret, stack), ssh=_ssh(ssh), cache_dir=cache_dir, use_cache=not no_cache, registry=registry,
             allow=frozenset(allow), target=target, labels=parse_kv(labels, "--label"),
             env=parse_kv(env, "--env"), annotations=parse_kv(annotations, "--annotation"),
+            cache_from=cache_from, cache_to=cache_to,
         )
         scratch = None
         if out is None:  # --push alone: the build's blobs live in a private temp dir until pushed

@@ -16,6 +16,7 @@ from builder.options import BuildOptions
 from builder.progress import NullReporter
 from builder.recipe import load_recipe, model
 from builder.stage import StageBuilder
+from builder.stepcache import StepCache
 from builder.steps import HANDLERS, handler_for
 from tests.helpers import AMD64
 
@@ -46,7 +47,8 @@ def _recipe(tmp_path: Path, steps: str):
 
 def _stage(tmp_path: Path, recipe, cache: LayerCache | None, name: str) -> StageBuilder:
     options = BuildOptions(epoch=0, cache_dir=tmp_path / "cache")
-    return StageBuilder(recipe, AMD64, options, tmp_path, tmp_path / name, NullReporter(), cache)
+    return StageBuilder(recipe, AMD64, options, tmp_path, tmp_path / name, NullReporter(),
+                        StepCache(cache) if cache is not None else None)
 
 
 STEPS = """\

@@ -1,0 +1,220 @@
+"""A layer cache kept in a registry repository (``--cache-from`` / ``--cache-to``), shared by every
+runner that can reach it.
+
+Each entry is one OCI artifact: an image manifest with ``artifactType`` :data:`ARTIFACT_TYPE`,
+the empty config (``{}``), and as its only layer the step's layer blob (none for a step that
+changed nothing), tagged :func:`tag_for` the step key. It names the key and both format versions
+in its annotations, and the layer's diff_id and uncompressed size in the layer's. Any registry
+that takes OCI manifests stores it (docker-registry 2.x included), and ``skopeo`` or ``crane``
+list and delete entries as tags.
+
+The keys are the local cache's (parents, step, inputs, settings, layer-format version), so a
+remote entry means exactly what a local one means. A writer uploads the layer blob before the
+manifest that names it, and a manifest is stored whole by one PUT: a reader sees no entry or a
+whole one, and two runners storing one key store the same bytes (layers are reproducible), so
+both succeed. A reader trusts nothing it reads: the manifest must say it is an entry for this
+very key, the blob must match its digest, and the caller checks the diff_id when it decompresses
+the blob into its local cache.
+
+The cache never fails a build: every failure is a miss (or a lost write) and one warning line. A
+registry that cannot be reached, or refuses our credentials, is not asked again in the same build,
+so a build whose cache registry went away costs one timeout, not one per step.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.errors import PybuildError
+from builder.image import LayerBlob
+from builder.oci.canonical import canonical_json
+from builder.oci.descriptor import Descriptor
+from builder.oci.digest import Digest
+from builder.oci.mediatypes import MediaType
+from builder.oci.reference import Reference
+from builder.registry.client import RegistryClient
+from builder.registry.options import RegistryOptions
+
+ARTIFACT_TYPE = "application/vnd.pybuild.cache.layer.v1"
+FORMAT = "1"
+"""The entry format: bump it when the manifest's shape or annotations change meaning."""
+TAG_PREFIX = "pybuild-cache-"
+EMPTY_JSON = b"{}"
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_CONFIG = Descriptor(EMPTY_TYPE, Digest.of(EMPTY_JSON), len(EMPTY_JSON))
+MAX_ENTRY = 64 << 10
+"""An entry manifest is a few hundred bytes: anything much larger is not one of ours."""
+LAYER_TYPES = frozenset({MediaType.OCI_LAYER, MediaType.OCI_LAYER_GZIP, MediaType.OCI_LAYER_ZSTD})
+
+A_KEY = "dev.pybuild.cache.key"
+A_FORMAT = "dev.pybuild.cache.format"
+A_LAYER_FORMAT = "dev.pybuild.cache.layer-format"
+A_DIFF_ID = "dev.pybuild.cache.diff-id"
+A_UNCOMPRESSED = "dev.pybuild.cache.uncompressed-size"
+
+
+def tag_for(key: str) -> str:
+    """The tag of the entry for step key ``key`` (hex sha256): 78 characters, within the 128 allowed."""
+    return TAG_PREFIX + key
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """What an entry says: the step's layer (None: the step changed nothing) and its diff_id."""
+
+    descriptor: Descriptor | None
+    diff_id: Digest | None = None
+    uncompressed_size: int | None = None
+
+
+def entry_manifest(key: str, layer: LayerBlob | None, layer_format: int) -> bytes:
+    """The manifest bytes of the entry for ``key``."""
+    layers: list[dict[str, Any]] = []
+    if layer is not None:
+        annotations = {A_DIFF_ID: str(layer.diff_id)}
+        if layer.uncompressed_size is not None:
+            annotations[A_UNCOMPRESSED] = str(layer.uncompressed_size)
+        layers.append(Descriptor(layer.descriptor.media_type, layer.digest, layer.descriptor.size,
+                                 annotations).to_json())
+    config = {**EMPTY_CONFIG.to_json(), "data": base64.b64encode(EMPTY_JSON).decode()}
+    return canonical_json({
+        "schemaVersion": 2,
+        "mediaType": MediaType.OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": config,
+        "layers": layers,
+        "annotations": {A_KEY: key, A_FORMAT: FORMAT, A_LAYER_FORMAT: str(layer_format)},
+    })
+
+
+def parse_entry(raw: bytes, key: str, layer_format: int) -> RemoteEntry:
+    """The entry ``raw`` describes, if it is an entry of this format for ``key``; ValueError if not."""
+    if len(raw) > MAX_ENTRY:
+        raise ValueError("too large to be a cache entry")
+    doc = json.loads(raw)
+    if not isinstance(doc, dict) or doc.get("artifactType") != ARTIFACT_TYPE:
+        raise ValueError("not a pybuild cache entry")
+    notes = doc.get("annotations")
+    if not isinstance(notes, dict) or notes.get(A_KEY) != key:
+        raise ValueError("an entry for another key")
+    if notes.get(A_FORMAT) != FORMAT or notes.get(A_LAYER_FORMAT) != str(layer_format):
+        raise ValueError("an entry of another format")
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or len(layers) > 1:
+        raise ValueError("not one layer")
+    if not layers:
+        return RemoteEntry(None)
+    if not isinstance(layers[0], dict):
+        raise ValueError("a malformed layer descriptor")
+    desc = Descriptor.from_json(layers[0])
+    if desc.media_type not in LAYER_TYPES or desc.digest.algorithm != "sha256":
+        raise ValueError(f"a layer of type {desc.media_type!r}")
+    diff_id = Digest.parse(desc.annotations.get(A_DIFF_ID, ""))
+    size = desc.annotations.get(A_UNCOMPRESSED)
+    if size is not None and not size.isdigit():
+        raise ValueError("a malformed uncompressed size")
+    return RemoteEntry(Descriptor(desc.media_type, desc.digest, desc.size), diff_id,
+                       int(size) if size is not None else None)
+
+
+class RegistryCache:
+    """One cache repository: looked up by step key, written when ``write``.
+
+    ``warn`` gets one line per failure; after a failure that would repeat for every step (the
+    registry unreachable, credentials refused), the cache is off for the rest of the build.
+    """
+
+    def __init__(self, ref: Reference, options: RegistryOptions | None, *, write: bool, layer_format: int,
+                 warn: Callable[[str], None]) -> None:
+        self.ref, self.options, self.write, self.layer_format = ref, options, write, layer_format
+        self.name = f"{ref.registry}/{ref.repository}"
+        self._warn = warn
+        self._client: RegistryClient | None = None
+        self.off = False
+        self._config_stored = False
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _connect(self) -> RegistryClient:
+        if self._client is None:
+            self._client = RegistryClient(self.ref, self.options, push=self.write)
+        return self._client
+
+    def _failed(self, doing: str, exc: Exception) -> None:
+        """A failure: a warning; the cache goes off unless it was about one entry only."""
+        about_entry = isinstance(exc, ValueError)
+        what = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not about_entry:
+            self.off = True
+        self._warn(f"warning: cache {self.name}: {doing}: {what}"
+                   + ("" if about_entry else " (not used for the rest of this build)"))
+
+    def lookup(self, key: str) -> RemoteEntry | None:
+        """The entry for ``key``; None on a miss, a malformed entry, or any failure (warned)."""
+        if self.off:
+            return None
+        try:
+            client = self._connect()
+            tag = tag_for(key)
+            if client.manifest_digest(tag) is None:
+                return None
+            raw, _, _ = client.get_manifest(tag)
+            return parse_entry(raw, key, self.layer_format)
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:  # the entry, not the registry
+            self._failed(f"entry {key[:12]}", ValueError(f"malformed ({exc})"))
+            return None
+        except (PybuildError, OSError) as exc:
+            self._failed(f"reading entry {key[:12]}", exc)
+            return None
+
+    def download(self, entry: RemoteEntry, dest: Path) -> bool:
+        """The entry's layer blob into ``dest``, its digest and size checked; False (warned) if not."""
+        if self.off or entry.descriptor is None:
+            return False
+        try:
+            self._connect().fetch_blob(entry.descriptor.digest, entry.descriptor.size, dest)
+            return True
+        except (PybuildError, OSError) as exc:
+            self._failed(f"downloading {entry.descriptor.digest.short}", ValueError(str(exc)))
+            return False
+
+    def adopt(self, entry: RemoteEntry, path: Path) -> LayerBlob | None:
+        """The downloaded blob at ``path`` as the layer the entry describes (its diff_id is checked
+        when the local cache reads it back)."""
+        if entry.descriptor is None or entry.diff_id is None:
+            return None
+        return LayerBlob(entry.descriptor, entry.diff_id, path, entry.uncompressed_size)
+
+    def has(self, key: str) -> bool:
+        """Whether the repository has an entry for ``key`` (False on any failure)."""
+        if self.off:
+            return False
+        try:
+            return self._connect().manifest_digest(tag_for(key)) is not None
+        except (PybuildError, OSError) as exc:
+            self._failed("checking an entry", exc)
+            return False
+
+    def store(self, key: str, layer: LayerBlob | None) -> None:
+        """Upload the entry for ``key``: the blobs first, then the manifest (failures are warned)."""
+        if self.off or not self.write:
+            return
+        try:
+            client = self._connect()
+            if not self._config_stored:
+                if not client.blob_exists(EMPTY_CONFIG.digest):
+                    client.upload_blob(EMPTY_JSON, EMPTY_CONFIG.digest, EMPTY_CONFIG.size)
+                self._config_stored = True
+            if layer is not None and not client.blob_exists(layer.digest):
+                client.upload_blob(layer.path, layer.digest, layer.descriptor.size)
+            client.put_manifest(tag_for(key), entry_manifest(key, layer, self.layer_format), MediaType.OCI_MANIFEST)
+        except (PybuildError, OSError) as exc:
+            self._failed(f"writing entry {key[:12]}", exc)
