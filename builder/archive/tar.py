@@ -29,11 +29,11 @@ from typing import IO
 
 from builder.errors import InputError, IntegrityError, OutputError
 from builder.fs.atomic import NotRegularFileError, open_regular, tmp_path
+from builder.fs.lock import private_sibling
 from builder.image import Blob
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.tarstream import tar_members
 from builder.oci.digest import Digest
-from builder.sinks.lock import private_sibling
 
 DIR = None
 """Marks a directory entry among the members to write."""
@@ -72,7 +72,7 @@ def write_tar(out: Path, members: Contents, epoch: int) -> None:
     """Write the archive to a private sibling of ``out`` and rename it over ``out`` once complete.
 
     The sibling is locked while it is written, so if this process dies the next build removes it
-    (see ``builder.sinks.lock``); several writers each rename a complete file, and the last wins.
+    (see ``builder.fs.lock``); several writers each rename a complete file, and the last wins.
     """
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

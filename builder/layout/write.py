@@ -5,7 +5,7 @@ Writing is atomic (README, "Atomic outputs"). A blob is written to a temporary f
 after their content; ``index.json`` is replaced last, so a reader (or a build killed half
 way) sees either the old layout or the new one. A new OUT is built whole in a private sibling
 directory (locked while in use, removed by the next build if its process died; see
-``builder.sinks.lock``) and renamed into place; an existing OUT is updated under an ``flock``
+``builder.fs.lock``) and renamed into place; an existing OUT is updated under an ``flock``
 on the directory, so two builds writing different tags into one OUT both land.
 
 An update moves its new blobs in only once the new ``index.json`` is complete beside them,
@@ -35,13 +35,13 @@ from builder.fs.atomic import (
     tmp_path,
     write_atomic,
 )
+from builder.fs.lock import locked_dir, private_sibling, remove_dead_siblings, sibling_prefix
 from builder.image import Blob, Image, ImageIndex, layout_blobs
 from builder.layout.format import OCI_LAYOUT, blob_path, is_layout, load_index
 from builder.layout.gc import collect_garbage
 from builder.oci.canonical import canonical_json
 from builder.oci.descriptor import Descriptor
 from builder.oci.manifest import REF_NAME, image_index
-from builder.sinks.lock import locked_dir, private_sibling, remove_dead_siblings, sibling_prefix
 
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")  # image-spec annotations.md
