@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import hashlib
 import io
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -344,9 +343,9 @@ def _header_digest(headers: requests.structures.CaseInsensitiveDict[str]) -> Dig
 
 
 def _check_bytes(data: bytes, digest: Digest, what: str) -> None:
-    actual = hashlib.new(digest.algorithm, data).hexdigest()
-    if actual != digest.hex:
-        raise IntegrityError(f"{what}: content is {digest.algorithm}:{actual}, expected {digest}")
+    actual = Digest.of(data, digest.algorithm)
+    if actual != digest:
+        raise IntegrityError(f"{what}: content is {actual}, expected {digest}")
 
 
 def manifest_media_type(raw: bytes, content_type: str, name: str) -> str:

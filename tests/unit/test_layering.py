@@ -28,7 +28,7 @@ ALLOWED = {
     # fs.lock: the layout lock, private siblings)
     "layout": {"image", "oci", "fs.atomic", "fs.lock"},
     "archive": {"image", "oci", "layer", "layout", "fs.atomic", "fs.lock"},  # layer: the hardened tar reader
-    "blobstore": {"oci", "fs.atomic"},
+    "blobstore": {"oci", "fs.atomic", "layout.format"},  # layout.format: the store's names are a layout's
     "registry": {"image", "oci", "blobstore", "layout", "fs.atomic"},  # layout.format: a pull reuses a layout's blobs
     # choosing among them: a base's kind, an output's format
     "base": {"image", "oci", "layout", "archive"},
