@@ -1,4 +1,5 @@
-"""What goes over the wire to registries and token servers: sessions, deadlines, bounded reads.
+"""What goes over the wire to registries and token servers: sessions, deadlines, bounded reads, and
+what the body of a refusal says (:func:`error_body`, for the transport and the authenticator alike).
 
 Three rules hold for every exchange, whoever makes it (transport or authenticator):
 
@@ -350,7 +351,8 @@ class ErrorBody:
 
 
 def error_body(body: bytes) -> ErrorBody:
-    """Read an error answer's body (bounded in depth by ``json_value``); a body that is not JSON says nothing."""
+    """The parts of an error answer's body (its JSON bounded in depth by ``json_value``); none for a body
+    that is not a JSON object."""
     try:
         doc = json_value(body)
     except ValueError:
