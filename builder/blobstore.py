@@ -5,7 +5,8 @@ On disk, under the cache directory (beside the layer cache's ``layers/``)::
 
     blobs/<alg>/<hex>     the blob, exactly as the registry served it (its name is its digest)
 
-The layout is an OCI layout's ``blobs/`` on purpose: manifests and indexes are blobs too, and
+The layout is an OCI layout's ``blobs/`` on purpose, named by the layout's own rule
+(:func:`builder.layout.format.blob_path`): manifests and indexes are blobs too, and
 :func:`builder.registry.pull.pull` writes a scratch work directory in the very same shape when no
 cache is usable. A file only gets its name after its digest was checked (a download is hashed
 as it streams and renamed into place, :meth:`RegistryClient.fetch_blob`; everything else goes
@@ -19,8 +20,8 @@ device or a symlink planted there), is removed and the caller downloads the blob
 regular files are opened (:func:`builder.fs.atomic.open_regular`), never more than the expected
 size (+1) is read.
 
-The store's files are its own, as the layer cache's: the layout sink clones or copies them into an
-output, never hard-links them (``sinks/layout.py``, ``_ours``), and blobs taken from an existing
+The store's files are its own, as the layer cache's: the layout writer clones or copies them into an
+output, never hard-links them (``builder.layout.write``, ``_ours``), and blobs taken from an existing
 layout are cloned in here, so damage to an output never reaches the store nor the other way round.
 
 ``--no-cache`` does not bypass the store: it says "build every step", not "download every blob"
@@ -31,7 +32,6 @@ verified either way.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 from pathlib import Path
@@ -46,6 +46,7 @@ from builder.fs.atomic import (
     open_regular,
     write_atomic,
 )
+from builder.layout.format import blob_path
 from builder.oci.digest import Digest
 
 
@@ -72,7 +73,7 @@ class BlobStore:
         self.root = root
 
     def path(self, digest: Digest) -> Path:
-        return self.root / "blobs" / digest.algorithm / digest.hex
+        return blob_path(self.root, digest)
 
     def is_empty(self) -> bool:
         """True if the store holds no blob at all (then looking anything up in it is pointless)."""
@@ -96,7 +97,7 @@ class BlobStore:
 
     def put(self, digest: Digest, data: bytes) -> None:
         """Store ``data`` under ``digest`` (which it must hash to); a store that cannot be written only loses the copy."""
-        if hashlib.new(digest.algorithm, data).hexdigest() != digest.hex:
+        if Digest.of(data, digest.algorithm) != digest:
             raise IntegrityError(f"{digest}: the bytes to store do not match their digest")
         target = self.path(digest)
         with contextlib.suppress(OSError):

@@ -13,7 +13,7 @@ blob once (:func:`unique_blobs`, :func:`layout_blobs`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,6 @@ class Image:
     media_type: str
     layers: tuple[LayerBlob, ...]
     platform: Platform
-    extra_blobs: dict[Digest, Path] = field(default_factory=dict)
 
     @cached_property
     def digest(self) -> Digest:
@@ -178,7 +177,7 @@ def images_of(image: Image | ImageIndex) -> tuple[Image, ...]:
 
 
 def unique_blobs(images: Sequence[Image]) -> list[Blob]:
-    """Every layer, extra blob and config of ``images``, each once: all layers first, configs after.
+    """Every layer and config of ``images``, each once: all layers first, configs after.
 
     Layers first because they take longest to send; configs (and then the manifests that name
     both) after them, so a writer or a push that goes in this order never stores a document
@@ -188,7 +187,6 @@ def unique_blobs(images: Sequence[Image]) -> list[Blob]:
     files: list[Blob] = []
     for img in images:
         files += [Blob(layer.digest, layer.descriptor.size, None, layer.path, layer.verified) for layer in img.layers]
-        files += [Blob(digest, None, path=path) for digest, path in sorted(img.extra_blobs.items())]
     configs = [Blob(img.image_id, len(img.raw_config), img.raw_config) for img in images]
     return _once([*files, *configs])
 

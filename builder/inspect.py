@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from builder.image import Image, ImageIndex, runnable_images
-from builder.oci.descriptor import Descriptor, is_attestation
+from builder.oci.descriptor import Descriptor
 from builder.oci.manifest import REF_NAME
 
 
@@ -52,8 +52,7 @@ def describe(image: Image | ImageIndex, name: str) -> dict[str, Any]:
 def list_entry(desc: Descriptor, image: Image | ImageIndex) -> dict[str, Any]:
     """The ``pybuild ls --json`` object of one entry of a layout's index: what it runs on, and how
     much its layers take (attestations left out: they run nowhere)."""
-    images = image.images if isinstance(image, ImageIndex) else (image,)
-    runnable = [img for img in images if not is_attestation(img.descriptor())]
+    runnable = runnable_images(image)
     return {"tag": desc.annotations.get(REF_NAME), "digest": str(desc.digest), "media_type": desc.media_type,
             "platforms": [str(img.platform) for img in runnable],
             "size": sum(layer.descriptor.size for img in runnable for layer in img.layers)}

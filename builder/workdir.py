@@ -1,7 +1,7 @@
 """Scratch space for a build, next to OUT so that finished blobs move in by rename.
 
 The work directory is a private sibling of OUT (``.OUTNAME.pybuild-work-*``, see
-``builder.sinks.lock``): the build holds an ``flock`` on it for as long as it runs. A sibling
+``builder.fs.lock``): the build holds an ``flock`` on it for as long as it runs. A sibling
 whose lock can be taken belongs to a build that died (SIGKILL, power loss): the next build into
 the same place removes it, and with it whatever else dead builds left beside OUT (a new layout
 or archive that never got renamed into place).
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from builder.errors import OutputError
-from builder.sinks.lock import private_sibling
+from builder.fs.lock import private_sibling
 
 
 @contextlib.contextmanager

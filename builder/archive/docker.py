@@ -173,7 +173,7 @@ def _legacy(members: dict[str, Member], path: Path, tag: str | None) -> Image:
     assert config_member.file is not None
     raw_config = read_regular(config_member.file, MAX_JSON)
     named = _LEGACY_CONFIG.fullmatch(posixpath.normpath(config_name))
-    if named and Digest.of(raw_config).hex != named.group(1):
+    if named and Digest.of(raw_config) != Digest("sha256", named.group(1)):
         raise IntegrityError(f"{path}: config {config_name!r} content is {Digest.of(raw_config)}")
     try:
         config = json_object(raw_config)

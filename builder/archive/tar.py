@@ -17,10 +17,8 @@ file is hashed on the way: a blob must match its name, so what is read from it i
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
-import re
 import tarfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -28,33 +26,19 @@ from pathlib import Path
 from typing import IO
 
 from builder.errors import InputError, IntegrityError, OutputError
-from builder.fs.atomic import NotRegularFileError, open_regular, tmp_path
+from builder.fs.atomic import NotRegularFileError, atomic_file, copy_hashed, open_regular, tmp_path
+from builder.fs.lock import private_sibling
 from builder.image import Blob
 from builder.layer.decompress import DECODE_ERRORS, open_decompressed
 from builder.layer.tarstream import tar_members
-from builder.oci.digest import Digest
-from builder.sinks.lock import private_sibling
+from builder.layout.format import blob_digest
+from builder.oci.digest import Digest, HashingReader, HashingWriter
 
 DIR = None
 """Marks a directory entry among the members to write."""
 Contents = Mapping[str, bytes | Blob | None]
 """Member name -> content: bytes, a blob to stream from its file, or :data:`DIR`."""
-_BLOB = re.compile(r"blobs/(sha256/[a-f0-9]{64}|sha512/[a-f0-9]{128})")
-_CHUNK = 1 << 20
 _READ_ERRORS: tuple[type[Exception], ...] = (tarfile.TarError, *DECODE_ERRORS)
-
-
-class _HashingReader:
-    """Reads through ``raw`` while hashing, so an unverified blob is checked as it is archived."""
-
-    def __init__(self, raw: IO[bytes], algorithm: str) -> None:
-        self._raw = raw
-        self.hasher = hashlib.new(algorithm)
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self.hasher.update(data)
-        return data
 
 
 def _info(name: str, epoch: int, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
@@ -72,7 +56,7 @@ def write_tar(out: Path, members: Contents, epoch: int) -> None:
     """Write the archive to a private sibling of ``out`` and rename it over ``out`` once complete.
 
     The sibling is locked while it is written, so if this process dies the next build removes it
-    (see ``builder.sinks.lock``); several writers each rename a complete file, and the last wins.
+    (see ``builder.fs.lock``); several writers each rename a complete file, and the last wins.
     """
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -109,15 +93,14 @@ def _add_file(tar: tarfile.TarFile, name: str, blob: Blob, path: Path, epoch: in
             size = os.fstat(f.fileno()).st_size
             if blob.size is not None and size != blob.size:
                 raise IntegrityError(f"{path}: {size} bytes, descriptor says {blob.size}")
-            reader = _HashingReader(f, blob.digest.algorithm)
+            reader = HashingReader(f, blob.digest.algorithm)  # an unverified blob is checked as it is archived
             tar.addfile(_info(name, epoch, size), reader)
     except NotRegularFileError as exc:
         raise InputError(f"{path}: blob source is {exc.strerror}") from exc
     except FileNotFoundError as exc:
         raise InputError(f"{path}: blob source missing") from exc
-    if not blob.verified and reader.hasher.hexdigest() != blob.digest.hex:
-        actual = f"{blob.digest.algorithm}:{reader.hasher.hexdigest()}"
-        raise IntegrityError(f"{path}: content is {actual}, expected {blob.digest}")
+    if not blob.verified and reader.digest() != blob.digest:
+        raise IntegrityError(f"{path}: content is {reader.digest()}, expected {blob.digest}")
 
 
 # ---- reading -------------------------------------------------------------------------------
@@ -171,21 +154,17 @@ def _stream(archive: Path) -> Iterator[tuple[str, tarfile.TarFile, tarfile.TarIn
             raise InputError(f"{archive}: {what}: {exc}") from exc
 
 
-def _copy_member(src: IO[bytes], dest_dir: Path, algorithm: str = "sha256") -> tuple[Digest, int, bytes, Path]:
-    """Stream a member to a temp file in ``dest_dir``: (digest, size, first bytes, temp path)."""
-    hasher, size, head = hashlib.new(algorithm), 0, b""
-    tmp = tmp_path(dest_dir)
-    try:
-        with open(tmp, "xb") as out:
-            while block := src.read(_CHUNK):
-                head = head or block[:8]
-                hasher.update(block)
-                size += len(block)
-                out.write(block)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return Digest(algorithm, hasher.hexdigest()), size, head, tmp
+def _extract_file(src: IO[bytes], target: Path, expected: Digest | None, archive: Path, name: str) -> Member:
+    """Stream a member to ``target``, hashed on the way; a blob (``expected``: the digest its name
+    promises) that is not what its name says is refused before it gets that name."""
+    with atomic_file(target) as out:
+        head = src.read(8)  # a docker-archive layer's compression is read from its first bytes
+        hashed = HashingWriter(out, expected.algorithm if expected is not None else "sha256")
+        hashed.write(head)
+        copy_hashed(src, hashed)
+        if expected is not None and hashed.digest() != expected:
+            raise IntegrityError(f"{archive}: member {name!r} content is {hashed.digest()}")
+    return Member("file", file=target, digest=hashed.digest(), size=hashed.size, head=head)
 
 
 def extract(archive: Path, workdir: Path, docker: bool) -> tuple[Path, dict[str, Member]]:
@@ -198,7 +177,7 @@ def extract(archive: Path, workdir: Path, docker: bool) -> tuple[Path, dict[str,
     (dest / "other").mkdir(parents=True)
     members: dict[str, Member] = {}
     for name, tf, ti in _stream(archive):
-        blob = _BLOB.fullmatch(name)
+        blob = blob_digest(name)
         layout_file = name in ("oci-layout", "index.json") or blob is not None
         if layout_file and not ti.isreg():
             raise InputError(f"{archive}: member {name!r} is not a regular file (links are refused)")
@@ -208,12 +187,7 @@ def extract(archive: Path, workdir: Path, docker: bool) -> tuple[Path, dict[str,
             src = tf.extractfile(ti)
             if src is None:
                 raise InputError(f"{archive}: member {name!r} cannot be read")
-            digest, size, head, tmp = _copy_member(src, target.parent, name.split("/")[1] if blob else "sha256")
-            if blob is not None and digest.hex != target.name:
-                tmp.unlink()
-                raise IntegrityError(f"{archive}: member {name!r} content is {digest}")
-            tmp.replace(target)
-            members[name] = Member("file", file=target, digest=digest, size=size, head=head)
+            members[name] = _extract_file(src, target, blob, archive, name)
         elif docker and ti.issym():
             members[name] = Member("symlink", ti.linkname)
         elif docker and ti.islnk():

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from builder.bundle import write_bundle
 from builder.cli.options import reference, registry_flags, registry_options
 from builder.errors import InputError, PybuildError
 from builder.image import Image, ImageIndex
@@ -18,7 +19,6 @@ from builder.layout.read import layout_entries, read_entry
 from builder.oci.manifest import REF_NAME
 from builder.oci.platform import Platform
 from builder.progress import human
-from builder.sinks.bundle import write_bundle
 
 if TYPE_CHECKING:
     from builder.oci.reference import Reference

@@ -36,6 +36,16 @@ def blob_path(root: Path, digest: Digest) -> Path:
     return root / blob_name(digest)
 
 
+def blob_digest(name: str) -> Digest | None:
+    """The digest a name in a layout promises, if it is a blob's name (the inverse of :func:`blob_name`)."""
+    top, _, rest = name.partition("/")
+    algorithm, _, hexpart = rest.partition("/")
+    try:
+        return Digest.parse(f"{algorithm}:{hexpart}") if top == "blobs" else None
+    except ValueError:
+        return None
+
+
 def load_index(path: Path, error: type[InputError | OutputError]) -> dict[str, Any]:
     """A layout's index.json; a damaged one is the reader's bad input, or the writer's unusable OUT."""
     try:

@@ -23,12 +23,12 @@ def collect_garbage(root: Path) -> None:
     for algdir in sorted((root / "blobs").iterdir()):
         if algdir.is_dir() and not algdir.is_symlink():
             for entry in algdir.iterdir():
-                if (algdir.name, entry.name) not in keep and not entry.is_dir():
+                if Digest(algdir.name, entry.name) not in keep and not entry.is_dir():
                     entry.unlink(missing_ok=True)
 
 
-def _reachable(root: Path) -> set[tuple[str, str]] | None:
-    """(alg, hex) of every blob reachable from index.json: manifests, indexes, configs, layers.
+def _reachable(root: Path) -> set[Digest] | None:
+    """The digest of every blob reachable from index.json: manifests, indexes, configs, layers.
 
     Blobs of unknown media types are kept but not looked into. None when a manifest or index on
     the way cannot be read: better to keep garbage than to delete what a broken document names.
@@ -37,16 +37,16 @@ def _reachable(root: Path) -> set[tuple[str, str]] | None:
         stack: list[Any] = list(read_json(root / "index.json")["manifests"])
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
-    keep: set[tuple[str, str]] = set()
+    keep: set[Digest] = set()
     while stack:
         entry = stack.pop()
         try:
             digest = Digest.parse(str(entry.get("digest")))
         except (ValueError, AttributeError):  # not a descriptor
             continue
-        if (digest.algorithm, digest.hex) in keep:
+        if digest in keep:
             continue
-        keep.add((digest.algorithm, digest.hex))
+        keep.add(digest)
         if entry.get("mediaType") in MANIFEST_TYPES | INDEX_TYPES:
             try:
                 doc = read_json(blob_path(root, digest))

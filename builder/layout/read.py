@@ -7,7 +7,7 @@ Layers come back unverified: they are checked whenever they are copied or unpack
 
 from __future__ import annotations
 
-import hashlib
+import io
 import os
 import stat
 from collections.abc import Sequence
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError, IntegrityError
-from builder.fs.atomic import NotRegularFileError, open_regular
+from builder.fs.atomic import ContentMismatchError, NotRegularFileError, copy_verified, open_regular
 from builder.image import Image, ImageIndex, LayerBlob, image_from
 from builder.layout.format import MAX_JSON, blob_path, is_layout, load_index, reason
 from builder.oci.canonical import json_object
@@ -80,19 +80,22 @@ def read_json_blob(root: Path, desc: Descriptor) -> tuple[bytes, dict[str, Any]]
     path = blob_path(root, desc.digest)
     if desc.size > MAX_JSON:
         raise InputError(f"{path}: {desc.size} bytes is too large for a manifest, index or config")
+    kept = io.BytesIO()
     try:
         with os.fdopen(open_regular(path), "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            data = f.read(desc.size + 1) if size == desc.size else b""
+            if size != desc.size:  # not read at all: it cannot be the blob
+                raise IntegrityError(f"{path}: {size} bytes, descriptor says {desc.size}")
+            copy_verified(f, kept, desc.digest, desc.size)
+    except ContentMismatchError as exc:  # not the blob, or it changed since its size was taken
+        if exc.kind == "digest":
+            raise IntegrityError(f"{path}: content is {exc.actual}, expected {desc.digest}") from None
+        raise IntegrityError(f"{path}: {exc.count} bytes, descriptor says {desc.size}") from None
     except NotRegularFileError as exc:
         raise InputError(f"{path}: blob is {exc.strerror}") from exc
     except OSError as exc:
         raise InputError(f"{path}: blob missing from the layout") from exc
-    if size != desc.size or len(data) != desc.size:
-        raise IntegrityError(f"{path}: {max(size, len(data))} bytes, descriptor says {desc.size}")
-    actual = hashlib.new(desc.digest.algorithm, data).hexdigest()
-    if actual != desc.digest.hex:
-        raise IntegrityError(f"{path}: content is {desc.digest.algorithm}:{actual}, expected {desc.digest}")
+    data = kept.getvalue()
     try:
         return data, json_object(data)
     except (ValueError, RecursionError) as exc:

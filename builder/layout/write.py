@@ -1,11 +1,11 @@
 """Writing an OCI layout: atomically, and concurrently with other builds writing to it.
 
-Writing is atomic (README, "Atomic outputs"). A blob is written to a temporary file outside
-``blobs/<alg>/`` and renamed into place, so ``blobs/sha256/`` only ever holds files named
-after their content; ``index.json`` is replaced last, so a reader (or a build killed half
-way) sees either the old layout or the new one. A new OUT is built whole in a private sibling
+Writing is atomic (README, "Atomic outputs"). A blob is written in a staging directory (a
+temporary file renamed to its digest when whole) and reaches OUT only by a rename, so OUT's
+``blobs/sha256/`` only ever holds files named after their content; ``index.json`` is replaced
+last, so a reader (or a build killed half way) sees either the old layout or the new one. A new OUT is built whole in a private sibling
 directory (locked while in use, removed by the next build if its process died; see
-``builder.sinks.lock``) and renamed into place; an existing OUT is updated under an ``flock``
+``builder.fs.lock``) and renamed into place; an existing OUT is updated under an ``flock``
 on the directory, so two builds writing different tags into one OUT both land.
 
 An update moves its new blobs in only once the new ``index.json`` is complete beside them,
@@ -29,19 +29,20 @@ from builder.errors import InputError, IntegrityError, OutputError
 from builder.fs.atomic import (
     TMP_PREFIX,
     NotRegularFileError,
+    atomic_path,
     clone_file,
     copy_checked,
     rename_noreplace,
     tmp_path,
     write_atomic,
 )
+from builder.fs.lock import locked_dir, private_sibling, remove_dead_siblings, sibling_prefix
 from builder.image import Blob, Image, ImageIndex, layout_blobs
 from builder.layout.format import OCI_LAYOUT, blob_path, is_layout, load_index
 from builder.layout.gc import collect_garbage
 from builder.oci.canonical import canonical_json
 from builder.oci.descriptor import Descriptor
 from builder.oci.manifest import REF_NAME, image_index
-from builder.sinks.lock import locked_dir, private_sibling, remove_dead_siblings, sibling_prefix
 
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _REF_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")  # image-spec annotations.md
@@ -58,7 +59,7 @@ def _present(root: Path, blob: Blob) -> bool:
 
 
 def _store(out: Path, stage: Path, blob: Blob) -> None:
-    """Write one blob to ``stage/blobs/<alg>/<hex>`` through a temp file in ``stage``.
+    """Write one blob to ``stage/blobs/<alg>/<hex>``, through a temp file renamed into place when whole.
 
     Only a verified file of this build's own work directory that nothing else links to is
     hard-linked: anything else (the layer cache's files above all) is cloned or copied, so OUT
@@ -67,31 +68,28 @@ def _store(out: Path, stage: Path, blob: Blob) -> None:
     """
     dest = blob_path(stage, blob.digest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(stage)
     try:
         if blob.data is not None:  # manifest, config, index: their digests were computed from these bytes
-            with open(tmp, "xb") as f:
-                f.write(blob.data)
-        elif blob.path is None:
+            write_atomic(dest, blob.data)
+            return
+        if blob.path is None:
             raise OutputError(f"{dest}: blob has no content")
-        elif not blob.verified:
-            copy_checked(blob.path, tmp, blob.digest, blob.size)
-        elif _ours(out, blob.path):
-            try:
-                tmp.hardlink_to(blob.path)
-            except OSError:  # another filesystem, or links not allowed
+        with atomic_path(dest) as tmp:
+            if not blob.verified:
+                copy_checked(blob.path, tmp, blob.digest, blob.size)
+            elif _ours(out, blob.path):
+                try:
+                    tmp.hardlink_to(blob.path)
+                except OSError:  # another filesystem, or links not allowed
+                    clone_file(blob.path, tmp, blob.size)
+                if blob.size is not None and tmp.stat().st_size != blob.size:
+                    raise IntegrityError(f"{blob.path}: {tmp.stat().st_size} bytes, descriptor says {blob.size}")
+            else:
                 clone_file(blob.path, tmp, blob.size)
-            if blob.size is not None and tmp.stat().st_size != blob.size:
-                raise IntegrityError(f"{blob.path}: {tmp.stat().st_size} bytes, descriptor says {blob.size}")
-        else:
-            clone_file(blob.path, tmp, blob.size)
-        tmp.replace(dest)
     except NotRegularFileError as exc:
         raise InputError(f"{exc.filename}: blob source is {exc.strerror}") from exc
     except FileNotFoundError as exc:
         raise InputError(f"{exc.filename}: blob source missing") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _ours(out: Path, path: Path) -> bool:

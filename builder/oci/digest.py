@@ -28,9 +28,10 @@ class Digest:
         return cls(alg, hexpart)
 
     @classmethod
-    def of(cls, data: bytes) -> Digest:
-        """The sha256 digest of ``data``."""
-        return cls("sha256", hashlib.sha256(data).hexdigest())
+    def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
+        """The digest of ``data`` (sha256 unless ``algorithm``); bytes said to be ``d`` are checked by
+        ``Digest.of(data, d.algorithm) == d``, whatever algorithm ``d`` names."""
+        return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hex}"

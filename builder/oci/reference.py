@@ -129,10 +129,10 @@ class Reference:
         return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
 
     @property
-    def identifier(self) -> str:
+    def identifier(self) -> Digest | str:
         """What goes after ``/manifests/``: the digest when pinned (it wins over a tag), else the tag."""
         if self.digest is not None:
-            return str(self.digest)
+            return self.digest
         return self.tag or DEFAULT_TAG
 
     def with_digest(self, d: Digest) -> Reference:

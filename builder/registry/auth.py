@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import requests
 
 from builder.errors import RegistryError
-from builder.oci.canonical import json_object, json_value
+from builder.oci.canonical import json_object
 from builder.registry.challenges import grants, merge_scopes, parse_challenges
 from builder.registry.credentials import MAX_QUOTED, Credentials, scrub
 from builder.registry.options import hostname
@@ -37,6 +37,7 @@ from builder.registry.wire import (
     Deadline,
     DeadlineError,
     MiB,
+    error_body,
     follow_redirects,
     http_url,
     origin,
@@ -353,19 +354,11 @@ class Authenticator:
 
     def _server_message(self, content_type: str, body: bytes) -> str:
         """The error text an endpoint gave (distribution, OAuth2 and Docker Hub shapes), scrubbed."""
-        text = ""
-        try:
-            doc = json_value(body)
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict):
-            errors = doc.get("errors")
-            if isinstance(errors, list):
-                text = "; ".join(str(e.get("message") or e.get("code") or "") for e in errors if isinstance(e, dict))
-            for name in ("error_description", "details", "message", "error"):
-                if not text and isinstance(doc.get(name), str):
-                    text = doc[name]
-        elif "json" not in content_type and len(body) <= 1024:
+        said = error_body(body)
+        text = "; ".join(message or code for code, message in said.errors)
+        for name in ("error_description", "details", "message", "error"):
+            text = text or said.fields.get(name, "")
+        if not said.is_object and "json" not in content_type and len(body) <= 1024:
             text = body.decode(errors="replace")
         return self._scrub(" ".join(text.split()))[:MAX_QUOTED]
 

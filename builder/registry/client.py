@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import hashlib
 import io
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -47,6 +46,8 @@ SCHEMA1_TYPES = frozenset({
 })
 OCTET_STREAM = "application/octet-stream"
 Progress = Callable[[int], None]
+EventSink = Callable[[str, Digest, int], None]
+"""What push and pull report per blob and manifest: (event, digest, size)."""
 _T = TypeVar("_T")
 
 
@@ -92,28 +93,25 @@ class RegistryClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _name(self, identifier: str | Digest) -> str:
-        sep = "@" if isinstance(identifier, Digest) or ":" in identifier else ":"
-        return f"{self.ref.registry}/{self.repo}{sep}{identifier}"
+    def _name(self, identifier: Digest | str) -> str:
+        return f"{self.ref.registry}/{self.repo}{'@' if isinstance(identifier, Digest) else ':'}{identifier}"
 
     # ---- manifests -------------------------------------------------------------------------
 
-    def get_manifest(self, identifier: str | Digest) -> tuple[bytes, str, Digest]:
+    def get_manifest(self, identifier: Digest | str) -> tuple[bytes, str, Digest]:
         """(bytes, media type, digest) of a manifest or index, by tag or digest, verified.
 
         Asked by digest, the bytes must hash to it; asked by tag, they must hash to the
         registry's ``Docker-Content-Digest`` if it sends one. Schema 1 manifests are refused:
         they carry no config and no content digests for their layers.
         """
-        want = identifier if isinstance(identifier, Digest) else _as_digest(identifier)
         name = self._name(identifier)
-
         reply = self.transport.request("GET", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
                                        headers={"Accept": MANIFEST_ACCEPT}, limit=MAX_MANIFEST, what="manifest")
         raw, headers = reply.body, reply.headers
-        if want is not None:
-            _check_bytes(raw, want, f"{name}: manifest")
-            digest = want
+        if isinstance(identifier, Digest):
+            _check_bytes(raw, identifier, f"{name}: manifest")
+            digest = identifier
         else:
             digest = Digest.of(raw)
             header = _header_digest(headers)
@@ -121,7 +119,7 @@ class RegistryClient:
                 _check_bytes(raw, header, f"{name}: manifest (Docker-Content-Digest)")
         return raw, manifest_media_type(raw, headers.get("Content-Type", ""), name), digest
 
-    def manifest_digest(self, identifier: str | Digest) -> Digest | None:
+    def manifest_digest(self, identifier: Digest | str) -> Digest | None:
         """The digest the registry has under ``identifier`` (HEAD), or None if it has nothing there."""
         reply = self.transport.request("HEAD", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
                                        headers={"Accept": MANIFEST_ACCEPT}, ok=(200, 404))
@@ -129,7 +127,7 @@ class RegistryClient:
             return None
         return _header_digest(reply.headers) or (identifier if isinstance(identifier, Digest) else None)
 
-    def put_manifest(self, identifier: str | Digest, raw: bytes, media_type: str) -> Digest:
+    def put_manifest(self, identifier: Digest | str, raw: bytes, media_type: str) -> Digest:
         """Store ``raw`` exactly as given under a tag or its digest; the registry's digest must be ours."""
         digest = Digest.of(raw)
         reply = self.transport.request("PUT", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
@@ -152,7 +150,7 @@ class RegistryClient:
         must arrive within ``options.timeout`` seconds of the one before (see transport.py).
         """
         dest.parent.mkdir(parents=True, exist_ok=True)
-        name = f"{self.ref.registry}/{self.repo}@{digest}"
+        name = self._name(digest)
 
         def fetch() -> None:
             # renamed into place only after the stream ends well: a body the deadline cut short may look complete
@@ -331,22 +329,18 @@ def _int_header(reply: Reply, header: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
-def _as_digest(identifier: str) -> Digest | None:
+def _header_digest(headers: requests.structures.CaseInsensitiveDict[str]) -> Digest | None:
+    """The registry's ``Docker-Content-Digest``, or None without one (a malformed one counts as none)."""
     try:
-        return Digest.parse(identifier)
+        return Digest.parse(headers.get("Docker-Content-Digest", "").strip())
     except ValueError:
         return None
 
 
-def _header_digest(headers: requests.structures.CaseInsensitiveDict[str]) -> Digest | None:
-    value = headers.get("Docker-Content-Digest")
-    return _as_digest(value.strip()) if value else None
-
-
 def _check_bytes(data: bytes, digest: Digest, what: str) -> None:
-    actual = hashlib.new(digest.algorithm, data).hexdigest()
-    if actual != digest.hex:
-        raise IntegrityError(f"{what}: content is {digest.algorithm}:{actual}, expected {digest}")
+    actual = Digest.of(data, digest.algorithm)
+    if actual != digest:
+        raise IntegrityError(f"{what}: content is {actual}, expected {digest}")
 
 
 def manifest_media_type(raw: bytes, content_type: str, name: str) -> str:

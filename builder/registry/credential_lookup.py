@@ -18,8 +18,6 @@ key, never a value.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 from collections.abc import Mapping
@@ -30,7 +28,7 @@ from builder.errors import InputError
 from builder.oci.canonical import json_value
 from builder.oci.reference import DOCKER_HUB, DOCKER_HUB_API, LEGACY_DOCKER_HUB
 from builder.registry.credential_helpers import helper_credentials
-from builder.registry.credentials import Credentials
+from builder.registry.credentials import Credentials, decode_auth
 from builder.registry.wire import MiB, size_text
 
 #: Bytes of a credentials file (config.json, auth.json); real ones are a few KiB.
@@ -75,7 +73,7 @@ def find_credentials(registry: str, environ: Mapping[str, str] | None = None, *,
         env = {**env, "REGISTRY_AUTH_FILE": str(authfile)}
     registry = registry.lower()
     for path, named in _auth_files(env):
-        config = _load_config(path, named)
+        config = read_auth_file(path, named=named)
         if config is None:
             continue
         found = _from_config(config, path, registry, env)
@@ -84,12 +82,13 @@ def find_credentials(registry: str, environ: Mapping[str, str] | None = None, *,
     return None
 
 
-def _load_config(path: Path, named: bool) -> dict[str, Any] | None:
-    """The file's JSON object; None if it is missing or empty.
+def read_auth_file(path: Path, *, named: bool = True) -> dict[str, Any] | None:
+    """A credentials file's JSON object (for the lookup, and for a login that rewrites it); None if it
+    is missing or empty.
 
-    An unreadable default file is skipped, as docker does (a ``~/.docker/config.json`` left
-    root-owned by ``sudo docker login`` must not break anonymous pulls); one the environment names
-    is an error.
+    An unreadable default file (not ``named`` by the environment) is skipped, as docker does (a
+    ``~/.docker/config.json`` left root-owned by ``sudo docker login`` must not break anonymous
+    pulls); one the environment names is an error.
     """
     try:
         with path.open("rb") as file:
@@ -160,15 +159,10 @@ def _from_entry(entry: Any, where: str) -> Credentials | None:
             raise InputError(f"{where}: {key!r} must be a string")
     username, password = entry.get("username", ""), entry.get("password", "")
     if entry.get("auth"):
-        raw = entry["auth"].strip()
         try:
-            decoded = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True).decode("utf-8")
-        except (binascii.Error, ValueError):
-            raise InputError(f"{where}: 'auth' is not base64 of user:password") from None
-        username, sep, password = decoded.partition(":")
-        if not sep:
-            raise InputError(f"{where}: 'auth' is not base64 of user:password")
-        password = password.rstrip("\x00")
+            username, password = decode_auth(entry["auth"])
+        except ValueError as exc:
+            raise InputError(f"{where}: 'auth' is {exc}") from None
     token = entry.get("identitytoken", "")
     if not (username or password or token):
         return None

@@ -9,6 +9,7 @@ and statuses only, and text quoted from a server or a credential helper is cut t
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -42,8 +43,7 @@ class Credentials:
         secret = self.password or self.identity_token
         if not secret:
             return None
-        raw = f"{self.username}:{secret}".encode()
-        return "Basic " + base64.b64encode(raw).decode("ascii")
+        return "Basic " + encode_auth(self.username, secret)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -53,6 +53,27 @@ class Credentials:
         if basic:
             found.append(basic.split(" ", 1)[1])
         return tuple(found)
+
+
+def encode_auth(username: str, password: str) -> str:
+    """base64 of ``user:password``: HTTP Basic's encoding, and the ``auth`` field of docker's config.json."""
+    return base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+def decode_auth(value: str) -> tuple[str, str]:
+    """(user, password) of an ``auth`` field, the inverse of :func:`encode_auth`; ValueError if it is not one.
+
+    Padding may be missing and the password may end in NULs, as some tools write them.
+    """
+    raw = value.strip()
+    try:
+        decoded = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64 of user:password") from None
+    username, sep, password = decoded.partition(":")
+    if not sep:
+        raise ValueError("not base64 of user:password")
+    return username, password.rstrip("\x00")
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:

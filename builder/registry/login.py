@@ -15,18 +15,16 @@ written.
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError, OutputError
 from builder.fs.atomic import write_file
-from builder.oci.canonical import json_value
 from builder.oci.reference import Reference
 from builder.registry.client import RegistryClient
-from builder.registry.credential_lookup import MAX_AUTH_FILE, auth_files
-from builder.registry.credentials import Credentials
+from builder.registry.credential_lookup import auth_files, read_auth_file
+from builder.registry.credentials import Credentials, encode_auth
 from builder.registry.options import RegistryOptions
 
 
@@ -53,12 +51,11 @@ def check_login(registry: str, credentials: Credentials, options: RegistryOption
 def save_login(registry: str, credentials: Credentials, authfile: Path | None = None) -> Path:
     """Record ``credentials`` for ``registry``; returns the file written."""
     path = auth_file(authfile)
-    doc = _read(path)
+    doc = read_auth_file(path) or {}
     auths = doc.setdefault("auths", {})
     if not isinstance(auths, dict):
         raise InputError(f"{path}: 'auths' is not a JSON object")
-    raw = f"{credentials.username}:{credentials.password}".encode()
-    auths[registry] = {"auth": base64.b64encode(raw).decode("ascii")}
+    auths[registry] = {"auth": encode_auth(credentials.username, credentials.password)}
     _write(path, doc)
     return path
 
@@ -66,7 +63,7 @@ def save_login(registry: str, credentials: Credentials, authfile: Path | None = 
 def remove_login(registry: str | None, authfile: Path | None = None) -> tuple[Path, bool]:
     """Forget ``registry`` (None: every registry); returns the file and whether anything was there."""
     path = auth_file(authfile)
-    doc = _read(path)
+    doc = read_auth_file(path) or {}
     auths = doc.get("auths")
     if not isinstance(auths, dict) or not auths:
         return path, False
@@ -80,29 +77,6 @@ def remove_login(registry: str | None, authfile: Path | None = None) -> tuple[Pa
             del auths[key]
     _write(path, doc)
     return path, True
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_AUTH_FILE + 1)
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read credentials file ({exc.strerror})") from None
-    if len(data) > MAX_AUTH_FILE:
-        return _bad(path, "too large")
-    if not data.strip():
-        return {}
-    try:
-        doc = json_value(data)
-    except ValueError:
-        return _bad(path, "not valid JSON")
-    return doc if isinstance(doc, dict) else _bad(path, "not a JSON object")
-
-
-def _bad(path: Path, why: str) -> dict[str, Any]:
-    raise InputError(f"{path}: credentials file is {why}; fix or remove it")
 
 
 def _write(path: Path, doc: dict[str, Any]) -> None:

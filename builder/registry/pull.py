@@ -17,7 +17,7 @@ platform checked before any layer is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,8 @@ from builder.oci.manifest import index_entries, manifest_blobs
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
 from builder.oci.platform import Platform
 from builder.oci.reference import Reference
-from builder.registry.client import MAX_MANIFEST, RegistryClient, manifest_media_type, run_all
+from builder.registry.client import MAX_MANIFEST, EventSink, RegistryClient, manifest_media_type, run_all
 from builder.registry.options import RegistryOptions
-
-EventSink = Callable[[str, Digest, int], None]
 
 
 @dataclass(frozen=True)
@@ -107,18 +105,17 @@ def _top_manifest(client: RegistryClient, ref: Reference, store: BlobStore) -> t
     points at now (only asked when the store holds anything: a first pull into an empty one goes
     straight to the GET); a registry that answers no digest, or fails the HEAD, gets the GET.
     """
-    identifier = ref.identifier
-    known = _as_digest(identifier)
+    known = ref.digest
     if known is None and not store.is_empty():
         try:
-            known = client.manifest_digest(identifier)
+            known = client.manifest_digest(ref.identifier)
         except RegistryError:
             known = None
     if known is not None:
         raw = store.read(known, MAX_MANIFEST)
         if raw is not None:
             return raw, manifest_media_type(raw, "", f"{ref}"), known
-    raw, media_type, digest = client.get_manifest(identifier)
+    raw, media_type, digest = client.get_manifest(ref.identifier)
     store.put(digest, raw)
     return raw, media_type, digest
 
@@ -202,13 +199,6 @@ def _image(manifest: _Manifest, raw_config: bytes, store: BlobStore, ref: Refere
                           lambda desc, diff_id: LayerBlob(desc, diff_id, store.path(desc.digest), None, True))
     except ValueError as exc:
         raise RegistryError(f"{ref}: manifest {manifest.desc.digest}: {exc}") from exc
-
-
-def _as_digest(identifier: str) -> Digest | None:
-    try:
-        return Digest.parse(identifier)
-    except ValueError:
-        return None
 
 
 def _json(raw: bytes, what: str, limit: int) -> dict[str, Any]:

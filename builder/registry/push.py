@@ -10,17 +10,14 @@ of the same registry has can be mounted instead of uploaded (``mount_from``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from builder.errors import RegistryError
 from builder.image import Blob, Image, ImageIndex, images_of, unique_blobs
 from builder.oci.digest import Digest
 from builder.oci.reference import Reference
-from builder.registry.client import RegistryClient, run_all
+from builder.registry.client import EventSink, RegistryClient, run_all
 from builder.registry.options import RegistryOptions
-
-EventSink = Callable[[str, Digest, int], None]
 
 
 def push(

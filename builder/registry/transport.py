@@ -47,7 +47,6 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import InsecureRequestWarning
 
 from builder.errors import RegistryError
-from builder.oci.canonical import json_object
 from builder.registry.auth import Authenticator
 from builder.registry.credentials import Credentials
 from builder.registry.options import RegistryOptions
@@ -57,6 +56,7 @@ from builder.registry.wire import (
     DeadlineError,
     KiB,
     MiB,
+    error_body,
     follow_redirects,
     new_session,
     origin,
@@ -372,16 +372,10 @@ def error_detail(resp: requests.Response, limit: int = MAX_ERROR_BODY) -> str:
         return ""
     try:
         body = read_body(resp, limit, "error body", truncate=True)
-        errors = json_object(body).get("errors")
-    except (RegistryError, ValueError, requests.RequestException):
-        return ""  # a body we cannot read or parse adds nothing to the message
-    parts = []
-    for err in errors if isinstance(errors, list) else []:
-        if isinstance(err, dict):
-            text = ": ".join(str(err[k]) for k in ("code", "message") if err.get(k))
-            if text:
-                parts.append(" ".join(text.split()))
-    return "; ".join(parts)[:500]
+    except (RegistryError, requests.RequestException):
+        return ""  # a body we cannot read adds nothing to the message
+    entries = (": ".join(part for part in entry if part) for entry in error_body(body).errors)
+    return "; ".join(" ".join(text.split()) for text in entries if text)[:500]
 
 
 def _os_reason(exc: BaseException) -> str | None:

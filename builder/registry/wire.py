@@ -1,4 +1,5 @@
-"""What goes over the wire to registries and token servers: sessions, deadlines, bounded reads.
+"""What goes over the wire to registries and token servers: sessions, deadlines, bounded reads, and
+what the body of a refusal says (:func:`error_body`, for the transport and the authenticator alike).
 
 Three rules hold for every exchange, whoever makes it (transport or authenticator):
 
@@ -27,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Self
 from urllib.parse import SplitResult, urljoin, urlsplit
@@ -36,6 +38,7 @@ import requests.adapters
 
 from builder import __version__
 from builder.errors import RegistryError
+from builder.oci.canonical import json_value
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -329,6 +332,41 @@ def read_body(resp: requests.Response, limit: int, what: str, *, truncate: bool 
                 return bytes(data[:limit])
             raise RegistryError(f"{what} is more than the limit of {size_text(limit)}")
     return bytes(data)
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """What the body of a refusal says, read by one rule for the registry API and token endpoints alike.
+
+    Each words it its own way (a registry error is quoted as ``CODE: message``, a token endpoint's
+    as its message or its OAuth2 description), so the parts are kept as the server gave them.
+    """
+
+    errors: tuple[tuple[str, str], ...]
+    """(code, message) of each entry of the distribution spec's ``{"errors": [...]}``; either may be ""."""
+    fields: dict[str, str]
+    """The document's top-level strings: OAuth2's ``error``/``error_description``, Docker Hub's ``details``."""
+    is_object: bool
+    """The body is a JSON object (when it is not, it may be plain text worth quoting)."""
+
+
+def error_body(body: bytes) -> ErrorBody:
+    """The parts of an error answer's body (its JSON bounded in depth by ``json_value``); none for a body
+    that is not a JSON object."""
+    try:
+        doc = json_value(body)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        return ErrorBody((), {}, False)
+    entries = doc.get("errors")
+    errors = tuple((_said(e.get("code")), _said(e.get("message")))
+                   for e in (entries if isinstance(entries, list) else ()) if isinstance(e, dict))
+    return ErrorBody(errors, {k: v for k, v in doc.items() if isinstance(v, str)}, True)
+
+
+def _said(value: object) -> str:
+    return str(value) if value else ""
 
 
 def status_phrase(status: int) -> str:

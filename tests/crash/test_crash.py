@@ -55,7 +55,7 @@ from typing import Any
 
 import pytest
 
-from builder.sinks.lock import remove_dead_siblings
+from builder.fs.lock import remove_dead_siblings
 from tests.e2e.registry import Registry, registry_fixture, unique_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -640,7 +640,7 @@ def test_push_killed_anywhere(ctx: Path, tmp_path: Path, plain_registry: Registr
 HOLD = """\
 import sys, time
 from pathlib import Path
-from builder.sinks.lock import private_sibling
+from builder.fs.lock import private_sibling
 with private_sibling(Path(sys.argv[1]), sys.argv[2], directory=sys.argv[2] == "work"):
     print("ready", flush=True)
     time.sleep(60)

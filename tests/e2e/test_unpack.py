@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from builder.bundle import runtime_annotations, write_bundle
 from builder.errors import InputError, OutputError
 from builder.fs.users import resolve_user
 from builder.image import Image, LayerBlob
@@ -29,7 +30,6 @@ from builder.oci.digest import Digest
 from builder.oci.manifest import image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
-from builder.sinks.bundle import runtime_annotations, write_bundle
 from tests.helpers import AMD64, ARM64, FIDELITY_ENTRIES, compress, make_image, make_index
 
 from .runtimes import describe, remove_tree, run, unique_id

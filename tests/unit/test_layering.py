@@ -14,6 +14,7 @@ ALLOWED = {
     # values: the vocabulary, and images as raw bytes with the rules every reader and writer shares
     "oci": set(),
     "fs.atomic": {"oci"},  # temp files, atomic writes, regular-file reads, verified copies: for everyone below
+    "fs.lock": {"fs.atomic"},  # the layout lock, and private siblings beside OUT: for the writers of outputs
     "image": {"oci"},
     # building layers
     "layer": {"oci", "image", "fs.atomic"},
@@ -24,15 +25,16 @@ ALLOWED = {
     "confine": set(),
     "userns": set(),
     # readers and writers of on-disk formats and of registries (fs.atomic: temp files, verified copies;
-    # sinks.lock: the layout lock, private siblings)
-    "sinks": {"image", "oci", "fs"},
-    "layout": {"image", "oci", "sinks", "fs.atomic"},
-    "archive": {"image", "oci", "layer", "layout", "sinks", "fs.atomic"},  # layer: the hardened tar reader
-    "blobstore": {"oci", "fs.atomic"},
+    # fs.lock: the layout lock, private siblings)
+    "layout": {"image", "oci", "fs.atomic", "fs.lock"},
+    "archive": {"image", "oci", "layer", "layout", "fs.atomic", "fs.lock"},  # layer: the hardened tar reader
+    "blobstore": {"oci", "fs.atomic", "layout.format"},  # layout.format: the store's names are a layout's
     "registry": {"image", "oci", "blobstore", "layout", "fs.atomic"},  # layout.format: a pull reuses a layout's blobs
     # choosing among them: a base's kind, an output's format
     "base": {"image", "oci", "layout", "archive"},
     "output": {"image", "layout", "archive"},
+    # an image as a runtime bundle (fs: layers unpacked onto a directory, users resolved in it)
+    "bundle": {"image", "oci", "fs"},
     # showing an image, and a build's progress
     "inspect": {"image", "oci"},
     "progress": {"image", "oci"},

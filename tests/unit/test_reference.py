@@ -61,7 +61,7 @@ def test_str_api_host_and_identifier() -> None:
 
     pinned = Reference.parse("ghcr.io/org/img:1@" + DIGEST)
     assert str(pinned) == f"ghcr.io/org/img:1@{DIGEST}"
-    assert pinned.identifier == DIGEST  # the digest wins over the tag
+    assert pinned.identifier == Digest.parse(DIGEST)  # the digest wins over the tag, and stays a Digest
 
     only_digest = Reference.parse("ghcr.io/org/img@" + DIGEST)
     assert str(only_digest) == f"ghcr.io/org/img@{DIGEST}"
@@ -71,7 +71,7 @@ def test_with_digest_keeps_the_tag() -> None:
     ref = Reference.parse("ghcr.io/org/img:1.0")
     d = Digest.parse(DIGEST)
     pinned = ref.with_digest(d)
-    assert (pinned.tag, pinned.digest, pinned.identifier) == ("1.0", d, DIGEST)
+    assert (pinned.tag, pinned.digest, pinned.identifier) == ("1.0", d, d)
     assert ref.digest is None  # frozen: the original is untouched
     assert str(pinned) == f"ghcr.io/org/img:1.0@{DIGEST}"
 

@@ -48,7 +48,7 @@ from builder.registry.credentials import Credentials
 from builder.registry.options import RegistryOptions
 from builder.registry.pull import pull
 from builder.registry.push import push
-from builder.registry.wire import USER_AGENT
+from builder.registry.wire import USER_AGENT, ErrorBody, error_body
 from tests.helpers import AMD64, ARM64, make_image, make_index
 
 FAST = RegistryOptions(retries=3, backoff=0, timeout=10)
@@ -899,6 +899,14 @@ def test_manifest_not_matching_the_requested_digest(tmp_path: Path, registry: Fa
     registry.store_manifest("test/app", image.raw_manifest, MediaType.OCI_MANIFEST, digest=liar)
     with pytest.raises(IntegrityError, match=f"expected {liar}"):
         pull(registry.ref(f"test/app@{liar}"), tmp_path / "store", None, FAST)
+
+
+def test_error_bodies_are_read_by_one_rule() -> None:
+    """The registry API and the token endpoints read refusals alike; only their wording differs."""
+    said = error_body(b'{"errors": [{"code": "DENIED", "message": "no"}, {"code": "X"}, "junk"], "error": "e", "n": 1}')
+    assert said == ErrorBody((("DENIED", "no"), ("X", "")), {"error": "e"}, True)
+    assert error_body(b"<html>502</html>") == error_body(b"[1]") == error_body(b"\xff") == ErrorBody((), {}, False)
+    assert error_body(b"[" * 100_000).is_object is False  # nested too deep: refused before json.loads sees it
 
 
 def test_error_messages_carry_the_registry_code(tmp_path: Path, registry: FakeRegistry) -> None:

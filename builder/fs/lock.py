@@ -1,6 +1,8 @@
 """The locks that make outputs safe to share: the layout lock, and private siblings beside OUT.
 
-Temp names, atomic writes and renames are :mod:`builder.fs.atomic`'s.
+Temp names, atomic writes and renames are :mod:`builder.fs.atomic`'s. These live beside them, not
+in ``builder.layout``, because the archive writer and the build's work directory (``builder.workdir``)
+keep private siblings too.
 
 The layout lock is an ``flock`` on the directory itself (opened read-only), not a lock
 file: a lock file would be an extra entry in the layout that other tools neither expect

@@ -1,4 +1,4 @@
-"""OCI layout and archive sinks: round trips, tags, garbage collection, atomicity, concurrency, interop."""
+"""OCI layout and archive writers: round trips, tags, garbage collection, atomicity, concurrency, interop."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import pytest
 from builder.archive.docker import docker_repo_tag, write_docker_archive
 from builder.archive.oci import write_oci_archive
 from builder.errors import InputError, IntegrityError, OutputError
+from builder.fs.lock import private_sibling
 from builder.image import Image, ImageIndex
 from builder.layout.read import read_layout
 from builder.layout.write import write_layout
@@ -27,7 +28,6 @@ from builder.oci.manifest import REF_NAME, image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
 from builder.output import write_output
-from builder.sinks.lock import private_sibling
 from tests.helpers import AMD64, ARM64, OciCheck, make_image, make_index
 
 needs_skopeo = pytest.mark.needs("skopeo")

@@ -7,20 +7,21 @@ become ``annotations`` (labels win on conflicts). Everything the image does not 
 writable and there is no terminal, so ``runc run`` works without a console socket. Volumes get no
 mounts: conversion.md allows that, and the data then simply lives in the rootfs.
 
-A bundle is built in a temporary directory beside BUNDLE and renamed into place at the end, so
-a failure (a corrupt layer, an unknown user) leaves nothing half-written.
+A bundle is built in a private sibling of BUNDLE (:mod:`builder.fs.lock`: locked while in use,
+removed by the next run if its process died) and renamed into place at the end, so a failure (a
+corrupt layer, an unknown user) or a kill leaves nothing half-written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError, OutputError
 from builder.fs.apply import read_in_root, unpack_layers
+from builder.fs.lock import private_sibling
 from builder.fs.users import MAX_ACCOUNT_FILE, resolve_user
 from builder.image import Image, ImageIndex, select_image
 from builder.oci.config import DEFAULT_PATH
@@ -58,30 +59,27 @@ def write_bundle(image: Image | ImageIndex, bundle: Path, platform: Platform | N
     """Unpack ``image`` (from an index: the one for ``platform``, default the host's) into ``bundle``.
 
     ``bundle`` must not exist or be an empty directory; it is replaced by the finished bundle
-    in one rename. The bundle directory is 0700 (mkdtemp's): the rootfs holds the image's setuid
-    files and device nodes, which other local users must not reach.
+    in one rename. The bundle directory is 0700: the rootfs holds the image's setuid files and
+    device nodes, which other local users must not reach.
     """
     chosen = image if isinstance(image, Image) else select_image(image.images, platform or Platform.host(), "the index")
     _check_target(bundle)
-    try:
-        bundle.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.pybuild-unpack-", dir=bundle.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot create a bundle beside {str(bundle)!r}: {exc.strerror}") from exc
-    try:
-        rootfs = tmp / "rootfs"
-        rootfs.mkdir(mode=0o755)
-        rootfs.chmod(0o755)  # an image without a root entry still gets a usable root
-        unpack_layers(rootfs, chosen.layers)
-        config = runtime_config(chosen.config, rootfs)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        tmp.rename(bundle)  # atomic; replaces an empty directory, refuses anything else
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"cannot write bundle {str(bundle)!r}: {exc.strerror or exc}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with contextlib.ExitStack() as stack:
+        try:
+            bundle.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stack.enter_context(private_sibling(bundle, "unpack", directory=True, mode=0o700))
+        except OSError as exc:
+            raise OutputError(f"cannot create a bundle beside {str(bundle)!r}: {exc.strerror}") from exc
+        try:
+            rootfs = tmp / "rootfs"
+            rootfs.mkdir(mode=0o755)
+            rootfs.chmod(0o755)  # an image without a root entry still gets a usable root
+            unpack_layers(rootfs, chosen.layers)
+            config = runtime_config(chosen.config, rootfs)
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+            tmp.rename(bundle)  # atomic; replaces an empty directory, refuses anything else
+        except OSError as exc:
+            raise OutputError(f"cannot write bundle {str(bundle)!r}: {exc.strerror or exc}") from exc
 
 
 def _check_target(bundle: Path) -> None:
