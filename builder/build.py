@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from builder.base import load_base
-from builder.cache import LayerCache
+from builder.cache.store import LayerCache
 from builder.errors import InputError, located
 from builder.fs.apply import unpack_layers
 from builder.image import Image, ImageIndex, LayerBlob

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
-from builder.cache import CacheHit, LayerCache, step_key
+from builder.cache.keys import step_key
+from builder.cache.store import CacheHit, LayerCache
 from builder.errors import InputError, located
 from builder.fs.apply import apply_blob
 from builder.fs.scan import update_tree

@@ -33,6 +33,9 @@ ALLOWED = {
     # choosing among them: a base's kind, an output's format
     "base": {"image", "oci", "layout", "archive"},
     "output": {"image", "layout", "archive"},
+    # the layer cache: above the layers it stores (layer: the format version, the decoders of a hit's check),
+    # below the stages that use it
+    "cache": {"oci", "image", "layer", "fs.atomic"},
     # showing an image, and a build's progress
     "inspect": {"image", "oci"},
     "progress": {"image", "oci"},
