@@ -2,7 +2,7 @@
 
 Per platform: resolve the base, run the steps (:mod:`builder.stage`: each layer from the cache or
 built in one pass), then the config and the manifest. The result is an immutable
-:class:`Image` (or an :class:`ImageIndex` of several); writing it anywhere is a sink's job.
+:class:`Image` (or an :class:`ImageIndex` of several); writing it anywhere is the job of builder.output (layouts, archives) or builder.registry.push.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from builder.base import load_base
-from builder.cache import LayerCache
+from builder.cache.store import LayerCache
 from builder.errors import InputError, located
 from builder.fs.apply import unpack_layers
 from builder.image import Image, ImageIndex, LayerBlob

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
-from builder.cache import step_key
+from builder.cache.keys import step_key
 from builder.errors import InputError, located
 from builder.fs.apply import apply_blob
 from builder.fs.scan import update_tree

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder.cache import CacheHit, LayerCache
+from builder.cache.store import CacheHit, LayerCache
 from builder.image import LayerBlob
 
 if TYPE_CHECKING:  # the registry stack loads only when a build names a cache repository

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from builder.cache import LayerCache
+from builder.cache.store import LayerCache
 from builder.options import default_cache_dir
 from builder.progress import human
 

@@ -265,7 +265,7 @@ def copy_inputs(step: CopyStep, scan: CopyScan, known: Mapping[str, Digest] | No
     the link target).
 
     With ``known`` None the content digests are left out: that is the step's *shape*, known
-    without reading a file (see :meth:`builder.cache.LayerCache.knows_shape`). Otherwise they come
+    without reading a file (see :meth:`builder.cache.store.LayerCache.knows_shape`). Otherwise they come
     from ``known`` (what the layer writer hashed while it copied, by host path) or, for files not
     read yet, by hashing them now. One text line per entry, hashed: this runs for every file of
     a context, twice per build.

@@ -35,6 +35,9 @@ ALLOWED = {
     "output": {"image", "layout", "archive"},
     # an image as a runtime bundle (fs: layers unpacked onto a directory, users resolved in it)
     "bundle": {"image", "oci", "fs"},
+    # the layer cache: above the layers it stores (layer: the format version, the decoders of a hit's check),
+    # below the stages that use it
+    "cache": {"oci", "image", "layer", "fs.atomic"},
     # showing an image, and a build's progress
     "inspect": {"image", "oci"},
     "progress": {"image", "oci"},

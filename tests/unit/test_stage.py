@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import builder.stage as stagemod
-from builder.cache import LayerCache
+from builder.cache.store import LayerCache
 from builder.oci import config as cfgmod
 from builder.options import BuildOptions
 from builder.progress import NullReporter
