@@ -2,7 +2,8 @@
 
 Per platform: resolve the base, run the steps (:mod:`builder.stage`: each layer from the cache or
 built in one pass), then the config and the manifest. The result is an immutable
-:class:`Image` (or an :class:`ImageIndex` of several); writing it anywhere is the job of builder.output (layouts, archives) or builder.registry.push.
+:class:`Image` (or an :class:`ImageIndex` of several); writing it anywhere is the job of
+:mod:`builder.output` (layouts, archives) or :mod:`builder.registry.push`.
 """
 
 from __future__ import annotations
