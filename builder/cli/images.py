@@ -74,7 +74,7 @@ def open_image(text: str, stack: contextlib.ExitStack, platform: Platform | None
     return image, tag or (_only_tag(path) if kind == "oci" else None) or "latest"
 
 
-def _remote(text: str) -> Reference | None:
+def remote_image(text: str) -> Reference | None:
     """The registry image ``text`` names: ``docker://REF``, or a REF whose first component is a
     registry host, when no local path of that name exists (a mistyped directory never goes to
     Docker Hub)."""
@@ -108,7 +108,7 @@ def inspect_cmd(ref: str, as_json: bool, insecure_registry: tuple[str, ...], tls
     REF itself when it names its registry (localhost:5000/app:1, ghcr.io/org/app).
     """
     with contextlib.ExitStack() as stack:
-        remote = _remote(ref)
+        remote = remote_image(ref)
         if remote is not None:
             from builder.registry.pull import pull
 
