@@ -467,7 +467,7 @@ def warm_rebuild(bench: Bench, corpus: Corpus, repeat: int) -> dict[str, Any]:
 
 RUN_SCRIPT = "echo bench-start; echo x{n} > /etc/bench-marker; echo bench-end"
 _STEP_LINE = re.compile(r"^\[\d+/\d+\] run\b")
-_TOOK = re.compile(r"\((\d+(?:\.\d+)?)s\)\s*$")
+_TOOK = re.compile(r"built in (\d+(?:\.\d+)?)s\s*$")
 
 
 def run_phases(lines: list[tuple[float, str]], end: float) -> dict[str, float]:
