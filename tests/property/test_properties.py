@@ -68,7 +68,7 @@ from builder.recipe.model import Recipe
 from tests.helpers import AMD64, compress
 
 # The random trees of the diff round trip, and how they are made on disk and observed.
-from tests.unit.test_diff import _expected, _materialise, _mutate, _observe, a_and_b
+from tests.unit.fs.test_diff import _expected, _materialise, _mutate, _observe, a_and_b
 
 EPOCH = 2_000_000_000  # above every mtime drawn except the ones that test clamping
 
@@ -523,7 +523,7 @@ def test_any_recipe_shaped_yaml_loads_or_is_a_recipe_error(doc: dict[Any, Any], 
 # ============================================================================================
 # 4. diff -> blob (gzip, zstd) -> apply_blob onto A gives B
 #
-# tests/unit/test_diff.py checks diff -> write_tar -> apply_layer with the same trees; this goes
+# tests/unit/fs/test_diff.py checks diff -> write_tar -> apply_layer with the same trees; this goes
 # through the whole blob pipeline (the chunk queue, the compressor thread, the digests) and the
 # digest-checking apply_blob.
 
