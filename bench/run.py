@@ -329,7 +329,7 @@ def corpus_tools(bench: Bench, corpus: Corpus) -> list[Tool]:
             producer, shown = f"xz -dc {shlex.quote(str(path))}", "xz -dc"
         else:
             producer, shown = f"tar --numeric-owner -C {shlex.quote(str(path))} -cf - .", "tar"
-        floors = FLOORS
+        floors: tuple[tuple[str, str, str], ...] = FLOORS
         if source == "xz":  # what reading the tarball alone costs: no builder can go below it
             floors = (("decode", "cat", "(decode + sha256 only)"), *FLOORS)
         for comp, cmd, label in floors:

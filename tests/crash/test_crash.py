@@ -464,7 +464,7 @@ def test_layout_build_killed_anywhere(
     dest = tmp_path / "dest"
     dest.mkdir()
     out = dest / "out"
-    args = ["build", base_ctx / "new.yaml", "-o", out, "-t", "new", "-q"]
+    args: list[str | os.PathLike[str]] = ["build", base_ctx / "new.yaml", "-o", out, "-t", "new", "-q"]
 
     def fresh_run() -> list[Any]:
         reset(out, seed)
@@ -515,7 +515,8 @@ def test_archive_build_killed_anywhere(base_ctx: Path, tmp_path: Path, oci_check
     dest = tmp_path / "dest"
     dest.mkdir()
     out = dest / "out.tar"
-    args = ["build", base_ctx / "new.yaml", "-o", out, "--format", "oci-archive", "-t", "new", "-q"]
+    args: list[str | os.PathLike[str]] = [
+        "build", base_ctx / "new.yaml", "-o", out, "--format", "oci-archive", "-t", "new", "-q"]
 
     def fresh_run() -> list[Any]:
         reset(out, template)

@@ -167,7 +167,7 @@ class _Threaded:
     """Runs a ThreadingHTTPServer on 127.0.0.1:0 in a daemon thread; ``stop()`` ends it."""
 
     def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.httpd = _Server((LOOPBACK, 0), handler)
+        self.httpd: _Server | None = _Server((LOOPBACK, 0), handler)
         self.httpd.owner = self  # type: ignore[attr-defined]
         self.port = int(self.httpd.server_address[1])
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)

@@ -15,6 +15,7 @@ import os
 import platform as host_platform
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,7 +61,7 @@ def _hex(digest: str) -> str:
 
 
 @pytest.fixture
-def base(pybuild, ctx: Path, tmp_path: Path, plain_registry: Registry) -> tuple[str, dict]:
+def base(pybuild, ctx: Path, tmp_path: Path, plain_registry: Registry) -> tuple[str, dict[str, Any]]:
     """A two-layer single-manifest image pushed to the registry: (repo, its manifest)."""
     repo = unique_repo("reuse")
     (ctx / "base.yaml").write_text(BASE_RECIPE)

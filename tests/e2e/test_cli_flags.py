@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,11 +65,12 @@ config:
 """
 
 
-def skopeo_config(layout: Path, tag: str) -> dict:
-    return json.loads(skopeo("inspect", "--config", f"oci:{layout}:{tag}").stdout)
+def skopeo_config(layout: Path, tag: str) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(skopeo("inspect", "--config", f"oci:{layout}:{tag}").stdout)
+    return config
 
 
-def skopeo_manifest(layout: Path, tag: str) -> tuple[dict, str]:
+def skopeo_manifest(layout: Path, tag: str) -> tuple[dict[str, Any], str]:
     raw = skopeo("inspect", "--raw", f"oci:{layout}:{tag}").stdout
     return json.loads(raw), raw
 

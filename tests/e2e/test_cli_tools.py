@@ -51,7 +51,8 @@ def inspect(pybuild, tmp_path: Path):
     def _inspect(out: Path, tag: str | None = None) -> dict[str, Any]:
         result = pybuild("inspect", f"{out}:{tag}" if tag else str(out), "--json", cwd=tmp_path)
         assert result.returncode == 0, describe(result)
-        return json.loads(result.stdout)
+        described: dict[str, Any] = json.loads(result.stdout)
+        return described
 
     return _inspect
 
@@ -75,7 +76,8 @@ def layout_manifest(layout: Path, ref: str) -> dict[str, Any]:
     index = json.loads((layout / "index.json").read_text())
     for desc in index["manifests"]:
         if desc.get("annotations", {}).get("org.opencontainers.image.ref.name") == ref:
-            return json.loads(blob(layout, desc["digest"]))
+            manifest: dict[str, Any] = json.loads(blob(layout, desc["digest"]))
+            return manifest
     raise AssertionError(f"no {ref!r} in {layout}/index.json: {index}")
 
 
@@ -349,7 +351,7 @@ config:
 @pytest.fixture
 def fidelity_image(build, rootfs_tar, ctx: Path, tmp_path: Path, oci_check) -> Path:
     rootfs_tar(ctx / "fidelity.tar.gz", extra=FIDELITY_ENTRIES)
-    out = build(FIDELITY_RECIPE, tmp_path / "out", "-t", "fid", context=ctx)
+    out: Path = build(FIDELITY_RECIPE, tmp_path / "out", "-t", "fid", context=ctx)
     assert_oci_check(oci_check, out)
     return out
 

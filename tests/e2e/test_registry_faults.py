@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,7 +85,7 @@ def built(pybuild, ctx: Path, tmp_path: Path) -> tuple[Path, str]:
 
 
 @pytest.fixture
-def stored(plain_registry: Registry, umoci_layout: Path) -> tuple[str, str, dict]:
+def stored(plain_registry: Registry, umoci_layout: Path) -> tuple[str, str, dict[str, Any]]:
     """A skopeo-pushed image in the plain registry: (repo, manifest digest, manifest)."""
     repo = unique_repo("faults")
     digest = plain_registry.copy_in(f"oci:{umoci_layout}:v1", repo, "v1")

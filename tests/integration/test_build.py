@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def oci_check(path: Path) -> None:
 
 def rootfs_tar(path: Path) -> None:
     """A small deterministic rootfs tarball with every entry type a layer must keep."""
-    members = [
+    members: list[tuple[str, bytes, bytes | None, dict[str, Any]]] = [
         ("bin", tarfile.DIRTYPE, None, {"mode": 0o755}),
         ("bin/tool", tarfile.REGTYPE, b"#!/bin/sh\necho tool\n", {"mode": 0o4755}),
         ("bin/tool-link", tarfile.LNKTYPE, None, {"linkname": "bin/tool"}),
@@ -116,7 +117,8 @@ def build(recipe: Path, out: Path, *args: str) -> int:
 def manifest_digest(out: Path, tag: str = "1.0") -> str:
     index = json.loads((out / "index.json").read_text())
     [desc] = [m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == tag]
-    return desc["digest"]
+    digest: str = desc["digest"]
+    return digest
 
 
 def test_build_produces_a_valid_layout(tmp_path, capsys):
@@ -238,7 +240,9 @@ def test_archives_are_layouts_too(tmp_path, fmt):
         names = tf.getnames()
         assert "index.json" in names and "oci-layout" in names
         if fmt == "docker-archive":
-            manifest = json.load(tf.extractfile("manifest.json"))
+            f = tf.extractfile("manifest.json")
+            assert f is not None
+            manifest = json.load(f)
             assert manifest[0]["RepoTags"] == ["acc/app:1"]
 
 
@@ -307,7 +311,7 @@ def test_inspect_json_and_text(tmp_path, capsys):
     assert digest.split(":")[1][:12] in text
 
 
-def _tar(path: Path, members: list[tuple[str, int, bytes | None, dict]]) -> None:
+def _tar(path: Path, members: list[tuple[str, bytes, bytes | None, dict[str, Any]]]) -> None:
     with tarfile.open(path, "w") as tf:
         for name, type_, data, kw in members:
             ti = tarfile.TarInfo(name)
@@ -334,7 +338,8 @@ def test_rootfs_needing_two_passes_builds_through_the_restart(tmp_path, capsys):
         members = tf.getmembers()
         assert [m.name for m in members] == ["etc", "etc/motd"]
         assert (members[0].mode, members[0].uid) == (0o700, 7)
-        assert tf.extractfile(members[1]).read() == b"new\n"
+        f = tf.extractfile(members[1])
+        assert f is not None and f.read() == b"new\n"
 
 
 def test_truncated_rootfs_is_one_clean_error(tmp_path, capsys):
@@ -350,11 +355,12 @@ def test_truncated_rootfs_is_one_clean_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def _config(out: Path) -> dict:
+def _config(out: Path) -> dict[str, Any]:
     blobs = out / "blobs" / "sha256"
     index = json.loads((out / "index.json").read_text())
     manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
-    return json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
+    config: dict[str, Any] = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
+    return config
 
 
 @pytest.mark.parametrize(("env", "expected"), [

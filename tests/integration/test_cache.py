@@ -7,9 +7,11 @@ import os
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import builder.layer.blob
 import builder.stage
 from builder.cli import main
 
@@ -22,7 +24,7 @@ BIG = 8 << 20
 def compressions(monkeypatch):
     """Counts layer blobs written (each one is a compression pass)."""
     calls: list[int] = []
-    real = builder.stage.write_layer_blob
+    real = builder.layer.blob.write_layer_blob  # what builder.stage calls
 
     def spy(*args, **kwargs):
         calls.append(1)
@@ -32,15 +34,16 @@ def compressions(monkeypatch):
     return calls
 
 
-def build(ctx: Path, out: Path, cache: Path, *args: str, recipe: str = "recipe.yaml") -> dict:
+def build(ctx: Path, out: Path, cache: Path, *args: str, recipe: str = "recipe.yaml") -> dict[str, Any]:
     meta = out.parent / f"{out.name}.meta.json"
     code = main([str(ctx / recipe), "-o", str(out), "-q", "--cache-dir", str(cache), "--metadata-file", str(meta),
                  "--platform", "linux/amd64", *args])
     assert code == 0
-    return json.loads(meta.read_text())
+    metadata: dict[str, Any] = json.loads(meta.read_text())
+    return metadata
 
 
-def cached_flags(meta: dict) -> list[bool]:
+def cached_flags(meta: dict[str, Any]) -> list[bool]:
     return [s["cached"] for s in meta["steps"]]
 
 
@@ -228,10 +231,11 @@ def test_concurrent_builds_share_one_cache(ctx, tmp_path):
 @pytest.fixture
 def pre_reads(monkeypatch):
     """Paths of context files hashed *before* their layer is written (a second read of the context)."""
+    import builder.oci.digest
     import builder.steps.copy
 
     reads: list[str] = []
-    real = builder.steps.copy.sha256_file
+    real = builder.oci.digest.sha256_file  # what builder.steps.copy calls
 
     def spy(path, *args, **kwargs):
         reads.append(str(path))

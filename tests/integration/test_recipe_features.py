@@ -10,6 +10,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,15 +23,17 @@ def _build(ctx: Path, recipe: str, *args: str) -> tuple[int, Path]:
     return main([str(ctx / "pybuild.yaml"), "-o", str(out), "-q", *args]), out
 
 
-def _manifest(out: Path) -> dict:
+def _manifest(out: Path) -> dict[str, Any]:
     blobs = out / "blobs" / "sha256"
     idx = json.loads((out / "index.json").read_text())
-    return json.loads((blobs / idx["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    manifest: dict[str, Any] = json.loads((blobs / idx["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    return manifest
 
 
-def _config(out: Path) -> dict:
+def _config(out: Path) -> dict[str, Any]:
     blobs = out / "blobs" / "sha256"
-    return json.loads((blobs / _manifest(out)["config"]["digest"].split(":")[1]).read_bytes())
+    config: dict[str, Any] = json.loads((blobs / _manifest(out)["config"]["digest"].split(":")[1]).read_bytes())
+    return config
 
 
 def _file(out: Path, layer: int, name: str) -> bytes:

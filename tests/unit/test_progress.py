@@ -6,7 +6,6 @@ import io
 import json
 from pathlib import Path
 
-from builder import progress
 from builder.layer.entry import Entry, Kind
 from builder.layer.tarwriter import write_tar
 from builder.progress import JsonReporter, PlainReporter, headline, terminal_line
@@ -33,7 +32,7 @@ def test_plain_output_of_a_run_step_collapses_progress_bars() -> None:
 
 def test_plain_mode_reports_progress_inside_a_long_step(monkeypatch) -> None:
     clock = iter([0.0, 1.0, 6.0, 7.0, 12.0])
-    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr("builder.progress.time.monotonic", lambda: next(clock))
     out = io.StringIO()
     r = PlainReporter(out)
     r.step_started(1, 1, "copy big")

@@ -16,6 +16,7 @@ import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -440,9 +441,9 @@ def _apply_meta(root: str, tree: Tree) -> None:
             _, mode, uid, gid = inodes[spec[1]]
             _set_meta(p, mode, uid, gid)
         elif spec[0] == "symlink":
-            _set_meta(p, None, int(spec[2]), int(spec[3]))
+            _set_meta(p, None, cast(int, spec[2]), cast(int, spec[3]))
         else:
-            _set_meta(p, int(spec[1]), int(spec[2]), int(spec[3]))
+            _set_meta(p, cast(int, spec[1]), cast(int, spec[2]), cast(int, spec[3]))
 
 
 def _remove(p: str) -> None:

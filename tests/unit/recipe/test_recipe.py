@@ -26,7 +26,7 @@ from builder.recipe.model import (
     WriteStep,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "recipe.md"
+REFERENCE = Path(__file__).resolve().parents[3] / "docs" / "recipe.md"
 
 
 @pytest.fixture

@@ -167,7 +167,8 @@ def test_tree_capture_for_written_passwd(tmp_path):
     tree = FsTree()
     entry = Entry("etc/passwd", Kind.FILE, content=lambda: io.BytesIO(PASSWD))
     tree.apply([entry])
-    assert tree.get("etc").kind is Kind.DIR  # parents are implied
+    etc = tree.get("etc")
+    assert etc is not None and etc.kind is Kind.DIR  # parents are implied
 
 
 def test_safepath_resolves_and_globs_as_in_a_chroot(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from builder.errors import InputError
 from builder.fs.apply import apply_layer
-from builder.layer.entry import Entry, Kind, Opaque, Whiteout
+from builder.layer.entry import Change, Entry, Kind, Opaque, Whiteout
 from builder.layer.order import canonical
 from builder.layer.reader import read_layer
 from builder.layer.tarwriter import write_tar
@@ -23,7 +23,7 @@ def _file(path: str, data: bytes, **kw) -> Entry:
     return Entry(path, Kind.FILE, size=len(data), content=lambda: io.BytesIO(data), **kw)
 
 
-CHANGES = [
+CHANGES: list[Change] = [
     Entry("etc", Kind.DIR, 0o755, mtime=5),
     _file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n", mode=0o644, mtime=7),
     Entry("etc/link", Kind.SYMLINK, 0o777, link="/etc/passwd"),
@@ -46,7 +46,7 @@ def _tar(changes, epoch=EPOCH) -> bytes:
 
 
 def _read(data: bytes):
-    out = []
+    out: list[tuple[Change, bytes | None]] = []
     for _, change in read_layer(io.BytesIO(data), "test"):
         if isinstance(change, Entry) and change.content is not None:
             with change.content() as f:
@@ -58,7 +58,7 @@ def _read(data: bytes):
 
 def test_reading_what_the_writer_wrote_gives_the_changes_back() -> None:
     got = _read(_tar(CHANGES))
-    want = []
+    want: list[tuple[Change, bytes | None]] = []
     for c in canonical(CHANGES):
         if isinstance(c, Entry):
             data = c.content().read() if c.content else None

@@ -53,6 +53,7 @@ def run(tmp_path, members, compress=None, to="/", tree=None):
     out = []
     for change in changes.stream:
         if isinstance(change, Redo):  # the archive needs the two-pass stream: the writer starts again
+            assert changes.redo is not None
             return [_eager(c) for c in changes.redo()]
         out.append(_eager(change))
     return out

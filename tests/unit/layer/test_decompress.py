@@ -33,7 +33,7 @@ def _read_all(data: bytes, step: int = 777_777) -> bytes:
 @pytest.mark.parametrize("compress", [
     gzip.compress, lzma.compress, bz2.compress, zstandard.ZstdCompressor().compress, lambda b: b,
 ], ids=["gzip", "xz", "bzip2", "zstd", "none"])
-def test_decodes_like_the_standard_modules(compress) -> None:  # type: ignore[no-untyped-def]
+def test_decodes_like_the_standard_modules(compress) -> None:
     assert _read_all(compress(PAYLOAD)) == PAYLOAD
 
 
@@ -71,7 +71,7 @@ def test_zstd_frames_concatenated() -> None:
 
 @pytest.mark.parametrize("compress", [gzip.compress, lzma.compress, bz2.compress],
                          ids=["gzip", "xz", "bzip2"])
-def test_truncated_stream_gives_the_bytes_before_then_eoferror(compress) -> None:  # type: ignore[no-untyped-def]
+def test_truncated_stream_gives_the_bytes_before_then_eoferror(compress) -> None:
     data = compress(PAYLOAD)[: -200]
     got = bytearray()
     with pytest.raises(EOFError), open_decompressed(io.BytesIO(data)) as stream:
@@ -118,13 +118,13 @@ def test_the_decoder_runs_ahead_of_the_reader_but_boundedly() -> None:
 
 # --- multi-block xz, decoded in parallel (builder/layer/xzblocks.py) ---------------------------
 
-def _xz_file(tmp_path, data: bytes, name: str = "f.xz"):  # type: ignore[no-untyped-def]
+def _xz_file(tmp_path, data: bytes, name: str = "f.xz"):
     path = tmp_path / name
     path.write_bytes(data)
     return path
 
 
-def _decode_file(path) -> bytes:  # type: ignore[no-untyped-def]
+def _decode_file(path) -> bytes:
     out = bytearray()
     with open(path, "rb") as raw, open_decompressed(raw) as stream:
         while chunk := stream.read(1 << 20):
@@ -135,7 +135,7 @@ def _decode_file(path) -> bytes:  # type: ignore[no-untyped-def]
 PARTS = [os.urandom(1 << 20) + b"a" * (3 << 20), b"b" * 100, os.urandom(5000) * 300]
 
 
-def test_concatenated_streams_decode_in_parallel_and_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_concatenated_streams_decode_in_parallel_and_in_order(tmp_path) -> None:
     from builder.layer import xzblocks
 
     data = lzma.compress(PARTS[0]) + b"\0" * 8 + lzma.compress(PARTS[1]) + lzma.compress(PARTS[2])
@@ -152,7 +152,7 @@ def test_concatenated_streams_decode_in_parallel_and_in_order(tmp_path) -> None:
 
 
 @pytest.mark.skipif(not shutil.which("xz"), reason="xz not installed")
-def test_xz_threaded_blocks_decode_like_xz(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_xz_threaded_blocks_decode_like_xz(tmp_path) -> None:
     from builder.layer import xzblocks
 
     raw = b"".join(PARTS) * 3
@@ -164,7 +164,7 @@ def test_xz_threaded_blocks_decode_like_xz(tmp_path) -> None:  # type: ignore[no
     assert _decode_file(path) == raw
 
 
-def test_a_corrupt_block_is_an_error_after_the_blocks_before_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_corrupt_block_is_an_error_after_the_blocks_before_it(tmp_path) -> None:
     first, second = lzma.compress(PARTS[0]), bytearray(lzma.compress(PARTS[2]))
     second[len(second) // 2] ^= 0x55
     path = _xz_file(tmp_path, first + bytes(second))
@@ -175,7 +175,7 @@ def test_a_corrupt_block_is_an_error_after_the_blocks_before_it(tmp_path) -> Non
     assert bytes(got[: len(PARTS[0])]) == PARTS[0]
 
 
-def test_an_index_that_lies_about_a_size_is_an_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_index_that_lies_about_a_size_is_an_error(tmp_path) -> None:
     from builder.layer import xzblocks
 
     second = bytearray(lzma.compress(PARTS[1]))  # index: 0x00, count 1, unpadded, uncompressed=100
@@ -195,7 +195,7 @@ def test_an_index_that_lies_about_a_size_is_an_error(tmp_path) -> None:  # type:
         _decode_file(path)
 
 
-def test_truncated_or_trailing_garbage_falls_back_to_the_serial_decoder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_truncated_or_trailing_garbage_falls_back_to_the_serial_decoder(tmp_path) -> None:
     data = lzma.compress(PARTS[0]) + lzma.compress(PARTS[2])
     with pytest.raises(EOFError):
         _decode_file(_xz_file(tmp_path, data[:-100], "t.xz"))
