@@ -3,7 +3,7 @@
 Every decoder runs on a thread of its own (:class:`ReadAhead`) in large GIL-free steps, beside
 whoever parses the tar; multi-block xz files decode on every core (:mod:`builder.layer.xzblocks`).
 The bytes are exactly those of the standard modules (gzip, LZMAFile, BZ2File, zstd frames read
-across), errors included: tests/unit/test_decompress.py holds each decoder to them.
+across), errors included: tests/unit/layer/test_decompress.py holds each decoder to them.
 """
 
 from __future__ import annotations

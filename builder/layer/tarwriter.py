@@ -69,7 +69,7 @@ def _ustar(ti: tarfile.TarInfo) -> bytes | None:
 
     A byte-for-byte copy of ``TarInfo.tobuf(PAX_FORMAT)`` for the common case (ASCII names and
     links of at most 100 bytes, small numbers, no xattrs), an order of magnitude faster; anything
-    else returns None and goes through ``tarfile``. tests/unit/test_layer.py checks the equality.
+    else returns None and goes through ``tarfile``. tests/unit/layer/test_layer.py checks the equality.
     """
     if ti.pax_headers:
         return None

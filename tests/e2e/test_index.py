@@ -34,7 +34,8 @@ def _push_platform(pybuild: Any, ctx: Path, tmp_path: Path, platform: str, ref: 
     out = tmp_path / platform.replace("/", "-")
     result = pybuild(ctx / "recipe.yaml", "-o", out, "--platform", platform, "--push", ref, "-q")
     assert result.returncode == 0, describe(result)
-    return result.stdout.strip()
+    digest: str = result.stdout.strip()
+    return digest
 
 
 def test_two_runners_joined_in_a_third_repository_without_downloading_a_layer(

@@ -12,7 +12,7 @@ from builder.image import LayerBlob
 from builder.oci.descriptor import Descriptor
 from builder.oci.digest import Digest
 from builder.oci.mediatypes import MediaType
-from tests.unit.test_cache_verify import promptly
+from tests.unit.cache.test_verify import promptly
 
 
 def _layer(tmp_path: Path, content: bytes) -> LayerBlob:
