@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.cache.disk import CacheDir, mtime, read_entry, size_of, tree_size
+from builder.oci.digest import Digest
 
 
 @dataclass(frozen=True)
@@ -19,15 +20,16 @@ class CacheEntry:
     """One entry as ``pybuild cache ls`` shows it."""
 
     key: str
-    digest: str | None
-    """The layer blob's digest; None for a step that changed nothing."""
+    digest: Digest | None
+    """The layer blob's digest; None for a step that changed nothing (or an unreadable digest)."""
     size: int
     used: float
     """When a build last stored or hit it (the entry file's mtime)."""
 
     def to_json(self) -> dict[str, Any]:
         """The ``pybuild cache ls --json`` line (seconds since the epoch, whole)."""
-        return {"key": self.key, "digest": self.digest, "size": self.size, "used": int(self.used)}
+        return {"key": self.key, "digest": str(self.digest) if self.digest else None, "size": self.size,
+                "used": int(self.used)}
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,8 @@ def list_entries(cache: CacheDir) -> list[CacheEntry]:
         except (OSError, ValueError, RecursionError):
             continue
         size = entry.get("size")
-        digest = entry.get("digest")
-        out.append(CacheEntry(path.stem, str(digest) if isinstance(digest, str) else None,
-                              size if isinstance(size, int) else 0, mtime(path)))
+        out.append(CacheEntry(path.stem, _digest(entry.get("digest")), size if isinstance(size, int) else 0,
+                              mtime(path)))
     return sorted(out, key=lambda e: -e.used)
 
 
@@ -70,3 +71,10 @@ def disk_usage(cache: CacheDir) -> CacheUsage:
     store = cache.store_files()
     return CacheUsage(entries, blobs, len(mounts), sum(tree_size(p) for p in mounts),
                       len(store), sum(size_of(p) for p in store))
+
+
+def _digest(value: object) -> Digest | None:
+    try:
+        return Digest.parse(value) if isinstance(value, str) else None
+    except ValueError:
+        return None

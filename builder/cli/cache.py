@@ -90,7 +90,7 @@ def cache_ls_cmd(cache_dir: Path | None, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(entry.to_json()))
         else:
-            digest = entry.digest[:19] if entry.digest else "(no change)"
+            digest = str(entry.digest)[:19] if entry.digest else "(no change)"
             click.echo(f"{entry.key[:12]}  {digest:<19}  {human(entry.size):>10}  {_ago(now - entry.used)}")
 
 

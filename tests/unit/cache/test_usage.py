@@ -32,7 +32,7 @@ def test_ls_lists_readable_entries_most_recently_used_first(tmp_path):
     os.mkfifo(cache.entries / "fifo.json")
     listed = promptly(cache.ls)
     assert [e.key for e in listed] == ["new", "old"]
-    assert listed[1] == CacheEntry("old", str(layer.digest), 700, 1000.0)
+    assert listed[1] == CacheEntry("old", layer.digest, 700, 1000.0)
     assert (listed[0].digest, listed[0].size) == (None, 0)
     assert listed[0].used > time.time() - 60
 
