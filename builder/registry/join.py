@@ -18,21 +18,20 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from builder.errors import InputError, RegistryError
-from builder.oci.canonical import canonical_json, json_object
+from builder.oci.canonical import canonical_json
 from builder.oci.config import platform_of
 from builder.oci.descriptor import Descriptor, is_attestation
 from builder.oci.digest import Digest
-from builder.oci.manifest import image_index, manifest_blobs
+from builder.oci.manifest import image_index
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES, MediaType
 from builder.oci.platform import Platform
 from builder.oci.reference import Reference
 from builder.registry.client import RegistryClient
 from builder.registry.options import RegistryOptions
+from builder.registry.pull import index_children, parse_manifest
 
-MAX_CONFIG = 8 << 20
 EventSink = Callable[[str, Digest, int], None]
 
 
@@ -81,10 +80,8 @@ def _images(ref: Reference, options: RegistryOptions | None, scratch: Path) -> l
     with RegistryClient(ref, options) as client:
         raw, media_type, digest = client.get_manifest(ref.identifier)
         if media_type in INDEX_TYPES:
-            doc = _json(raw, f"{ref}: index")
-            children = [Descriptor.from_json(m) for m in doc.get("manifests") or []]
             out = []
-            for child in children:
+            for child in index_children(raw, ref):
                 if is_attestation(child) or child.media_type not in MANIFEST_TYPES:
                     continue
                 child_raw, child_type, _ = client.get_manifest(child.digest)
@@ -97,12 +94,8 @@ def _images(ref: Reference, options: RegistryOptions | None, scratch: Path) -> l
 
 def _image(client: RegistryClient, ref: Reference, raw: bytes, media_type: str, digest: Digest,
            scratch: Path) -> _Source:
-    try:
-        config, layers = manifest_blobs(_json(raw, f"{ref}: manifest"))
-    except ValueError as exc:
-        raise RegistryError(f"{ref}: manifest {digest.short}: {exc}") from None
-    if config.size > MAX_CONFIG:
-        raise RegistryError(f"{ref}: its config is {config.size} bytes, more than a config can be")
+    manifest = parse_manifest(Descriptor(media_type, digest, len(raw)), raw, ref)
+    config, layers = manifest.config, manifest.layers
     path = scratch / config.digest.hex
     client.fetch_blob(config.digest, config.size, path)
     platform = platform_of(json.loads(path.read_bytes()))
@@ -135,10 +128,3 @@ def _copy_into(dst: RegistryClient, image: _Source, options: RegistryOptions | N
             emit("pushed", blob.digest, blob.size)
     dst.put_manifest(image.digest, image.raw, image.media_type)
     emit("manifest", image.digest, len(image.raw))
-
-
-def _json(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        return json_object(raw)
-    except ValueError as exc:
-        raise RegistryError(f"{what}: {exc}") from None

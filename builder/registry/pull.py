@@ -38,7 +38,7 @@ from builder.registry.options import RegistryOptions
 
 
 @dataclass(frozen=True)
-class _Manifest:
+class Manifest:
     """A fetched image manifest, before its blobs are."""
 
     desc: Descriptor
@@ -74,9 +74,9 @@ def pull(
         emit("manifest", digest, len(raw))
         top = Descriptor(media_type, digest, len(raw))
         if media_type in MANIFEST_TYPES:
-            manifests = [_parse_manifest(top, raw, ref)]
+            manifests = [parse_manifest(top, raw, ref)]
         elif media_type in INDEX_TYPES:
-            children = _children(raw, ref)
+            children = index_children(raw, ref)
             if platform is not None:
                 chosen = select_platform(children, platform, ref)
                 manifests = [_fetch_manifest(client, store, chosen, ref, emit)]
@@ -120,7 +120,8 @@ def _top_manifest(client: RegistryClient, ref: Reference, store: BlobStore) -> t
     return raw, media_type, digest
 
 
-def _children(raw: bytes, ref: Reference) -> list[Descriptor]:
+def index_children(raw: bytes, ref: Reference) -> list[Descriptor]:
+    """The entries of the index ``raw`` that ``ref`` named, checked."""
     try:
         return index_entries(_json(raw, f"{ref}: index", MAX_MANIFEST))
     except ValueError as exc:
@@ -128,7 +129,7 @@ def _children(raw: bytes, ref: Reference) -> list[Descriptor]:
 
 
 def _fetch_manifest(client: RegistryClient, store: BlobStore, desc: Descriptor, ref: Reference,
-                    emit: EventSink) -> _Manifest:
+                    emit: EventSink) -> Manifest:
     """An index entry's manifest, from the store or fetched by digest; entries that are not image manifests are refused."""
     if desc.media_type not in MANIFEST_TYPES:
         raise RegistryError(f"{ref}: index entry {desc.digest} is a {desc.media_type!r}; nested indexes and "
@@ -143,10 +144,11 @@ def _fetch_manifest(client: RegistryClient, store: BlobStore, desc: Descriptor, 
     if len(raw) != desc.size:
         raise RegistryError(f"{ref}: manifest {desc.digest} has {len(raw)} bytes, the index says {desc.size}")
     emit("manifest", desc.digest, desc.size)
-    return _parse_manifest(desc, raw, ref)
+    return parse_manifest(desc, raw, ref)
 
 
-def _parse_manifest(desc: Descriptor, raw: bytes, ref: Reference) -> _Manifest:
+def parse_manifest(desc: Descriptor, raw: bytes, ref: Reference) -> Manifest:
+    """The config and layers the image manifest ``raw`` names, checked (a pull and a join read them alike)."""
     doc = _json(raw, f"{ref}: manifest {desc.digest}", MAX_MANIFEST)
     try:
         config, layers = manifest_blobs(doc)
@@ -154,7 +156,7 @@ def _parse_manifest(desc: Descriptor, raw: bytes, ref: Reference) -> _Manifest:
         raise RegistryError(f"{ref}: manifest {desc.digest}: {exc}") from exc
     if config.size > MAX_JSON:
         raise RegistryError(f"{ref}: config {config.digest} is {config.size} bytes, too large")
-    return _Manifest(desc, raw, config, layers)
+    return Manifest(desc, raw, config, layers)
 
 
 class _Blobs:
@@ -192,7 +194,7 @@ class _Blobs:
         return raw
 
 
-def _image(manifest: _Manifest, raw_config: bytes, store: BlobStore, ref: Reference) -> Image:
+def _image(manifest: Manifest, raw_config: bytes, store: BlobStore, ref: Reference) -> Image:
     """The image of a fetched manifest and config; its layers are (or will be) verified files of the store."""
     try:
         return image_from(manifest.desc, manifest.raw, raw_config,
