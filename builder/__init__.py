@@ -15,8 +15,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "build": "builder.build",
-    "BuildResult": "builder.build",
+    "build": "builder.orchestrator",
+    "BuildResult": "builder.orchestrator",
     "BuildOptions": "builder.options",
     "load_recipe": "builder.recipe",
     "work_directory": "builder.workdir",

@@ -1,6 +1,6 @@
 """One stage's steps: each step's layer comes from the cache or is built, in order.
 
-Kept apart from :mod:`builder.build` (which resolves bases and assembles configs and
+Kept apart from :mod:`builder.orchestrator` (which resolves bases and assembles configs and
 manifests) because this is where the state of a stage lives: the layer list, the metadata tree
 the file steps need, the working root filesystem the run steps need, and the cache. It knows no
 step kind: each step's handler (:mod:`builder.steps`) plans it, gives its key's inputs, and on a

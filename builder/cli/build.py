@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from builder.build import BuildResult, build, has_run_steps
 from builder.cli.options import (
     PROGRESS,
     QUIET,
@@ -29,6 +28,7 @@ from builder.cli.options import (
 from builder.errors import InputError
 from builder.layer.compress import Compression
 from builder.options import BuildOptions, epoch_from_env
+from builder.orchestrator import BuildResult, build, has_run_steps
 from builder.output import FORMATS, write_output
 from builder.progress import Reporter
 from builder.sandbox import run_in_user_namespace

@@ -1,7 +1,7 @@
 """The recipe's ``config:`` in the image config's own key names.
 
 One translation, used where a stage's or the final image's ``config:`` is merged over the base's
-(``builder/build.py``) and where a run step needs the environment the image will have
+(``builder/orchestrator.py``) and where a run step needs the environment the image will have
 (``builder/steps/run.py``), so both see the same Env.
 """
 

@@ -588,8 +588,13 @@ class Registry:
         return dict(json.loads(out))
 
     def copy_in(self, source: str, repo: str, tag: str, *extra: str) -> str:
-        """``skopeo copy SOURCE docker://REF`` (e.g. ``oci:LAYOUT:TAG``); returns the stored digest."""
-        skopeo("copy", "--dest-tls-verify=false", *self.skopeo_creds("dest"), *extra, source,
+        """``skopeo copy SOURCE docker://REF`` (e.g. ``oci:LAYOUT:TAG``); returns the stored digest.
+
+        ``--preserve-digests``: skopeo remembers the blobs it saw in every repository of a registry
+        (its blob-info cache) and would otherwise substitute another compression of a layer it
+        already knows there, rewriting the manifest: the stored image must be the source's.
+        """
+        skopeo("copy", "--preserve-digests", "--dest-tls-verify=false", *self.skopeo_creds("dest"), *extra, source,
                f"docker://{self.ref(repo, tag)}")  # fmt: skip
         return self.digest(repo, tag)
 

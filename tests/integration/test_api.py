@@ -26,6 +26,19 @@ def test_the_exported_names_are_pinned_and_all_resolve() -> None:
     assert issubclass(builder.PybuildError, Exception)
 
 
+def test_no_submodule_shadows_an_exported_name() -> None:
+    """Importing a submodule binds it as an attribute of its package: a module named like an
+    exported name (builder/build.py and builder.build) would replace the function for every user."""
+    code = ("import importlib, pkgutil, types, builder\n"
+            "for m in pkgutil.walk_packages(builder.__path__, 'builder.'):\n"
+            "    if not m.name.endswith(('sandbox.child', '__main__')): importlib.import_module(m.name)\n"
+            "bad = [n for n in builder.__all__ if isinstance(getattr(builder, n), types.ModuleType)]\n"
+            "print(bad)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stdout.strip() == "[]"
+
+
 def test_importing_builder_loads_nothing_else() -> None:
     code = "import sys, builder; print(sorted(m for m in sys.modules if m.startswith('builder')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
