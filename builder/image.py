@@ -40,6 +40,10 @@ class LayerBlob:
     path: Path
     uncompressed_size: int | None = None
     verified: bool = False
+    mount_from: str | None = None
+    """A repository of the registry the image is pushed to that holds this blob, whose bytes are not
+    at ``path`` (yet): a registry cache hit the build did not need to read. A push mounts it; a
+    reader must fetch it first (:meth:`builder.stepcache.StepCache.materialize`)."""
 
     @property
     def digest(self) -> Digest:
@@ -119,6 +123,8 @@ class Blob:
     data: bytes | None = None
     path: Path | None = None
     verified: bool = False
+    mount_from: str | None = None
+    """As :attr:`LayerBlob.mount_from`."""
 
 
 def image_from(desc: Descriptor, raw_manifest: bytes, raw_config: bytes,
@@ -186,7 +192,8 @@ def unique_blobs(images: Sequence[Image]) -> list[Blob]:
     """
     files: list[Blob] = []
     for img in images:
-        files += [Blob(layer.digest, layer.descriptor.size, None, layer.path, layer.verified) for layer in img.layers]
+        files += [Blob(layer.digest, layer.descriptor.size, None, layer.path, layer.verified, layer.mount_from)
+                  for layer in img.layers]
     configs = [Blob(img.image_id, len(img.raw_config), img.raw_config) for img in images]
     return _once([*files, *configs])
 

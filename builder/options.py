@@ -71,6 +71,9 @@ class BuildOptions:
     local cache (a tag or digest in REF is ignored: entries are tags of their own)."""
     cache_to: str | None = None
     """``--cache-to REF``: the registry repository every step's cache entry is written to."""
+    mount_into: str | None = None
+    """The registry (host) the result will be pushed to when nothing is written locally: a registry
+    cache hit on that registry is then not downloaded, the push mounts it (see builder.stepcache)."""
     reuse_layouts: tuple[Path, ...] = ()
     """OCI layouts (the CLI passes ``-o OUT``) whose blobs a registry base may be cloned from, verified,
     instead of downloaded; a path that is not a layout is ignored."""

@@ -161,14 +161,17 @@ def _needed_stages(recipe: Recipe, final: tuple[BaseRef, tuple[Step, ...]]) -> l
 class _Stages:
     """The stages built so far for one platform, and their filesystems when a copy needs them."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, cache: StepCache | None) -> None:
         self.workdir = workdir
+        self.cache = cache
         self.results: dict[str, StageResult] = {}
         self.roots: dict[str, Path] = {}
 
     def root(self, name: str) -> Path:
         if name not in self.roots:
             root = self.workdir / "stages" / name / "rootfs"
+            if self.cache is not None:
+                self.cache.materialize(self.results[name].layers)
             unpack_layers(root, self.results[name].layers)
             self.roots[name] = root
         return self.roots[name]
@@ -181,7 +184,7 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
                 reporter: Reporter, cache: StepCache | None = None) -> tuple[Image, list[StepRecord]]:
     """Build one platform's image (the stages it needs first); returns it and what each step did."""
     context = (options.context or recipe.path.parent).resolve()
-    stages = _Stages(workdir)
+    stages = _Stages(workdir, cache)
     records: list[StepRecord] = []
 
     def run(name: str, base_ref: BaseRef, steps: tuple[Step, ...]) -> tuple[Image | None, StageResult]:
@@ -317,7 +320,7 @@ def _step_cache(options: BuildOptions, reporter: Reporter) -> StepCache:
     writer = next((r for r in readers if r.write), None)
     if writer is None and options.cache_to is not None:
         writer = remote(options.cache_to, True)
-    return StepCache(local, readers, writer)
+    return StepCache(local, readers, writer, options.mount_into)
 
 
 def unused_build_args(recipe: Recipe, given: Mapping[str, str]) -> list[str]:

@@ -168,9 +168,11 @@ class _Lower:
         self._builder, self._layers, self._roots = builder, layers, roots
 
     def tree(self) -> FsTree:
+        self._builder.materialize(self._layers)
         return self._builder.tree_of(self._layers)
 
     def rootfs(self) -> Path:
+        self._builder.materialize(self._layers)
         return self._builder.workspace.sync(self._layers, self._builder.reporter)
 
     def stages(self) -> Mapping[str, Path]:
@@ -208,6 +210,11 @@ class StageBuilder:
         self.services = Services(fetch=self._fetch, secrets=options.secrets, ssh=options.ssh,
                                  cache_dir=options.cache_dir or default_cache_dir(),
                                  allow_insecure="security.insecure" in options.allow, on_output=reporter.step_output)
+
+    def materialize(self, layers: list[LayerBlob]) -> None:
+        """The bytes of lazy registry cache hits among ``layers``, before anything reads them."""
+        if self.cache is not None:
+            self.cache.materialize(layers)
 
     def tree_of(self, layers: list[LayerBlob]) -> FsTree:
         """The metadata tree of ``layers``, applying only the layers it has not seen."""

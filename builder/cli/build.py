@@ -197,6 +197,8 @@ def build_cmd(recipe: Path | None, recipe_file: Path | None, out: Path | None, f
             allow=frozenset(allow), target=target, labels=parse_kv(labels, "--label"),
             env=parse_kv(env, "--env"), annotations=parse_kv(annotations, "--annotation"),
             cache_from=cache_from, cache_to=cache_to,
+            # --push alone: registry cache hits on the push's registry are mounted by it, never downloaded
+            mount_into=push_to.registry if out is None and push_to is not None else None,
         )
         scratch = None
         if out is None:  # --push alone: the build's blobs live in a private temp dir until pushed

@@ -65,11 +65,17 @@ def _push_blob(client: RegistryClient, blob: Blob, mount_from: str | None, emit:
         source, size = blob.data, len(blob.data)
     else:
         assert blob.path is not None  # unique_blobs gives every blob its bytes or its file
-        source, size = blob.path, blob.size if blob.size is not None else blob.path.stat().st_size
+        source = blob.path
+        size = blob.size if blob.size is not None else blob.path.stat().st_size
     if client.blob_exists(blob.digest):
         emit("existing", blob.digest, size)
+    elif blob.mount_from and client.mount_blob(blob.digest, blob.mount_from):
+        emit("mounted", blob.digest, size)  # a registry cache hit that was never downloaded
     elif mount_from and mount_from != client.repo and client.mount_blob(blob.digest, mount_from):
         emit("mounted", blob.digest, size)
     else:
+        if blob.mount_from and isinstance(source, Path) and not source.exists():
+            raise RegistryError(f"{client.ref.registry}: cannot mount the cached layer {blob.digest} from "
+                                f"{blob.mount_from}, and its bytes were never downloaded")
         client.upload_blob(source, blob.digest, size)
         emit("pushed", blob.digest, size)

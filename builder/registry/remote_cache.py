@@ -193,6 +193,16 @@ class RegistryCache:
             return None
         return LayerBlob(entry.descriptor, entry.diff_id, path, entry.uncompressed_size)
 
+    def fetch(self, layer: LayerBlob) -> bool:
+        """A lazily adopted layer's bytes into its path (digest and size checked); False if that failed.
+        Unlike a lookup, asked even when the cache went off: the build cannot go on without them."""
+        try:
+            self._connect().fetch_blob(layer.digest, layer.descriptor.size, layer.path)
+            return True
+        except (PybuildError, OSError) as exc:
+            self._warn(f"warning: cache {self.name}: downloading {layer.digest.short}: {exc}")
+            return False
+
     def has(self, key: str) -> bool:
         """Whether the repository has an entry for ``key`` (False on any failure)."""
         if self.off:
@@ -213,7 +223,9 @@ class RegistryCache:
                 if not client.blob_exists(EMPTY_CONFIG.digest):
                     client.upload_blob(EMPTY_JSON, EMPTY_CONFIG.digest, EMPTY_CONFIG.size)
                 self._config_stored = True
-            if layer is not None and not client.blob_exists(layer.digest):
+            mounted = layer is not None and layer.mount_from is not None and (
+                client.blob_exists(layer.digest) or client.mount_blob(layer.digest, layer.mount_from))
+            if layer is not None and not mounted and not client.blob_exists(layer.digest):
                 client.upload_blob(layer.path, layer.digest, layer.descriptor.size)
             client.put_manifest(tag_for(key), entry_manifest(key, layer, self.layer_format), MediaType.OCI_MANIFEST)
         except (PybuildError, OSError) as exc:

@@ -57,14 +57,14 @@ def cache_ctx(ctx: Path) -> Path:
     return ctx
 
 
-def runner(tmp_path: Path, name: str, ctx: Path, *args: str, env: dict[str, str] | None = None,
+def runner(tmp_path: Path, name: str, ctx: Path, *args: str, env: dict[str, str] | None = None, out: bool = True,
            ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """A build as a fresh CI runner makes it: its own HOME, cache directory and output."""
+    """A build as a fresh CI runner makes it: its own HOME, cache directory and output (``out``)."""
     home = tmp_path / name
     home.mkdir(exist_ok=True)
     meta = home / "meta.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "builder", "build", str(ctx / "recipe.yaml"), "-o", str(home / "out"),
+        [sys.executable, "-m", "builder", "build", str(ctx / "recipe.yaml"), *(["-o", str(home / "out")] if out else []),
          "--cache-dir", str(home / "cache"), "--metadata-file", str(meta), *args],
         capture_output=True, text=True, timeout=600, check=False,
         env={**os.environ, "HOME": str(home), "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})},
@@ -202,3 +202,41 @@ def test_refused_credentials_are_a_warning_and_the_cache_works_with_them(htpassw
     c, meta_c = runner(tmp_path, "c", cache_ctx, "--cache-from", repo, "--authfile", str(authfile))
     assert c.returncode == 0, c.stderr
     assert built(meta_c) == []
+
+
+def _layer_gets(proxy: Any, digests: set[str]) -> list[str]:
+    return [r.path for r in proxy.requests if r.method == "GET" and any(d in r.path for d in digests)]
+
+
+def test_a_push_to_the_cache_registry_mounts_remote_hits_without_downloading_them(
+        plain_registry: Registry, cache_ctx: Path, tmp_path: Path, make_proxy: Any) -> None:
+    repo_path = unique_repo("cache")
+    a, meta_a = runner(tmp_path, "a", cache_ctx, "--cache-to", f"{plain_registry.host}/{repo_path}")
+    assert a.returncode == 0, a.stderr
+    layers = {s["layer"] for s in meta_a["steps"] if s["layer"]}
+    proxy = make_proxy(plain_registry)  # counts what runner B asks for
+    app = f"{proxy.host}/{unique_repo('app')}:1"
+    b, meta_b = runner(tmp_path, "b", cache_ctx, "--cache-from", f"{proxy.host}/{repo_path}", "--push", app, out=False)
+    assert b.returncode == 0, b.stderr
+    assert built(meta_b) == [] and meta_b["digest"] == meta_a["digest"]
+    assert _layer_gets(proxy, layers) == []  # not one layer downloaded: the push mounted them all
+    assert proxy.count("POST", "mount=") >= len(layers)
+    pushed = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{app}").stdout)
+    assert {layer["digest"] for layer in pushed["layers"]} == layers
+
+    # a later step that misses reads the filesystem below it: then, and only then, the layers come down
+    (cache_ctx / "recipe.yaml").write_text(RECIPE.replace('content: "ok\\n"', 'content: "changed\\n"'))
+    proxy.requests.clear()
+    c, meta_c = runner(tmp_path, "c", cache_ctx, "--cache-from", f"{proxy.host}/{repo_path}", "--push", app, out=False)
+    assert c.returncode == 0, c.stderr
+    assert built(meta_c) == [STEPS]
+    lower = {s["layer"] for s in meta_a["steps"] if s["layer"] and s["step"] < STEPS}
+    assert _layer_gets(proxy, layers - lower) == []  # the changed step's old layer is never fetched
+    assert len(_layer_gets(proxy, lower)) == len(lower)  # each lower layer once, for the write step's tree
+    layout = tmp_path / "check"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{app}", f"oci:{layout}:x")
+    bundle = tmp_path / "bundle"
+    subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:x", str(bundle)], check=True,
+                   capture_output=True)
+    assert (bundle / "rootfs" / "etc" / "done").read_text() == "changed\n"
+    assert (bundle / "rootfs" / "var" / "lib" / "app" / "state").read_text() == "mode=1\n"
