@@ -137,6 +137,7 @@ class RegistryCache:
         self._client: RegistryClient | None = None
         self.off = False
         self._config_stored = False
+        self._repository_checked = False
 
     def close(self) -> None:
         if self._client is not None:
@@ -165,6 +166,7 @@ class RegistryCache:
             client = self._connect()
             tag = tag_for(key)
             if client.manifest_digest(tag) is None:
+                self._check_repository(client)
                 return None
             raw, _, _ = client.get_manifest(tag)
             return parse_entry(raw, key, self.layer_format)
@@ -174,6 +176,16 @@ class RegistryCache:
         except (PybuildError, OSError) as exc:
             self._failed(f"reading entry {key[:12]}", exc)
             return None
+
+    def _check_repository(self, client: RegistryClient) -> None:
+        """On the first miss, whether the repository exists at all: a mistyped --cache-from would
+        otherwise be a silent cold build. Not an error: the first --cache-to creates it."""
+        if self._repository_checked:
+            return
+        self._repository_checked = True
+        reply = client.transport.request("GET", f"{client.repo}/tags/list", scopes=client.scopes, ok=(200, 404))
+        if reply.status == 404:
+            self._warn(f"warning: cache {self.name}: no such repository (yet): every step is a miss")
 
     def download(self, entry: RemoteEntry, dest: Path) -> bool:
         """The entry's layer blob into ``dest``, its digest and size checked; False (warned) if not."""

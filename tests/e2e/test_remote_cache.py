@@ -240,3 +240,13 @@ def test_a_push_to_the_cache_registry_mounts_remote_hits_without_downloading_the
                    capture_output=True)
     assert (bundle / "rootfs" / "etc" / "done").read_text() == "changed\n"
     assert (bundle / "rootfs" / "var" / "lib" / "app" / "state").read_text() == "mode=1\n"
+
+
+def test_a_missing_repository_is_one_warning_and_a_cold_build(plain_registry: Registry, cache_ctx: Path,
+                                                               tmp_path: Path) -> None:
+    repo = f"{plain_registry.host}/{unique_repo('nothing')}"
+    b, meta_b = runner(tmp_path, "b", cache_ctx, "--cache-from", repo)
+    assert b.returncode == 0, b.stderr
+    assert len(built(meta_b)) == STEPS
+    warnings = [line for line in b.stderr.splitlines() if line.startswith("warning: cache")]
+    assert warnings == [f"warning: cache {repo}: no such repository (yet): every step is a miss"], b.stderr
