@@ -14,14 +14,13 @@ corrupt layer, an unknown user) or a kill leaves nothing half-written.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 from builder.errors import InputError, OutputError
 from builder.fs.apply import read_in_root, unpack_layers
-from builder.fs.lock import private_sibling
+from builder.fs.lock import private_directory
 from builder.fs.users import MAX_ACCOUNT_FILE, resolve_user
 from builder.image import Image, ImageIndex, select_image
 from builder.oci.config import DEFAULT_PATH
@@ -64,12 +63,7 @@ def write_bundle(image: Image | ImageIndex, bundle: Path, platform: Platform | N
     """
     chosen = image if isinstance(image, Image) else select_image(image.images, platform or Platform.host(), "the index")
     _check_target(bundle)
-    with contextlib.ExitStack() as stack:
-        try:
-            bundle.parent.mkdir(parents=True, exist_ok=True)
-            tmp = stack.enter_context(private_sibling(bundle, "unpack", directory=True, mode=0o700))
-        except OSError as exc:
-            raise OutputError(f"cannot create a bundle beside {str(bundle)!r}: {exc.strerror}") from exc
+    with private_directory(bundle, "unpack", "a bundle") as tmp:
         try:
             rootfs = tmp / "rootfs"
             rootfs.mkdir(mode=0o755)

@@ -13,17 +13,11 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from builder.errors import OutputError
-from builder.fs.lock import private_sibling
+from builder.fs.lock import private_directory
 
 
 @contextlib.contextmanager
 def work_directory(out: Path) -> Iterator[Path]:
     """A locked, private work directory beside ``out``; removed when the build ends, however it ends."""
-    with contextlib.ExitStack() as stack:
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            path = stack.enter_context(private_sibling(out, "work", directory=True, mode=0o700))
-        except OSError as exc:
-            raise OutputError(f"cannot create a work directory next to {str(out)!r}: {exc.strerror}") from exc
+    with private_directory(out, "work", "a work directory") as path:
         yield path

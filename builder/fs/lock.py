@@ -147,3 +147,16 @@ def private_sibling(out: Path, kind: str, *, directory: bool, mode: int = 0o777)
             _remove(path)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def private_directory(out: Path, kind: str, what: str) -> Iterator[Path]:
+    """A private (0700) :func:`private_sibling` directory of ``out``, its parents made first; a
+    failure to make it is an OutputError naming ``what`` (``a work directory``, ``a bundle``)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            path = stack.enter_context(private_sibling(out, kind, directory=True, mode=0o700))
+        except OSError as exc:
+            raise OutputError(f"cannot create {what} beside {str(out)!r}: {exc.strerror}") from exc
+        yield path
