@@ -17,14 +17,14 @@ from builder.base import load_base
 from builder.cache.store import LayerCache
 from builder.errors import InputError, located
 from builder.fs.apply import unpack_layers
-from builder.image import Image, ImageIndex, LayerBlob
+from builder.image import Image, ImageIndex, LayerBlob, images_of
 from builder.inspect import describe
 from builder.layer.blob import write_layer_blob
 from builder.layer.tarwriter import LayerTarWriter
 from builder.oci import config as cfgmod
 from builder.oci.canonical import canonical_json
 from builder.oci.descriptor import Descriptor
-from builder.oci.digest import Digest
+from builder.oci.digest import Digest, sha256_file
 from builder.oci.manifest import BASE_DIGEST, BASE_NAME, image_index, image_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.platform import Platform
@@ -47,6 +47,26 @@ class BuildResult:
     steps: tuple[tuple[Platform, tuple[StepRecord, ...]], ...] = ()
     base_reference: str | None = None
     """The final image's registry base, as written (a push to the same registry can mount its layers)."""
+    materials: tuple[tuple[tuple[str, Digest], ...], ...] = ()
+    """Per platform (in ``steps``' order): the bases and what every step read from outside the recipe."""
+    recipe: Path | None = None
+    args: tuple[tuple[str, str], ...] = ()
+    """The build args the recipe declares, as given (the provenance's parameters)."""
+    epoch: int = 0
+    target: str | None = None
+
+    def provenance(self, platform_index: int = 0) -> bytes:
+        """The in-toto/SLSA provenance statement of one platform's image (see builder.attest)."""
+        from builder import __version__
+        from builder.attest.provenance import Material, statement
+
+        platform, _ = self.steps[platform_index]
+        image = images_of(self.result)[platform_index]
+        assert self.recipe is not None
+        return statement(subject_name=self.tag, subject=image.digest, recipe=self.recipe,
+                         recipe_digest=sha256_file(self.recipe)[0], args=dict(self.args), platform=platform,
+                         epoch=self.epoch, version=__version__, target=self.target,
+                         materials=[Material(uri, d) for uri, d in self.materials[platform_index]])
 
     @property
     def cache_hits(self) -> int:
@@ -181,8 +201,13 @@ class _Stages:
 
 
 def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workdir: Path,
-                reporter: Reporter, cache: StepCache | None = None) -> tuple[Image, list[StepRecord]]:
-    """Build one platform's image (the stages it needs first); returns it and what each step did."""
+                reporter: Reporter, cache: StepCache | None = None,
+                bases: list[tuple[str, Digest]] | None = None) -> tuple[Image, list[StepRecord]]:
+    """Build one platform's image (the stages it needs first); returns it and what each step did.
+
+    ``bases`` gets each base image read from outside the build (a registry, a layout, an archive)
+    and its digest: the build's provenance names them.
+    """
     context = (options.context or recipe.path.parent).resolve()
     stages = _Stages(workdir, cache)
     records: list[StepRecord] = []
@@ -196,6 +221,9 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
             base, layers, config = None, list(upstream.layers), dict(upstream.config)
         else:
             base = _load_base(base_ref, context, built_for, here / "base", options, reporter)
+            if base is not None and bases is not None:
+                where = f"docker://{base_ref.value}" if base_ref.kind == "registry" else f"{base_ref.kind}:{base_ref.value}"
+                bases.append((where, base.digest))
             layers = list(base.layers) if base else []
             config = dict(base.config) if base else cfgmod.empty_config(built_for)
         builder = StageBuilder(recipe, built_for, options, context, here, reporter, cache, name=name, stages=stages)
@@ -279,23 +307,30 @@ def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = 
     cache = _step_cache(options, reporter)
     images: list[Image] = []
     steps: list[tuple[Platform, tuple[StepRecord, ...]]] = []
+    materials: list[tuple[tuple[str, Digest], ...]] = []
     try:
         for n, platform in enumerate(platforms):
             builtins = _builtin_args(platform)
             recipe = recipe_for(source, options.build_args, builtins)
             if len(platforms) > 1:
                 reporter.message(f"== {platform}")
-            image, records = build_image(recipe, platform, options, options.workdir / f"p{n}", reporter, cache)
+            bases: list[tuple[str, Digest]] = []
+            image, records = build_image(recipe, platform, options, options.workdir / f"p{n}", reporter, cache,
+                                         bases)
             images.append(image)
             steps.append((platform, tuple(records)))
+            materials.append(tuple(bases) + tuple(m for r in records for m in r.materials))
     finally:
         cache.close()
     tag = options.tag or first.tag or "latest"
     base_ref = first.base.value if first.base.kind == "registry" else None
-    if len(images) == 1:
-        return BuildResult(images[0], tag, tuple(steps), base_ref)
-    raw_index = canonical_json(image_index([img.descriptor() for img in images]))
-    return BuildResult(ImageIndex(raw_index, tuple(images)), tag, tuple(steps), base_ref)
+    declared = first.declared_args.union(*(stage.declared_args for stage in first.stages.values()))
+    args = tuple(sorted((k, v) for k, v in options.build_args.items() if k in declared))
+    result: Image | ImageIndex = images[0]
+    if len(images) > 1:
+        result = ImageIndex(canonical_json(image_index([img.descriptor() for img in images])), tuple(images))
+    return BuildResult(result, tag, tuple(steps), base_ref, tuple(materials), recipe_path, args, options.epoch,
+                       options.target)
 
 
 def _step_cache(options: BuildOptions, reporter: Reporter) -> StepCache:

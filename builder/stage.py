@@ -62,6 +62,8 @@ class StepRecord:
     """Which cache the layer came from: ``local``, a cache repository's name, or "" (built)."""
     remote: str = ""
     """``hit`` or ``miss`` when the step was looked up in a cache repository, else ""."""
+    materials: tuple[tuple[str, Digest], ...] = ()
+    """What the step read from outside the recipe (:meth:`builder.steps.StepPlan.materials`)."""
 
 
 class _Workspace:
@@ -296,7 +298,9 @@ class StageBuilder:
             self.reporter.step_done(blob, cached=found is not None, source=source)
             remote = "" if self.cache is None or not self.cache.has_remotes or source == "local" else (
                 "hit" if source else "miss")
-            result.records.append(StepRecord(i, title, blob, found is not None, self.name, source, remote))
+            with located(step.where):
+                materials = tuple(plan.materials())
+            result.records.append(StepRecord(i, title, blob, found is not None, self.name, source, remote, materials))
             if blob is not None:
                 result.layers.append(blob)
             result.config = cfgmod.append_layer(result.config, blob.diff_id if blob else None, created, title)

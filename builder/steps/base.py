@@ -134,6 +134,11 @@ class StepPlan(Protocol):
         """The layer's changes on top of ``lower``."""
         ...
 
+    def materials(self) -> list[tuple[str, Digest]]:
+        """What the step read from outside the recipe, by name and content digest (for the build's
+        provenance): a tarball, a downloaded file, the context files a copy read."""
+        ...
+
 
 S_contra = TypeVar("S_contra", bound=Step, contravariant=True)
 
@@ -217,9 +222,14 @@ class TreePlan:
     make: Callable[[StepContext], Iterable[Change]]
     stages: tuple[str, ...] = ()
     reads_contents: bool = False
+    read: tuple[tuple[str, Digest], ...] = ()
+    """The step's materials (a ``fetch:`` URL and the sha256 the recipe gives it)."""
 
     def inputs(self, known: Mapping[str, Digest] | None) -> dict[str, Any]:
         return {}
+
+    def materials(self) -> list[tuple[str, Digest]]:
+        return list(self.read)
 
     def changes(self, lower: Lower) -> Changes:
         return Changes(iter(self.make(file_context(self.scope, lower))))

@@ -336,6 +336,9 @@ class _StagePlan:
     def inputs(self, known: object) -> dict[str, Any]:
         return {"stage": [str(d) for d in self.scope.stage_chains.get(self.stages[0], ())]}
 
+    def materials(self) -> list[tuple[str, Digest]]:
+        return []  # the stage's own layers: made by this build, not read from outside it
+
     def changes(self, lower: Lower) -> Changes:
         return Changes(iter(copy_changes(self.step, file_context(self.scope, lower))))
 
@@ -349,9 +352,20 @@ class _ContextPlan:
     scan: CopyScan
     stages: tuple[str, ...] = ()
     reads_contents: bool = True
+    read: Digest | None = None
+    """The digest of what the copy read (every file's path, mode and content), once known."""
 
     def inputs(self, known: Mapping[str, Digest] | None) -> dict[str, Any]:
-        return {"files": copy_inputs(self.step, self.scan, known)}
+        files = copy_inputs(self.step, self.scan, known)
+        if known is not None:
+            self.read = Digest.parse(files)
+        return {"files": files}
+
+    def materials(self) -> list[tuple[str, Digest]]:
+        if self.read is None:
+            self.inputs({})
+        assert self.read is not None
+        return [(f"context:{','.join(self.step.sources)}", self.read)]
 
     def changes(self, lower: Lower) -> Changes:
         return Changes(iter(copy_changes(self.step, file_context(self.scope, lower), self.scan)))

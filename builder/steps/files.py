@@ -104,7 +104,7 @@ class FetchHandler(FileHandler):
         return f"pybuild fetch {step.url} sha256:{step.sha256} {step.to}"
 
     def plan(self, step: FetchStep, scope: Scope) -> StepPlan:
-        return TreePlan(scope, lambda ctx: fetch_changes(step, ctx))
+        return TreePlan(scope, lambda ctx: fetch_changes(step, ctx), read=((step.url, Digest("sha256", step.sha256)),))
 
 
 class MkdirHandler(FileHandler):

@@ -34,7 +34,7 @@ from builder.layer.decompress import open_decompressed
 from builder.layer.entry import Change, Entry, Kind, canon, is_whiteout_name, parents
 from builder.layer.reader import READ_ERRORS, entry_of, with_content
 from builder.layer.tarstream import tar_members
-from builder.oci.digest import sha256_file
+from builder.oci.digest import Digest, sha256_file
 from builder.recipe.model import RootfsStep
 from builder.steps.base import REDO, Changes, FileHandler, Lower, Redo, Scope, StepContext, StepPlan, file_context
 
@@ -127,9 +127,18 @@ class _RootfsPlan:
     stages: tuple[str, ...] = ()
     reads_contents: bool = False
 
+    digest: Digest | None = None
+
     def inputs(self, known: object) -> dict[str, str]:
         """The tarball's content digest (its name and mtime do not matter)."""
-        return {"sha256": str(sha256_file(_tarball(self.step, self.scope.context))[0])}
+        if self.digest is None:
+            self.digest = sha256_file(_tarball(self.step, self.scope.context))[0]
+        return {"sha256": str(self.digest)}
+
+    def materials(self) -> list[tuple[str, Digest]]:
+        self.inputs(None)
+        assert self.digest is not None
+        return [(f"context:{self.step.source}", self.digest)]
 
     def changes(self, lower: Lower) -> Changes:
         return rootfs_changes(self.step, file_context(self.scope, lower))

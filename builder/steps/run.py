@@ -25,6 +25,7 @@ from builder.fs.users import resolve_user
 from builder.layer.entry import Change, Entry, canon
 from builder.oci import config as cfgmod
 from builder.oci.config import DEFAULT_PATH
+from builder.oci.digest import Digest
 from builder.oci.platform import Platform
 from builder.recipe.model import RunStep
 from builder.recipe.runtime import runtime_spec
@@ -210,6 +211,15 @@ class _RunPlan:
         if any(m.kind == "bind" for m in self.step.mounts):
             inputs["binds"] = bind_inputs(self.step, self.scope.context, self.scope.stage_chains)
         return inputs
+
+    def materials(self) -> list[tuple[str, Digest]]:
+        """Each bind mount from the context, by the digest of what it shows the command."""
+        context = [m for m in self.step.mounts if m.kind == "bind" and m.from_stage is None]
+        if not context:
+            return []
+        named = [[m.source, m.value] for m in context]
+        rows = [r for r in bind_inputs(self.step, self.scope.context, self.scope.stage_chains) if r[:2] in named]
+        return [(f"context:{r[0]}", Digest.of("\n".join(r).encode("utf-8", "surrogateescape"))) for r in rows]
 
     def changes(self, lower: Lower) -> Changes:
         rc = RunContext(rootfs=lower.rootfs(), platform=self.scope.platform, epoch=self.scope.epoch, env=self.env,
