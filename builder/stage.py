@@ -55,7 +55,6 @@ class StepRecord:
     index: int
     created_by: str
     layer: LayerBlob | None
-    cached: bool
     stage: str = ""
     """The named stage the step belongs to ("" for the final image's steps)."""
     source: str = ""
@@ -64,6 +63,11 @@ class StepRecord:
     """``hit`` or ``miss`` when the step was looked up in a cache repository, else ""."""
     materials: tuple[tuple[str, Digest], ...] = ()
     """What the step read from outside the recipe (:meth:`builder.steps.StepPlan.materials`)."""
+
+    @property
+    def cached(self) -> bool:
+        """The layer came from a cache (``source`` names which)."""
+        return bool(self.source)
 
 
 class _Workspace:
@@ -300,7 +304,7 @@ class StageBuilder:
                 "hit" if source else "miss")
             with located(step.where):
                 materials = tuple(plan.materials())
-            result.records.append(StepRecord(i, title, blob, found is not None, self.name, source, remote, materials))
+            result.records.append(StepRecord(i, title, blob, self.name, source, remote, materials))
             if blob is not None:
                 result.layers.append(blob)
             result.config = cfgmod.append_layer(result.config, blob.diff_id if blob else None, created, title)

@@ -78,10 +78,8 @@ class StepCache:
                     return Found(CacheHit(dataclasses.replace(lazy, mount_from=remote.ref.repository)), remote.name)
             path = workdir / f"remote-{key}"
             try:
-                if not remote.download(entry, path):
-                    continue
                 blob = remote.adopt(entry, path)
-                if blob is None:
+                if blob is None or not remote.fetch(blob):
                     continue
                 self.local.put(key, blob)
             finally:

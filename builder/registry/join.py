@@ -13,14 +13,14 @@ runtime would pick one of them arbitrarily.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import InputError, RegistryError
-from builder.oci.canonical import canonical_json
+from builder.oci.canonical import canonical_json, json_object
 from builder.oci.config import platform_of
 from builder.oci.descriptor import Descriptor, is_attestation
 from builder.oci.digest import Digest
@@ -98,7 +98,10 @@ def _image(client: RegistryClient, ref: Reference, raw: bytes, media_type: str, 
     config, layers = manifest.config, manifest.layers
     path = scratch / config.digest.hex
     client.fetch_blob(config.digest, config.size, path)
-    platform = platform_of(json.loads(path.read_bytes()))
+    try:
+        platform = platform_of(json_object(path.read_bytes()))
+    except ValueError as exc:
+        raise RegistryError(f"{ref}: config {config.digest.short}: {exc}") from None
     if not platform.os or not platform.architecture:
         raise InputError(f"{ref}: its config names no platform (os and architecture)")
     return _Source(ref, raw, media_type, digest, (config, *layers), platform)
@@ -112,19 +115,21 @@ def _copy_into(dst: RegistryClient, image: _Source, options: RegistryOptions | N
     if same_repo or dst.manifest_digest(image.digest) == image.digest:
         emit("existing", image.digest, len(image.raw))
         return
-    for blob in image.blobs:
-        if dst.blob_exists(blob.digest):
-            emit("existing", blob.digest, blob.size)
-        elif image.ref.registry == dst.ref.registry and dst.mount_blob(blob.digest, image.ref.repository):
-            emit("mounted", blob.digest, blob.size)
-        else:  # another registry: streamed through a temp file, one blob at a time
-            path = scratch / f"copy-{blob.digest.hex}"
-            with RegistryClient(image.ref, options) as src:
+    with contextlib.ExitStack() as stack:
+        src: RegistryClient | None = None
+        for blob in image.blobs:
+            if dst.blob_exists(blob.digest):
+                emit("existing", blob.digest, blob.size)
+            elif image.ref.registry == dst.ref.registry and dst.mount_blob(blob.digest, image.ref.repository):
+                emit("mounted", blob.digest, blob.size)
+            else:  # another registry: streamed through a temp file, one blob at a time
+                src = src or stack.enter_context(RegistryClient(image.ref, options))
+                path = scratch / f"copy-{blob.digest.hex}"
                 src.fetch_blob(blob.digest, blob.size, path)
-            try:
-                dst.upload_blob(path, blob.digest, blob.size)
-            finally:
-                path.unlink(missing_ok=True)
-            emit("pushed", blob.digest, blob.size)
+                try:
+                    dst.upload_blob(path, blob.digest, blob.size)
+                finally:
+                    path.unlink(missing_ok=True)
+                emit("pushed", blob.digest, blob.size)
     dst.put_manifest(image.digest, image.raw, image.media_type)
     emit("manifest", image.digest, len(image.raw))

@@ -24,7 +24,6 @@ so a build whose cache registry went away costs one timeout, not one per step.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 from builder.errors import PybuildError
 from builder.image import LayerBlob
-from builder.oci.canonical import canonical_json
+from builder.oci.canonical import canonical_json, json_object
 from builder.oci.descriptor import Descriptor
 from builder.oci.digest import Digest
 from builder.oci.mediatypes import MediaType
@@ -94,10 +93,8 @@ def entry_manifest(key: str, layer: LayerBlob | None, layer_format: int) -> byte
 
 def parse_entry(raw: bytes, key: str, layer_format: int) -> RemoteEntry:
     """The entry ``raw`` describes, if it is an entry of this format for ``key``; ValueError if not."""
-    if len(raw) > MAX_ENTRY:
-        raise ValueError("too large to be a cache entry")
-    doc = json.loads(raw)
-    if not isinstance(doc, dict) or doc.get("artifactType") != ARTIFACT_TYPE:
+    doc = json_object(raw, limit=MAX_ENTRY)
+    if doc.get("artifactType") != ARTIFACT_TYPE:
         raise ValueError("not a pybuild cache entry")
     notes = doc.get("annotations")
     if not isinstance(notes, dict) or notes.get(A_KEY) != key:
@@ -187,27 +184,16 @@ class RegistryCache:
         if reply.status == 404:
             self._warn(f"warning: cache {self.name}: no such repository (yet): every step is a miss")
 
-    def download(self, entry: RemoteEntry, dest: Path) -> bool:
-        """The entry's layer blob into ``dest``, its digest and size checked; False (warned) if not."""
-        if self.off or entry.descriptor is None:
-            return False
-        try:
-            self._connect().fetch_blob(entry.descriptor.digest, entry.descriptor.size, dest)
-            return True
-        except (PybuildError, OSError) as exc:
-            self._failed(f"downloading {entry.descriptor.digest.short}", ValueError(str(exc)))
-            return False
-
     def adopt(self, entry: RemoteEntry, path: Path) -> LayerBlob | None:
-        """The downloaded blob at ``path`` as the layer the entry describes (its diff_id is checked
-        when the local cache reads it back)."""
+        """The layer the entry describes, its bytes to be at ``path`` (:meth:`fetch`); its diff_id is
+        checked when the local cache reads it back, or when it is applied."""
         if entry.descriptor is None or entry.diff_id is None:
             return None
         return LayerBlob(entry.descriptor, entry.diff_id, path, entry.uncompressed_size)
 
     def fetch(self, layer: LayerBlob) -> bool:
-        """A lazily adopted layer's bytes into its path (digest and size checked); False if that failed.
-        Unlike a lookup, asked even when the cache went off: the build cannot go on without them."""
+        """An adopted layer's bytes into its path (digest and size checked); False (warned) if that
+        failed. Asked even when the cache went off: a lazy layer's build cannot go on without them."""
         try:
             self._connect().fetch_blob(layer.digest, layer.descriptor.size, layer.path)
             return True
