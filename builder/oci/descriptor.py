@@ -20,6 +20,9 @@ class Descriptor:
     size: int
     annotations: Mapping[str, str] = field(default_factory=dict)
     platform: Platform | None = None
+    artifact_type: str | None = None
+    """An artifact manifest's ``artifactType`` (image-spec 1.1), repeated in the descriptors that
+    point to it (an index, a referrers list) so a reader can choose without fetching."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
@@ -27,6 +30,8 @@ class Descriptor:
             out["annotations"] = dict(self.annotations)
         if self.platform is not None:
             out["platform"] = self.platform.to_json()
+        if self.artifact_type is not None:
+            out["artifactType"] = self.artifact_type
         return out
 
     @classmethod
@@ -45,10 +50,12 @@ class Descriptor:
             size=size,
             annotations={str(k): str(v) for k, v in annotations.items()},
             platform=Platform.from_json(plat) if isinstance(plat, dict) else None,
+            artifact_type=str(obj["artifactType"]) if obj.get("artifactType") is not None else None,
         )
 
     def with_annotations(self, annotations: Mapping[str, str]) -> Descriptor:
-        return Descriptor(self.media_type, self.digest, self.size, dict(annotations), self.platform)
+        return Descriptor(self.media_type, self.digest, self.size, dict(annotations), self.platform,
+                          self.artifact_type)
 
 
 def is_attestation(desc: Descriptor) -> bool:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from builder.oci.descriptor import Descriptor
+from builder.oci.digest import Digest
 from builder.oci.mediatypes import MediaType
 
 REF_NAME = "org.opencontainers.image.ref.name"
 BASE_NAME = "org.opencontainers.image.base.name"
 BASE_DIGEST = "org.opencontainers.image.base.digest"
+CREATED = "org.opencontainers.image.created"
+
+EMPTY_JSON = b"{}"
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_CONFIG = Descriptor(EMPTY_TYPE, Digest.of(EMPTY_JSON), len(EMPTY_JSON))
+"""The config of an artifact that has none (image-spec 1.1 manifest.md, "Guidelines for artifact usage")."""
 
 
 def image_manifest(
@@ -25,6 +33,18 @@ def image_manifest(
     }
     if annotations:
         out["annotations"] = dict(annotations)
+    return out
+
+
+def artifact_manifest(artifact_type: str, layers: Sequence[Descriptor], annotations: Mapping[str, str] | None = None,
+                      subject: Descriptor | None = None) -> dict[str, Any]:
+    """An artifact manifest (image-spec 1.1): an image manifest with ``artifactType``, the empty config
+    (its two bytes inline as ``data``, so a reader need not fetch them) and, for a referrer, a ``subject``."""
+    out = image_manifest(EMPTY_CONFIG, layers, annotations)
+    out["config"]["data"] = base64.b64encode(EMPTY_JSON).decode()
+    out["artifactType"] = artifact_type
+    if subject is not None:
+        out["subject"] = Descriptor(subject.media_type, subject.digest, subject.size).to_json()
     return out
 
 

@@ -23,17 +23,16 @@ so a build whose cache registry went away costs one timeout, not one per step.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from builder.errors import PybuildError
 from builder.image import LayerBlob
 from builder.oci.canonical import canonical_json, json_object
 from builder.oci.descriptor import Descriptor
 from builder.oci.digest import Digest
+from builder.oci.manifest import EMPTY_CONFIG, EMPTY_JSON, artifact_manifest
 from builder.oci.mediatypes import MediaType
 from builder.oci.reference import Reference
 from builder.registry.client import RegistryClient
@@ -43,9 +42,6 @@ ARTIFACT_TYPE = "application/vnd.pybuild.cache.layer.v1"
 FORMAT = "1"
 """The entry format: bump it when the manifest's shape or annotations change meaning."""
 TAG_PREFIX = "pybuild-cache-"
-EMPTY_JSON = b"{}"
-EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
-EMPTY_CONFIG = Descriptor(EMPTY_TYPE, Digest.of(EMPTY_JSON), len(EMPTY_JSON))
 MAX_ENTRY = 64 << 10
 """An entry manifest is a few hundred bytes: anything much larger is not one of ours."""
 LAYER_TYPES = frozenset({MediaType.OCI_LAYER, MediaType.OCI_LAYER_GZIP, MediaType.OCI_LAYER_ZSTD})
@@ -73,22 +69,14 @@ class RemoteEntry:
 
 def entry_manifest(key: str, layer: LayerBlob | None, layer_format: int) -> bytes:
     """The manifest bytes of the entry for ``key``."""
-    layers: list[dict[str, Any]] = []
+    layers: list[Descriptor] = []
     if layer is not None:
         annotations = {A_DIFF_ID: str(layer.diff_id)}
         if layer.uncompressed_size is not None:
             annotations[A_UNCOMPRESSED] = str(layer.uncompressed_size)
-        layers.append(Descriptor(layer.descriptor.media_type, layer.digest, layer.descriptor.size,
-                                 annotations).to_json())
-    config = {**EMPTY_CONFIG.to_json(), "data": base64.b64encode(EMPTY_JSON).decode()}
-    return canonical_json({
-        "schemaVersion": 2,
-        "mediaType": MediaType.OCI_MANIFEST,
-        "artifactType": ARTIFACT_TYPE,
-        "config": config,
-        "layers": layers,
-        "annotations": {A_KEY: key, A_FORMAT: FORMAT, A_LAYER_FORMAT: str(layer_format)},
-    })
+        layers.append(Descriptor(layer.descriptor.media_type, layer.digest, layer.descriptor.size, annotations))
+    annotations = {A_KEY: key, A_FORMAT: FORMAT, A_LAYER_FORMAT: str(layer_format)}
+    return canonical_json(artifact_manifest(ARTIFACT_TYPE, layers, annotations))
 
 
 def parse_entry(raw: bytes, key: str, layer_format: int) -> RemoteEntry:
