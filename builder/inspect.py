@@ -113,6 +113,18 @@ def render_text(desc: dict[str, Any]) -> list[str]:
     for entry in history:
         mark = " (empty layer)" if entry.get("empty_layer") else ""
         lines.append(f"  {entry.get('created', '-')}  {entry.get('created_by', '')}{mark}")
+    if "referrers" in desc:
+        lines += _referrer_lines(desc["referrers"])
+    return lines
+
+
+def _referrer_lines(referrers: list[dict[str, Any]]) -> list[str]:
+    """The documents attached to the image (OCI referrers: its subject is this manifest)."""
+    lines = [f"referrers:     {len(referrers)} (documents attached to this image; pybuild attestations IMAGE)"]
+    for r in referrers:
+        what = r.get("predicate_type") or r["artifact_type"]
+        lines.append(f"  {_short(r['digest'])}  {r['artifact_type']}  {what if what != r['artifact_type'] else ''}"
+                     f"  {_size(r['size'])}".replace("    ", "  "))
     return lines
 
 

@@ -74,6 +74,10 @@ class BuildOptions:
     mount_into: str | None = None
     """The registry (host) the result will be pushed to when nothing is written locally: a registry
     cache hit on that registry is then not downloaded, the push mounts it (see builder.stepcache)."""
+    attestations: bool = True
+    """Attach a provenance statement to every image (``--no-attestations``: none at all)."""
+    sbom: bool = False
+    """``--sbom``: attach an SBOM (SPDX and CycloneDX) to every image too."""
     reuse_layouts: tuple[Path, ...] = ()
     """OCI layouts (the CLI passes ``-o OUT``) whose blobs a registry base may be cloned from, verified,
     instead of downloaded; a path that is not a layout is ignored."""

@@ -8,11 +8,13 @@ built in one pass), then the config and the manifest. The result is an immutable
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from builder.attest.referrer import CYCLONEDX, IN_TOTO, PREDICATE_ANNOTATION, SPDX, Referrer, attach
 from builder.base import load_base
 from builder.cache.store import LayerCache
 from builder.errors import InputError, located
@@ -54,6 +56,8 @@ class BuildResult:
     """The build args the recipe declares, as given (the provenance's parameters)."""
     epoch: int = 0
     target: str | None = None
+    referrers: tuple[Referrer, ...] = ()
+    """What is attached to the images (provenance, SBOMs): every output gets them with the image."""
 
     def provenance(self, platform_index: int = 0) -> bytes:
         """The in-toto/SLSA provenance statement of one platform's image (see builder.attest)."""
@@ -89,6 +93,11 @@ class BuildResult:
         remote = [r.remote for _, records in self.steps for r in records if r.remote]
         if remote:
             meta["cache"]["remote"] = {"hits": remote.count("hit"), "misses": remote.count("miss")}
+        meta["attestations"] = [
+            {"digest": str(r.digest), "artifact_type": r.artifact_type, "subject": str(r.subject.digest),
+             "predicate_type": r.annotations.get(PREDICATE_ANNOTATION)}
+            for r in self.referrers
+        ]
         meta["steps"] = [
             {"platform": str(platform), "step": r.index, "created_by": r.created_by, "cached": r.cached,
              "cache": r.source or None, "remote": r.remote or None, "layer": str(r.layer.digest) if r.layer else None}
@@ -329,8 +338,29 @@ def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = 
     result: Image | ImageIndex = images[0]
     if len(images) > 1:
         result = ImageIndex(canonical_json(image_index([img.descriptor() for img in images])), tuple(images))
-    return BuildResult(result, tag, tuple(steps), base_ref, tuple(materials), recipe_path, args, options.epoch,
-                       options.target)
+    built = BuildResult(result, tag, tuple(steps), base_ref, tuple(materials), recipe_path, args, options.epoch,
+                        options.target)
+    if options.attestations:
+        built = dataclasses.replace(built, referrers=attestations(built, options, reporter))
+    return built
+
+
+def attestations(result: BuildResult, options: BuildOptions, reporter: Reporter) -> tuple[Referrer, ...]:
+    """The referrers of every platform's image: its provenance, and with ``options.sbom`` its SBOMs."""
+    from builder.attest.provenance import PREDICATE_TYPE
+
+    created = cfgmod.rfc3339(result.epoch)
+    out: list[Referrer] = []
+    for i, image in enumerate(images_of(result.result)):
+        subject = image.descriptor()
+        out.append(attach(subject, IN_TOTO, result.provenance(i), created, {PREDICATE_ANNOTATION: PREDICATE_TYPE}))
+    reporter.message(f"attached {len(out)} attestation{'s' if len(out) != 1 else ''} "
+                     f"({', '.join(sorted({_kind(r.artifact_type) for r in out}))})")
+    return tuple(out)
+
+
+def _kind(artifact_type: str) -> str:
+    return {IN_TOTO: "provenance", SPDX: "SPDX SBOM", CYCLONEDX: "CycloneDX SBOM"}.get(artifact_type, artifact_type)
 
 
 def _step_cache(options: BuildOptions, reporter: Reporter) -> StepCache:

@@ -63,6 +63,8 @@ class StepRecord:
     """``hit`` or ``miss`` when the step was looked up in a cache repository, else ""."""
     materials: tuple[tuple[str, Digest], ...] = ()
     """What the step read from outside the recipe (:meth:`builder.steps.StepPlan.materials`)."""
+    adds_files: bool = False
+    """Its handler's :attr:`~builder.steps.StepHandler.adds_files`."""
 
     @property
     def cached(self) -> bool:
@@ -304,7 +306,8 @@ class StageBuilder:
                 "hit" if source else "miss")
             with located(step.where):
                 materials = tuple(plan.materials())
-            result.records.append(StepRecord(i, title, blob, self.name, source, remote, materials))
+            result.records.append(StepRecord(i, title, blob, self.name, source, remote, materials,
+                                              handler.adds_files))
             if blob is not None:
                 result.layers.append(blob)
             result.config = cfgmod.append_layer(result.config, blob.diff_id if blob else None, created, title)

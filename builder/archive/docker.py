@@ -17,15 +17,18 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from builder.archive.manifestjson import docker_members, docker_repo_tag
 from builder.archive.oci import layout_members, read_extracted
 from builder.archive.tar import Member, extract, write_tar
-from builder.errors import InputError, IntegrityError, OutputError
+from builder.attest.referrer import Referrer
+from builder.errors import InputError, IntegrityError
 from builder.fs.atomic import read_regular
-from builder.image import Image, ImageIndex, LayerBlob, image_from, runnable_images, select_image
-from builder.layout.format import MAX_JSON, blob_name, is_layout
+from builder.image import Image, ImageIndex, LayerBlob, image_from
+from builder.layout.format import MAX_JSON, is_layout
 from builder.layout.read import find_ref
 from builder.layout.write import check_ref_name
 from builder.oci.canonical import canonical_json, json_object, json_value
@@ -41,50 +44,20 @@ _MAGIC = ((b"\x1f\x8b", MediaType.OCI_LAYER_GZIP), (b"\x28\xb5\x2f\xfd", MediaTy
 
 
 def write_docker_archive(
-    out: Path, image: Image | ImageIndex, tag: str, epoch: int, platform: Platform | None = None
+    out: Path, image: Image | ImageIndex, tag: str, epoch: int, platform: Platform | None = None,
+    referrers: Sequence[Referrer] = (),
 ) -> None:
-    """Write the OCI archive plus ``manifest.json`` and ``repositories`` for ``docker load``.
+    """Write the OCI archive plus ``manifest.json`` and ``repositories`` for ``docker load``
+    (:func:`builder.archive.manifestjson.docker_members`).
 
-    ``manifest.json`` lists every image of an index, one entry per platform, but a name can
-    point at one image only: ``RepoTags`` is on the image for ``platform``, or when that is None
-    on the first (non-attestation) image of the index, the recipe's first platform; the other
-    platforms' entries are untagged (``docker load`` loads them by id). That keeps the file the
-    same on every machine; the CLI may pass the host platform instead. ``index.json`` still names
-    the whole index, for the loaders that read it (Docker 25+, containerd, podman).
+    ``index.json`` names the whole index, for the loaders that read it (Docker 25+, containerd),
+    and lists the ``referrers`` beside it as a layout does: ``manifest.json`` names images only,
+    and it is what ``docker load`` and ``podman load`` read.
     """
     check_ref_name(tag, out)
-    chosen = _pick(image, platform, out)
-    repo_tag = docker_repo_tag(tag)
-    repo, _, short = repo_tag.rpartition(":")
-    members = layout_members(image, tag)
-    others = [img for img in runnable_images(image) if img is not chosen]
-    manifest = [
-        {
-            "Config": blob_name(img.image_id),
-            "RepoTags": [repo_tag] if img is chosen else [],
-            "Layers": [blob_name(layer.digest) for layer in img.layers],
-        }
-        for img in (chosen, *others)
-    ]
-    members["manifest.json"] = canonical_json(manifest)
-    members["repositories"] = canonical_json({repo: {short: chosen.image_id.hex}})
+    members = layout_members(image, tag, referrers)
+    members.update(docker_members(image, tag, out, platform))
     write_tar(out, members, epoch)
-
-
-def docker_repo_tag(tag: str) -> str:
-    """The ``RepoTags`` entry for ``tag``: as given, with ``:latest`` added when it has no tag part."""
-    return tag if ":" in tag.rsplit("/", 1)[-1] else f"{tag}:latest"
-
-
-def _pick(image: Image | ImageIndex, platform: Platform | None, out: Path) -> Image:
-    if isinstance(image, Image):
-        return image
-    if platform is not None:
-        return select_image(image.images, platform, out)
-    runnable = runnable_images(image)
-    if not runnable:
-        raise OutputError(f"{out}: the index has no image to run, only attestations")
-    return runnable[0]
 
 
 # ---- reading -------------------------------------------------------------------------------

@@ -7,33 +7,47 @@ reading that layout once its members are extracted, with the messages naming the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
+from builder.archive.manifestjson import docker_members
 from builder.archive.tar import DIR, extract, write_tar
+from builder.attest.referrer import Referrer
 from builder.errors import InputError
 from builder.image import Blob, Image, ImageIndex, layout_blobs
 from builder.layout.format import OCI_LAYOUT, blob_name, is_layout
 from builder.layout.read import read_layout
-from builder.layout.write import check_ref_name
+from builder.layout.write import check_ref_name, referrer_blobs
 from builder.oci.canonical import canonical_json
 from builder.oci.manifest import REF_NAME, image_index
 from builder.oci.platform import Platform
 
 
-def write_oci_archive(out: Path, image: Image | ImageIndex, tag: str, epoch: int) -> None:
-    """Write ``image`` tagged ``tag`` as an OCI layout in one tar file at ``out``."""
+def write_oci_archive(out: Path, image: Image | ImageIndex, tag: str, epoch: int,
+                      referrers: Sequence[Referrer] = ()) -> None:
+    """Write ``image`` tagged ``tag`` (and its ``referrers``) as an OCI layout in one tar file at ``out``.
+
+    With referrers, the archive also carries ``manifest.json`` (see :mod:`builder.archive.manifestjson`),
+    so that it loads wherever it loaded without them.
+    """
     check_ref_name(tag, out)
-    write_tar(out, layout_members(image, tag), epoch)
+    members = layout_members(image, tag, referrers)
+    if referrers:
+        members.update(docker_members(image, tag, out))
+    write_tar(out, members, epoch)
 
 
-def layout_members(image: Image | ImageIndex, tag: str) -> dict[str, bytes | Blob | None]:
-    """Archive member name -> content (bytes, a blob, or ``DIR``) of the OCI layout."""
+def layout_members(image: Image | ImageIndex, tag: str,
+                   referrers: Sequence[Referrer] = ()) -> dict[str, bytes | Blob | None]:
+    """Archive member name -> content (bytes, a blob, or ``DIR``) of the OCI layout: the one
+    :func:`builder.layout.write.write_layout` makes, referrers listed untagged beside the image."""
+    entries = [image.descriptor({REF_NAME: tag}), *(r.descriptor() for r in referrers)]
     members: dict[str, bytes | Blob | None] = {
         "oci-layout": OCI_LAYOUT,
-        "index.json": canonical_json(image_index([image.descriptor({REF_NAME: tag})])),
+        "index.json": canonical_json(image_index(entries)),
         "blobs/": DIR,
     }
-    for blob in layout_blobs(image):
+    for blob in referrer_blobs(layout_blobs(image), referrers):
         members[f"blobs/{blob.digest.algorithm}/"] = DIR
         members[blob_name(blob.digest)] = blob
     return members

@@ -26,7 +26,7 @@ from builder.oci.digest import Digest
 from builder.oci.manifest import CREATED, EMPTY_CONFIG, EMPTY_JSON, artifact_manifest
 from builder.oci.mediatypes import MediaType
 
-PREDICATE_TYPE = "in-toto.io/predicate-type"
+PREDICATE_ANNOTATION = "in-toto.io/predicate-type"
 """The annotation that names an in-toto statement's predicate type (as BuildKit and cosign write it),
 so a reader can pick the provenance among a subject's referrers without fetching each one."""
 
@@ -35,6 +35,9 @@ SPDX = "application/spdx+json"
 CYCLONEDX = "application/vnd.cyclonedx+json"
 MAX_REFERRER = 64 << 10
 """A referrer manifest names two blobs: anything much larger is not one."""
+MAX_DOCUMENT = 256 << 20
+"""The largest attestation document read back into memory (an SBOM listing every file of a large
+image is tens of megabytes)."""
 
 
 @dataclass(frozen=True)

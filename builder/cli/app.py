@@ -10,6 +10,7 @@ import sys
 import click
 
 from builder import __version__
+from builder.cli.attestations import attestations_cmd, sbom_cmd
 from builder.cli.build import build_cmd
 from builder.cli.cache import cache_group
 from builder.cli.images import inspect_cmd, ls_cmd, unpack_cmd
@@ -18,7 +19,7 @@ from builder.cli.registry import login_cmd, logout_cmd, pull_cmd, push_cmd
 from builder.errors import PybuildError
 from builder.sandbox import join_user_namespace
 
-SUBCOMMANDS = ("build", "inspect", "ls", "unpack", "push", "pull", "login", "logout", "cache", "index", "version")
+SUBCOMMANDS = ("build", "inspect", "attestations", "sbom", "ls", "unpack", "push", "pull", "login", "logout", "cache", "index", "version")
 
 
 class _DefaultBuild(click.Group):
@@ -54,8 +55,8 @@ def version_cmd() -> None:
     click.echo(f"pybuild {__version__}")
 
 
-for _command in (build_cmd, inspect_cmd, ls_cmd, unpack_cmd, cache_group, index_group, push_cmd, pull_cmd, login_cmd,
-                 logout_cmd):
+for _command in (build_cmd, inspect_cmd, attestations_cmd, sbom_cmd, ls_cmd, unpack_cmd, cache_group, index_group,
+                 push_cmd, pull_cmd, login_cmd, logout_cmd):
     cli.add_command(_command)
 
 #: OSErrors that say something about the machine, never about pybuild: a full disk, an exceeded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from builder.errors import InputError, PybuildError
 from builder.image import Image, ImageIndex
 from builder.inspect import describe, list_entry, render_text
 from builder.layout.read import layout_entries, read_entry
+from builder.oci.digest import Digest
 from builder.oci.manifest import REF_NAME
 from builder.oci.platform import Platform
 from builder.progress import human
@@ -63,6 +65,28 @@ def _local(text: str) -> tuple[str, Path, str | None] | None:
 def open_image(text: str, stack: contextlib.ExitStack, platform: Platform | None = None,
                ) -> tuple[Image | ImageIndex, str]:
     """A local image named on the command line, and the name it goes by (its tag, else latest)."""
+    local = local_image(text, stack, platform)
+    return local.image, local.name
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """A local image named on the command line, where it was read from, and the scratch directory
+    an archive was extracted into (alive as long as the stack given to :func:`local_image`)."""
+
+    kind: str
+    path: Path
+    tag: str | None
+    image: Image | ImageIndex
+    scratch: Path
+
+    @property
+    def name(self) -> str:
+        """The name it goes by: its tag, else latest."""
+        return self.tag or (_only_tag(self.path) if self.kind == "oci" else None) or "latest"
+
+
+def local_image(text: str, stack: contextlib.ExitStack, platform: Platform | None = None) -> LocalImage:
     from builder.base import open_local
 
     found = _local(text)
@@ -70,8 +94,7 @@ def open_image(text: str, stack: contextlib.ExitStack, platform: Platform | None
         raise InputError(f"no such OCI layout directory or archive: {text!r} (a registry image is docker://REF)")
     kind, path, tag = found
     scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pybuild-open-")))
-    image = open_local(kind, path, tag, scratch, platform)
-    return image, tag or (_only_tag(path) if kind == "oci" else None) or "latest"
+    return LocalImage(kind, path, tag, open_local(kind, path, tag, scratch, platform), scratch)
 
 
 def remote_image(text: str) -> Reference | None:
@@ -107,18 +130,15 @@ def inspect_cmd(ref: str, as_json: bool, insecure_registry: tuple[str, ...], tls
     skopeo's oci:, oci-archive: or docker-archive: prefix, or a registry image: docker://REF, or
     REF itself when it names its registry (localhost:5000/app:1, ghcr.io/org/app).
     """
-    with contextlib.ExitStack() as stack:
-        remote = remote_image(ref)
-        if remote is not None:
-            from builder.registry.pull import pull
+    from builder.cli.attestations import open_with_referrers, referrer_json
 
-            options = registry_options(insecure_registry, tls_verify, authfile, creds, retry)
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pybuild-inspect-")))
-            image: Image | ImageIndex = pull(remote, scratch, None, options, layers=False)
-            name = str(remote)
-        else:
-            image, name = open_image(ref, stack)
+    with contextlib.ExitStack() as stack:
+        options = registry_options(insecure_registry, tls_verify, authfile, creds, retry)
+        image, name, found = open_with_referrers(ref, stack, options)
         desc = describe(image, name)
+    attached = {img.digest: [referrer_json(img, r) for r in refs] for img, refs in found}
+    for entry in desc.get("manifests") or [desc]:
+        entry["referrers"] = attached.get(Digest.parse(entry["digest"]), [])
     if as_json:
         click.echo(json.dumps(desc, indent=2, sort_keys=False))
     else:

@@ -7,6 +7,7 @@ and whatever a document names is kept, looked into only when it is a manifest or
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,16 @@ def _reachable(root: Path) -> set[Digest] | None:
     the way cannot be read: better to keep garbage than to delete what a broken document names.
     """
     try:
-        stack: list[Any] = list(read_json(root / "index.json")["manifests"])
+        entries: list[Any] = list(read_json(root / "index.json")["manifests"])
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
+    return reachable([root], entries)
+
+
+def reachable(roots: Sequence[Path], entries: Sequence[Any]) -> set[Digest] | None:
+    """The digest of every blob reachable from the descriptors ``entries`` (JSON objects), their
+    documents read from the first of the layout directories ``roots`` that has them."""
+    stack = list(entries)
     keep: set[Digest] = set()
     while stack:
         entry = stack.pop()
@@ -49,7 +57,8 @@ def _reachable(root: Path) -> set[Digest] | None:
         keep.add(digest)
         if entry.get("mediaType") in MANIFEST_TYPES | INDEX_TYPES:
             try:
-                doc = read_json(blob_path(root, digest))
+                doc = read_json(next((p for r in roots if (p := blob_path(r, digest)).exists()),
+                                     blob_path(roots[0], digest)))
                 stack += [doc.get("config"), doc.get("subject"), *(doc.get("layers") or [])]
                 stack += [*(doc.get("manifests") or []), *(doc.get("blobs") or [])]
             except (OSError, ValueError, AttributeError, TypeError, RecursionError):

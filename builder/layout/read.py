@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from builder.attest.referrer import MAX_DOCUMENT, Referrer, read_referrer
 from builder.errors import InputError, IntegrityError
 from builder.fs.atomic import ContentMismatchError, NotRegularFileError, copy_verified, open_regular
 from builder.image import Image, ImageIndex, LayerBlob, image_from
 from builder.layout.format import MAX_JSON, blob_path, is_layout, load_index, reason
 from builder.oci.canonical import json_object
-from builder.oci.descriptor import Descriptor, select_platform
+from builder.oci.descriptor import Descriptor, is_referrer, select_platform
 from builder.oci.digest import Digest
 from builder.oci.manifest import REF_NAME, index_entries, manifest_blobs
 from builder.oci.mediatypes import INDEX_TYPES, MANIFEST_TYPES
@@ -37,14 +38,36 @@ def read_layout(path: Path, tag: str | None = None, platform: Platform | None = 
     return _load(path, desc, platform, 0)
 
 
-def layout_entries(path: Path) -> list[Descriptor]:
-    """The descriptors of a layout's ``index.json``, in its order (each tag's, and untagged ones)."""
+def layout_entries(path: Path, referrers: bool = False) -> list[Descriptor]:
+    """The descriptors of a layout's ``index.json``, in its order (each tag's, and untagged ones):
+    its images, or with ``referrers`` its referrers (:func:`builder.oci.descriptor.is_referrer`)."""
     if not path.exists():
         raise InputError(f"{path}: no such OCI image layout")
     if not is_layout(path):
         raise InputError(f"{path}: not an OCI image layout (no oci-layout or index.json)")
     index = load_index(path / "index.json", InputError)
-    return _entries(index, path / "index.json")
+    return [d for d in _entries(index, path / "index.json") if is_referrer(d) == referrers]
+
+
+def layout_referrers(path: Path, subject: Digest) -> list[Referrer]:
+    """The referrers of ``subject`` that the layout lists, each manifest and document verified."""
+    found = []
+    for desc in layout_entries(path, referrers=True):
+        raw, manifest = read_json_blob(path, desc)
+        try:
+            if Descriptor.from_json(manifest["subject"]).digest != subject:
+                continue
+            (layer,) = manifest_blobs(manifest)[1]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{blob_path(path, desc.digest)}: not a referrer manifest: {exc}") from None
+        if layer.size > MAX_DOCUMENT:
+            raise InputError(f"{blob_path(path, layer.digest)}: {layer.size} bytes is too large for an attestation")
+        document, _ = _read_blob(path, layer)
+        try:
+            found.append(read_referrer(raw, document))
+        except ValueError as exc:
+            raise InputError(f"{blob_path(path, desc.digest)}: {exc}") from None
+    return found
 
 
 def read_entry(path: Path, desc: Descriptor) -> Image | ImageIndex:
@@ -54,6 +77,7 @@ def read_entry(path: Path, desc: Descriptor) -> Image | ImageIndex:
 
 def find_ref(entries: Sequence[Descriptor], tag: str | None, where: Path) -> Descriptor:
     """The descriptor of ``tag`` (a ref name, or a digest) among a layout's index entries."""
+    entries = [d for d in entries if not is_referrer(d)]
     if tag is None:
         if len(entries) == 1:
             return entries[0]
@@ -80,6 +104,16 @@ def read_json_blob(root: Path, desc: Descriptor) -> tuple[bytes, dict[str, Any]]
     path = blob_path(root, desc.digest)
     if desc.size > MAX_JSON:
         raise InputError(f"{path}: {desc.size} bytes is too large for a manifest, index or config")
+    data, path = _read_blob(root, desc)
+    try:
+        return data, json_object(data)
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: invalid JSON: {reason(exc)}") from exc
+
+
+def _read_blob(root: Path, desc: Descriptor) -> tuple[bytes, Path]:
+    """A small blob's bytes, checked against its descriptor, and where it is (for messages)."""
+    path = blob_path(root, desc.digest)
     kept = io.BytesIO()
     try:
         with os.fdopen(open_regular(path), "rb") as f:
@@ -95,11 +129,7 @@ def read_json_blob(root: Path, desc: Descriptor) -> tuple[bytes, dict[str, Any]]
         raise InputError(f"{path}: blob is {exc.strerror}") from exc
     except OSError as exc:
         raise InputError(f"{path}: blob missing from the layout") from exc
-    data = kept.getvalue()
-    try:
-        return data, json_object(data)
-    except (ValueError, RecursionError) as exc:
-        raise InputError(f"{path}: invalid JSON: {reason(exc)}") from exc
+    return kept.getvalue(), path
 
 
 def _load(root: Path, desc: Descriptor, platform: Platform | None, depth: int) -> Image | ImageIndex:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from builder.attest.referrer import Referrer
 from builder.errors import InputError, IntegrityError, OutputError
 from builder.fs.atomic import (
     TMP_PREFIX,
@@ -38,10 +39,11 @@ from builder.fs.atomic import (
 )
 from builder.fs.lock import locked_dir, private_sibling, remove_dead_siblings, sibling_prefix
 from builder.image import Blob, Image, ImageIndex, layout_blobs
-from builder.layout.format import OCI_LAYOUT, blob_path, is_layout, load_index
-from builder.layout.gc import collect_garbage
+from builder.layout.format import OCI_LAYOUT, blob_path, is_layout, load_index, read_json
+from builder.layout.gc import collect_garbage, reachable
 from builder.oci.canonical import canonical_json
-from builder.oci.descriptor import Descriptor
+from builder.oci.descriptor import Descriptor, is_referrer
+from builder.oci.digest import Digest
 from builder.oci.manifest import REF_NAME, image_index
 
 _COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
@@ -104,14 +106,31 @@ def _ours(out: Path, path: Path) -> bool:
     return private and stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
 
-def write_layout(out: Path, image: Image | ImageIndex, tag: str) -> None:
-    """Record ``image`` under ``tag`` in the OCI layout ``out``, creating it or updating it in place."""
+def write_layout(out: Path, image: Image | ImageIndex, tag: str, referrers: Sequence[Referrer] = ()) -> None:
+    """Record ``image`` under ``tag`` in the OCI layout ``out``, creating it or updating it in place.
+
+    ``referrers`` (attestations about the image or its platforms' images) are listed in
+    ``index.json`` beside it, untagged; the referrers of an image the tag no longer leads to
+    leave with it.
+    """
     check_ref_name(tag, out)
-    blobs = layout_blobs(image)
+    blobs = referrer_blobs(layout_blobs(image), referrers)
     desc = image.descriptor({REF_NAME: tag})
-    if not (out.exists() or out.is_symlink()) and _create(out, blobs, desc):
+    attached = [r.descriptor() for r in referrers]
+    if not (out.exists() or out.is_symlink()) and _create(out, blobs, [desc, *attached]):
         return
-    _update(out, blobs, desc, tag)
+    _update(out, blobs, desc, tag, attached)
+
+
+def referrer_blobs(blobs: Sequence[Blob], referrers: Sequence[Referrer]) -> list[Blob]:
+    """``blobs``, then each referrer's blobs not among them (the empty config is shared by all)."""
+    seen = {blob.digest for blob in blobs}
+    out = list(blobs)
+    for blob in (b for r in referrers for b in r.blobs()):
+        if blob.digest not in seen:
+            seen.add(blob.digest)
+            out.append(blob)
+    return out
 
 
 def check_ref_name(tag: str, out: Path) -> None:
@@ -120,7 +139,7 @@ def check_ref_name(tag: str, out: Path) -> None:
         raise OutputError(f"{out}: {tag!r} is not a valid image reference name (like app, app:1.0, acc/app:1)")
 
 
-def _create(out: Path, blobs: Sequence[Blob], desc: Descriptor) -> bool:
+def _create(out: Path, blobs: Sequence[Blob], entries: Sequence[Descriptor]) -> bool:
     """Build the layout in a sibling directory and rename it to ``out``; False if ``out`` appeared meanwhile."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +148,7 @@ def _create(out: Path, blobs: Sequence[Blob], desc: Descriptor) -> bool:
             for blob in blobs:
                 if not _present(tmp, blob):
                     _store(out, tmp, blob)
-            (tmp / "index.json").write_bytes(canonical_json(image_index([desc])))
+            (tmp / "index.json").write_bytes(canonical_json(image_index(entries)))
             try:
                 rename_noreplace(tmp, out)
             except OSError as exc:
@@ -148,7 +167,7 @@ def _why(exc: OSError, out: Path) -> str:
     return str(exc.strerror or exc)
 
 
-def _update(out: Path, blobs: Sequence[Blob], desc: Descriptor, tag: str) -> None:
+def _update(out: Path, blobs: Sequence[Blob], desc: Descriptor, tag: str, attached: Sequence[Descriptor]) -> None:
     """Add the blobs and the tag to an existing layout, holding its lock throughout.
 
     New blobs are first staged in ``OUT/.tmp-*/`` and only moved into ``blobs/`` once all of
@@ -172,7 +191,9 @@ def _update(out: Path, blobs: Sequence[Blob], desc: Descriptor, tag: str) -> Non
                 if empty:
                     write_atomic(out / "oci-layout", OCI_LAYOUT)
                 index = image_index([]) if empty else load_index(out / "index.json", OutputError)
-                index["manifests"] = _with_ref(index["manifests"], desc, tag)
+                old = index["manifests"]
+                entries = _with_referrers(_with_ref(old, desc, tag), attached)
+                index["manifests"] = _drop_lost_referrers(old, entries, [stage, out])
                 (stage / "index.json").write_bytes(canonical_json(index))  # complete before any blob moves
                 _move_blobs(stage, out)
                 (stage / "index.json").replace(out / "index.json")
@@ -204,6 +225,43 @@ def _with_ref(entries: list[Any], desc: Descriptor, tag: str) -> list[Any]:
         else:
             result.append(entry)
     return result if placed else [*result, desc.to_json()]
+
+
+def _with_referrers(entries: list[Any], attached: Sequence[Descriptor]) -> list[Any]:
+    """``entries`` plus the ``attached`` referrers' descriptors, each listed once."""
+    present = {entry.get("digest") for entry in entries if isinstance(entry, dict)}
+    return [*entries, *(d.to_json() for d in attached if str(d.digest) not in present)]
+
+
+def _drop_lost_referrers(old: list[Any], new: list[Any], roots: Sequence[Path]) -> list[Any]:
+    """``new`` less the referrers whose subject the update made unreachable: attestations of the image
+    a tag led to, once no entry leads to it. Referrers of anything still reachable stay, whoever
+    attached them; when a document cannot be read, everything stays."""
+    def images(entries: list[Any]) -> list[Any]:
+        return [e for e in entries if isinstance(e, dict) and not _is_referrer_json(e)]
+
+    before, after = reachable(roots, images(old)), reachable(roots, images(new))
+    if before is None or after is None:
+        return new
+    lost = before - after
+    return [e for e in new if not (_is_referrer_json(e) and _subject(roots, e) in lost)]
+
+
+def _is_referrer_json(entry: dict[str, Any]) -> bool:
+    try:
+        return is_referrer(Descriptor.from_json(entry))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _subject(roots: Sequence[Path], entry: dict[str, Any]) -> Digest | None:
+    """The subject digest a referrer entry's manifest names, or None if it cannot be read."""
+    for root in roots:
+        try:
+            return Digest.parse(str(read_json(blob_path(root, Digest.parse(str(entry["digest"]))))["subject"]["digest"]))
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            continue
+    return None
 
 
 def _remove_stale_tmp(root: Path) -> None:

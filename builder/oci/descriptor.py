@@ -64,6 +64,13 @@ def is_attestation(desc: Descriptor) -> bool:
     return unknown or desc.annotations.get("vnd.docker.reference.type") == "attestation-manifest"
 
 
+def is_referrer(desc: Descriptor) -> bool:
+    """An index entry for an artifact attached to an image (image-spec 1.1), not an image of its own:
+    it has an ``artifactType`` and no tag. A layout lists such entries beside the images they are
+    about (as ORAS does); the readers of images pass over them."""
+    return desc.artifact_type is not None and "org.opencontainers.image.ref.name" not in desc.annotations
+
+
 def select_platform(children: Sequence[Descriptor], want: Platform, where: object) -> Descriptor:
     """The index entry for ``want``: an exact match, else one whose variant is unspecified on either side."""
     candidates = [c for c in children if c.platform is not None and not is_attestation(c)]

@@ -148,6 +148,9 @@ class StepHandler(Protocol[S_contra]):
 
     runs_commands: bool
     """Its steps run a command in the image (a sandbox; rootless, a full subordinate id range)."""
+    adds_files: bool
+    """Its layers are files brought from outside the image (a context, a tarball, the recipe, a URL):
+    the SBOM lists each with its digest. A run step's are not: its packages are what it added."""
 
     def reads_stages(self, step: S_contra) -> tuple[str, ...]:
         """The named stages whose filesystem ``step`` reads: they are built before its stage."""
@@ -209,6 +212,7 @@ class FileHandler:
     """What most step kinds share: no command, no stage read (a kind that reads one overrides)."""
 
     runs_commands = False
+    adds_files = False
 
     def reads_stages(self, step: Any) -> tuple[str, ...]:
         return ()

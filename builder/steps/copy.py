@@ -304,6 +304,8 @@ def _content_digest(known: Mapping[str, Digest], host: str, size: int) -> str:
 
 
 class CopyHandler(FileHandler):
+    adds_files = True
+
     def reads_stages(self, step: CopyStep) -> tuple[str, ...]:
         return (step.from_stage,) if step.from_stage is not None else ()
 

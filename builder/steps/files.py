@@ -89,6 +89,8 @@ def fetch_changes(step: FetchStep, ctx: StepContext) -> list[Change]:
 
 
 class WriteHandler(FileHandler):
+    adds_files = True
+
     def describe(self, step: WriteStep) -> str:
         return f"pybuild write {step.path} ({len(step.content.encode())} bytes)"
 
@@ -99,6 +101,8 @@ class WriteHandler(FileHandler):
 class FetchHandler(FileHandler):
     """Keyed by the URL and digest of its text: the digest decides every byte, so no download is
     needed to probe the cache."""
+
+    adds_files = True
 
     def describe(self, step: FetchStep) -> str:
         return f"pybuild fetch {step.url} sha256:{step.sha256} {step.to}"

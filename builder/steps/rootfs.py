@@ -113,6 +113,8 @@ def _tarball(step: RootfsStep, context: Path) -> Path:
 
 
 class RootfsHandler(FileHandler):
+    adds_files = True
+
     def describe(self, step: RootfsStep) -> str:
         return f"pybuild rootfs {step.source} {step.to}"
 

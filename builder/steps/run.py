@@ -181,6 +181,7 @@ def image_shell(step: RunStep, scope: Scope) -> tuple[str, ...]:
 
 class RunHandler:
     runs_commands = True
+    adds_files = False
 
     def reads_stages(self, step: RunStep) -> tuple[str, ...]:
         return tuple(dict.fromkeys(m.from_stage for m in step.mounts if m.from_stage))

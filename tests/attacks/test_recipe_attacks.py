@@ -20,7 +20,7 @@ def layers(out: Path, tag: str = "latest") -> list[dict[str, tarfile.TarInfo]]:
     """Every layer of the image ``tag`` in layout ``out``: name -> member."""
     blobs = out / "blobs" / "sha256"
     index = json.loads((out / "index.json").read_text())
-    [desc] = [m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == tag]
+    [desc] = [m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag]
     manifest = json.loads((blobs / desc["digest"].split(":")[1]).read_bytes())
     found = []
     for layer in manifest["layers"]:
@@ -33,7 +33,7 @@ def layer_files(out: Path, tag: str = "latest") -> dict[str, bytes]:
     """Content of every regular file in the image's last layer."""
     blobs = out / "blobs" / "sha256"
     index = json.loads((out / "index.json").read_text())
-    [desc] = [m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == tag]
+    [desc] = [m for m in index["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag]
     manifest = json.loads((blobs / desc["digest"].split(":")[1]).read_bytes())
     with tarfile.open(blobs / manifest["layers"][-1]["digest"].split(":")[1]) as tf:
         return {m.name: tf.extractfile(m).read() for m in tf if m.isreg()}  # type: ignore[union-attr]

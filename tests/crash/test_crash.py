@@ -260,7 +260,8 @@ def coverage(outcomes: Sequence[Outcome], what: str) -> str:
 def refs(out: Path) -> dict[str, str]:
     """Tag -> digest, from a layout's index.json."""
     index = json.loads((out / "index.json").read_bytes())
-    return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]}
+    return {m.get("annotations", {}).get("org.opencontainers.image.ref.name"): m["digest"] for m in index["manifests"]
+            if "artifactType" not in m}
 
 
 def archive_refs(path: Path) -> dict[str, str]:
@@ -268,7 +269,8 @@ def archive_refs(path: Path) -> dict[str, str]:
         member = tar.extractfile("index.json")
         assert member is not None
         index = json.loads(member.read())
-    return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]}
+    return {m.get("annotations", {}).get("org.opencontainers.image.ref.name"): m["digest"] for m in index["manifests"]
+            if "artifactType" not in m}
 
 
 def reachable(out: Path) -> set[str]:

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.tools]
 def layer_members(out: Path, tag: str, index: int) -> dict[str, tarfile.TarInfo]:
     blobs = out / "blobs" / "sha256"
     idx = json.loads((out / "index.json").read_text())
-    [desc] = [m for m in idx["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == tag]
+    [desc] = [m for m in idx["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag]
     manifest = json.loads((blobs / desc["digest"].split(":")[1]).read_bytes())
     with tarfile.open(fileobj=gzip.open(blobs / manifest["layers"][index]["digest"].split(":")[1])) as tf:
         return {m.name: m for m in tf}

@@ -16,6 +16,7 @@ ALLOWED = {
     "fs.atomic": {"oci"},  # temp files, atomic writes, regular-file reads, verified copies: for everyone below
     "fs.lock": {"fs.atomic"},  # the layout lock, and private siblings beside OUT: for the writers of outputs
     "image": {"oci"},
+    "attest.referrer": {"image", "oci"},  # a document attached to an image: a value, as images are
     # building layers
     "layer": {"oci", "image", "fs.atomic"},
     "fs": {"layer", "oci", "image", "userns"},  # never recipe or steps: fs is below them
@@ -26,13 +27,16 @@ ALLOWED = {
     "userns": set(),
     # readers and writers of on-disk formats and of registries (fs.atomic: temp files, verified copies;
     # fs.lock: the layout lock, private siblings)
-    "layout": {"image", "oci", "fs.atomic", "fs.lock"},
-    "archive": {"image", "oci", "layer", "layout", "fs.atomic", "fs.lock"},  # layer: the hardened tar reader
+    "layout": {"image", "attest.referrer", "oci", "fs.atomic", "fs.lock"},
+    "archive": {"image", "attest.referrer", "oci", "layer", "layout", "fs.atomic", "fs.lock"},  # layer: the hardened tar reader
     "blobstore": {"oci", "fs.atomic", "layout.format"},  # layout.format: the store's names are a layout's
-    "registry": {"image", "oci", "blobstore", "layout", "fs.atomic"},  # layout.format: a pull reuses a layout's blobs
+    "registry": {"image", "attest.referrer", "oci", "blobstore", "layout", "fs.atomic"},  # layout.format: a pull reuses a layout's blobs
     # choosing among them: a base's kind, an output's format
-    "base": {"image", "oci", "layout", "archive"},
-    "output": {"image", "layout", "archive"},
+    "base": {"image", "attest.referrer", "oci", "layout", "archive"},
+    "output": {"image", "attest.referrer", "layout", "archive"},
+    # what the attestations say: the provenance from the build's inputs, the SBOM from the image's layers
+    "attest": {"oci", "image"},
+    "sbom": {"oci", "image", "layer", "fs.atomic"},
     # an image as a runtime bundle (fs: layers unpacked onto a directory, users resolved in it)
     "bundle": {"image", "oci", "fs"},
     # the layer cache: above the layers it stores (layer: the format version, the decoders of a hit's check),

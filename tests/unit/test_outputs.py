@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.archive.docker import docker_repo_tag, write_docker_archive
+from builder.archive.docker import write_docker_archive
+from builder.archive.manifestjson import docker_repo_tag
 from builder.archive.oci import write_oci_archive
 from builder.errors import InputError, IntegrityError, OutputError
 from builder.fs.lock import private_sibling
