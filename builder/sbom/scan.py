@@ -143,9 +143,7 @@ class _Accumulator:
                 data = member.read(cap + 1)
                 self._remember(path, data, reader[0] if reader else None)
                 sums = (hashlib.sha256(data), hashlib.sha1(data, usedforsecurity=False))
-            else:
-                if reader is not None:
-                    self.databases[path] = ()  # too large to read: lists nothing
+            else:  # a database too large to read lists nothing: not in ``databases``, it still replaces a lower one
                 sums = _hash(member) if self.hashes is not None else None
         if self.hashes is not None and sums is not None:
             self.hashes[path] = (sums[0].hexdigest(), sums[1].hexdigest())
