@@ -329,6 +329,9 @@ def build(recipe_path: Path, options: BuildOptions, reporter: Reporter | None = 
             images.append(image)
             steps.append((platform, tuple(records)))
             materials.append(tuple(bases) + tuple(m for r in records for m in r.materials))
+        if options.attestations and options.sbom:  # every layer is read: lazy registry hits are fetched
+            for image in images:
+                cache.materialize(image.layers)
     finally:
         cache.close()
     tag = options.tag or first.tag or "latest"
@@ -354,9 +357,33 @@ def attestations(result: BuildResult, options: BuildOptions, reporter: Reporter)
     for i, image in enumerate(images_of(result.result)):
         subject = image.descriptor()
         out.append(attach(subject, IN_TOTO, result.provenance(i), created, {PREDICATE_ANNOTATION: PREDICATE_TYPE}))
+        if options.sbom:
+            out += _sboms(result, i, image, options, created, reporter)
     reporter.message(f"attached {len(out)} attestation{'s' if len(out) != 1 else ''} "
                      f"({', '.join(sorted({_kind(r.artifact_type) for r in out}))})")
     return tuple(out)
+
+
+def _sboms(result: BuildResult, i: int, image: Image, options: BuildOptions, created: str,
+           reporter: Reporter) -> list[Referrer]:
+    """The SPDX and CycloneDX documents of one platform's image, attached to it.
+
+    Every layer is read for package databases (each layer once, its scan cached by diff_id in the
+    cache directory, so a rebuild reads only the layers it made); the files of the layers that
+    ``copy``, ``write``, ``fetch`` and ``rootfs`` steps made are listed with their digests.
+    """
+    from builder import __version__, sbom
+
+    reporter.message(f"reading the SBOM of {image.platform}")
+    added = {r.layer.digest for r in result.steps[i][1] if r.adds_files and r.layer is not None}
+    file_layers = [n for n, layer in enumerate(image.layers) if layer.digest in added]
+    cache_dir = options.cache_dir or default_cache_dir()
+    inventory = sbom.inventory(image, file_layers, cache_dir)
+    subject = image.descriptor()
+    spdx = sbom.spdx_json(inventory, name=result.tag, subject=image.digest, created=created, tool_version=__version__)
+    cyclonedx = sbom.cyclonedx_json(inventory, name=result.tag, subject=image.digest, created=created,
+                                    tool_version=__version__)
+    return [attach(subject, SPDX, spdx, created), attach(subject, CYCLONEDX, cyclonedx, created)]
 
 
 def _kind(artifact_type: str) -> str:

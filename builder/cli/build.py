@@ -148,6 +148,7 @@ def _secrets(values: tuple[str, ...], stack: contextlib.ExitStack) -> dict[str, 
               "(default socket $SSH_AUTH_SOCK).")
 @click.option("--allow", "allow", multiple=True, type=click.Choice(["security.insecure"]),
               help="Let run steps with `security: insecure` run unconfined (all capabilities, no seccomp).")
+@click.option("--sbom", is_flag=True, help="Attach an SBOM (SPDX 2.3 and CycloneDX 1.5) to the image as well.")
 @click.option("--no-attestations", is_flag=True,
               help="Attach nothing to the image (by default a provenance statement is attached).")
 @click.option("--digest-file", type=click.Path(path_type=Path), help="Write the manifest (or index) digest here.")
@@ -163,7 +164,7 @@ def build_cmd(recipe: Path | None, recipe_file: Path | None, out: Path | None, f
               push_ref: str | None, insecure_registry: tuple[str, ...],
               tls_verify: bool, authfile: Path | None, creds: str | None, retry: int | None,
               secret: tuple[str, ...], ssh: tuple[str, ...], allow: tuple[str, ...],
-              no_attestations: bool, digest_file: Path | None, iidfile: Path | None, metadata_file: Path | None, quiet: bool,
+              sbom: bool, no_attestations: bool, digest_file: Path | None, iidfile: Path | None, metadata_file: Path | None, quiet: bool,
               progress: str) -> None:
     """Build RECIPE (a file, or a directory with a pybuild.yaml or recipe.yaml) into OUT."""
     kind = Compression(compression)
@@ -198,7 +199,7 @@ def build_cmd(recipe: Path | None, recipe_file: Path | None, out: Path | None, f
             secrets=_secrets(secret, stack), ssh=_ssh(ssh), cache_dir=cache_dir, use_cache=not no_cache, registry=registry,
             allow=frozenset(allow), target=target, labels=parse_kv(labels, "--label"),
             env=parse_kv(env, "--env"), annotations=parse_kv(annotations, "--annotation"),
-            cache_from=cache_from, cache_to=cache_to, attestations=not no_attestations,
+            cache_from=cache_from, cache_to=cache_to, attestations=not no_attestations, sbom=sbom,
             # --push alone: registry cache hits on the push's registry are mounted by it, never downloaded
             mount_into=push_to.registry if out is None and push_to is not None else None,
         )
