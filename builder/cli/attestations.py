@@ -20,10 +20,9 @@ from builder.attest.referrer import CYCLONEDX, IN_TOTO, PREDICATE_ANNOTATION, SP
 from builder.cli.images import local_image, remote_image
 from builder.cli.options import platforms, registry_flags, registry_options
 from builder.errors import InputError
-from builder.image import Image, ImageIndex, images_of
+from builder.image import Image, ImageIndex
 
 if TYPE_CHECKING:
-    from builder.oci.reference import Reference
     from builder.registry.options import RegistryOptions
 
 TYPES = {"provenance": IN_TOTO, "spdx": SPDX, "cyclonedx": CYCLONEDX}
@@ -41,14 +40,11 @@ def open_with_referrers(text: str, stack: contextlib.ExitStack, options: Registr
         local = local_image(text, stack)
         return local.image, local.name, local_referrers(local.kind, local.path, local.image, local.scratch)
     from builder.registry.pull import pull
+    from builder.registry.referrers import referrers_of
 
     scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pybuild-inspect-")))
     image = pull(remote, scratch, None, options, layers=False)
-    return image, str(remote), [(img, _remote_referrers(remote, options, img)) for img in images_of(image)]
-
-
-def _remote_referrers(ref: Reference, options: RegistryOptions | None, image: Image) -> list[Referrer]:
-    return []  # the registry's referrers are read in the next piece (builder.registry.referrers)
+    return image, str(remote), referrers_of(remote, options, image)
 
 
 def referrer_json(image: Image, referrer: Referrer) -> dict[str, Any]:

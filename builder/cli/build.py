@@ -247,7 +247,8 @@ def _build_and_write(recipe: Path, out: Path | None, scratch: Path | None, fmt: 
             report.message(f"pushing to {push_to}")
             base = reference(result.base_reference, "from") if result.base_reference else None
             mount_from = base.repository if base is not None and base.registry == push_to.registry else None
-            push(result.result, push_to, options.registry, report.blob_event, mount_from=mount_from)
+            push(result.result, push_to, options.registry, report.blob_event, mount_from=mount_from,
+                 referrers=result.referrers)
     if metadata_file is not None:
         write_text(metadata_file, json.dumps(result.metadata(), indent=2, sort_keys=True) + "\n")
     return result

@@ -23,6 +23,7 @@ from builder.oci.platform import Platform
 from builder.progress import human
 
 if TYPE_CHECKING:
+    from builder.attest.referrer import Referrer
     from builder.oci.reference import Reference
 
 
@@ -95,6 +96,13 @@ def local_image(text: str, stack: contextlib.ExitStack, platform: Platform | Non
     kind, path, tag = found
     scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pybuild-open-")))
     return LocalImage(kind, path, tag, open_local(kind, path, tag, scratch, platform), scratch)
+
+
+def attached(local: LocalImage) -> list[Referrer]:
+    """The referrers the layout or archive ``local`` was read from holds for its images."""
+    from builder.base import local_referrers
+
+    return [r for _, refs in local_referrers(local.kind, local.path, local.image, local.scratch) for r in refs]
 
 
 def remote_image(text: str) -> Reference | None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from builder.cli.images import open_image, remote_image, split_ref
+from builder.cli.images import attached, local_image, remote_image, split_ref
 from builder.cli.options import PROGRESS, QUIET, registry_flags, registry_options, reporter, write_text
 from builder.errors import InputError
 from builder.image import Image, ImageIndex, images_of
@@ -15,6 +16,9 @@ from builder.layout.write import write_layout
 from builder.oci.canonical import canonical_json
 from builder.oci.digest import Digest
 from builder.oci.manifest import image_index
+
+if TYPE_CHECKING:
+    from builder.attest.referrer import Referrer
 
 
 @click.group("index")
@@ -55,9 +59,9 @@ def index_create_cmd(target: str, sources: tuple[str, ...], insecure_registry: t
             for source in sources:
                 ref = remote_image(source)
                 if ref is None:  # a local image: pushed by digest into the target's repository first
-                    image, _ = open_image(source, stack)
-                    ref = remote_target.with_digest(push(image, remote_target.with_digest(image.digest), options,
-                                                         report.blob_event))
+                    local = local_image(source, stack)
+                    ref = remote_target.with_digest(push(local.image, remote_target.with_digest(local.image.digest),
+                                                         options, report.blob_event, referrers=attached(local)))
                 refs.append(ref)
             digest = join_images(remote_target, refs, options, report.blob_event)
     if digest_file is not None:
@@ -69,15 +73,17 @@ def index_create_cmd(target: str, sources: tuple[str, ...], insecure_registry: t
 def _into_layout(target: str, sources: tuple[str, ...], stack: contextlib.ExitStack) -> Digest:
     out, tag = split_ref(target.removeprefix("oci:"))
     images: list[Image] = []
+    referrers: list[Referrer] = []
     for source in sources:
         if remote_image(source) is not None:
             raise InputError(f"{source}: a layout index joins local images; pull it first (pybuild pull)")
-        image, _ = open_image(source, stack)
-        for one in images_of(image):
+        local = local_image(source, stack)
+        referrers += attached(local)
+        for one in images_of(local.image):
             twin = next((i for i in images if i.platform == one.platform), None)
             if twin is not None:
                 raise InputError(f"{source}: a second image for {one.platform}: an index names each platform once")
             images.append(one)
     index = ImageIndex(canonical_json(image_index([i.descriptor() for i in images])), tuple(images))
-    write_layout(out, index, tag or "latest")
+    write_layout(out, index, tag or "latest", referrers)
     return index.digest

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from builder.cli.images import open_image
+from builder.cli.images import attached, local_image
 from builder.cli.options import (
     INSECURE_REGISTRY,
     PROGRESS,
@@ -40,15 +40,18 @@ from builder.workdir import work_directory
 @PROGRESS
 def push_cmd(ref: str, dest: str, insecure_registry: tuple[str, ...], tls_verify: bool, authfile: Path | None,
              creds: str | None, retry: int | None, digest_file: Path | None, quiet: bool, progress: str) -> None:
-    """Push an image or a multi-platform index (a layout or an archive, as for inspect) to a registry."""
+    """Push an image or a multi-platform index (a layout or an archive, as for inspect) to a registry.
+
+    The attestations the layout or archive holds for it (provenance, SBOMs) go too, as referrers.
+    """
     from builder.registry.push import push
 
     target = reference(dest, "push")
     report = reporter(quiet, progress)
     options = registry_options(insecure_registry, tls_verify, authfile, creds, retry)
     with contextlib.ExitStack() as stack:
-        image, _ = open_image(ref, stack)
-        digest = push(image, target, options, report.blob_event)
+        local = local_image(ref, stack)
+        digest = push(local.image, target, options, report.blob_event, referrers=attached(local))
     if digest_file is not None:
         write_text(digest_file, f"{digest}\n")
     report.message(f"pybuild: pushed {target} {digest}")

@@ -129,14 +129,27 @@ class RegistryClient:
 
     def put_manifest(self, identifier: Digest | str, raw: bytes, media_type: str) -> Digest:
         """Store ``raw`` exactly as given under a tag or its digest; the registry's digest must be ours."""
-        digest = Digest.of(raw)
+        self._put_manifest(identifier, raw, media_type)
+        return Digest.of(raw)
+
+    def put_referrer(self, identifier: Digest | str, raw: bytes, media_type: str) -> Digest | None:
+        """:meth:`put_manifest` for a manifest with a ``subject``: the registry's ``OCI-Subject``, the
+        subject it indexed for the referrers API (None: it has no such API, the client keeps the
+        fallback tag)."""
+        reply = self._put_manifest(identifier, raw, media_type)
+        try:
+            return Digest.parse(reply.headers.get("OCI-Subject", "").strip())
+        except ValueError:
+            return None
+
+    def _put_manifest(self, identifier: Digest | str, raw: bytes, media_type: str) -> Reply:
         reply = self.transport.request("PUT", f"{self.repo}/manifests/{identifier}", scopes=self.scopes,
                                        headers={"Content-Type": media_type}, data=raw, ok=(200, 201, 202),
                                        repeatable=True)
         header = _header_digest(reply.headers)
         if header is not None:
             _check_bytes(raw, header, f"{self._name(identifier)}: manifest as stored by the registry")
-        return digest
+        return reply
 
     # ---- blobs -----------------------------------------------------------------------------
 

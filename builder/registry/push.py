@@ -10,14 +10,17 @@ of the same registry has can be mounted instead of uploaded (``mount_from``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+from builder.attest.referrer import Referrer
 from builder.errors import RegistryError
 from builder.image import Blob, Image, ImageIndex, images_of, unique_blobs
 from builder.oci.digest import Digest
 from builder.oci.reference import Reference
 from builder.registry.client import EventSink, RegistryClient, run_all
 from builder.registry.options import RegistryOptions
+from builder.registry.referrers import push_referrers
 
 
 def push(
@@ -27,6 +30,7 @@ def push(
     on_event: EventSink | None = None,
     *,
     mount_from: str | None = None,
+    referrers: Sequence[Referrer] = (),
 ) -> Digest:
     """Send ``image`` to ``ref`` (its tag, or its digest, which must then be the image's); returns the digest.
 
@@ -42,6 +46,7 @@ def push(
     with RegistryClient(ref, options, push=True) as client:
         if client.manifest_digest(ref.identifier) == image.digest:
             emit("existing", image.digest, len(raw_top))
+            push_referrers(client, referrers, emit)
             return image.digest
         stored = {img.digest for img in images if client.manifest_digest(img.digest) == img.digest}
         blobs = unique_blobs([img for img in images if img.digest not in stored])
@@ -56,6 +61,7 @@ def push(
                     emit("manifest", img.digest, len(img.raw_manifest))
         client.put_manifest(ref.identifier, raw_top, image.media_type)
         emit("manifest", image.digest, len(raw_top))
+        push_referrers(client, referrers, emit)
     return image.digest
 
 

@@ -122,6 +122,8 @@ class FakeRegistry:
         self.corrupt_blobs = False
         self.wrong_digest_header = False
         self.cdn: FakeRegistry | None = None  # blob GETs answer 307 to this server
+        self.referrers_api = False  # the distribution-spec 1.1 referrers API (OCI-Subject, /referrers/)
+        self.filters_applied = True  # with the API: artifactType filtering is done (else ignored)
         self.server = _Server((host, 0), _Handler)
         self.server.daemon_threads = True
         self.scheme = "http"
@@ -172,6 +174,7 @@ class _Server(ThreadingHTTPServer):
 _MANIFEST = re.compile(r"/v2/(?P<name>.+?)/manifests/(?P<ref>[^/]+)")
 _UPLOAD = re.compile(r"/v2/(?P<name>.+?)/blobs/uploads/(?P<id>[^/]*)")
 _BLOB = re.compile(r"/v2/(?P<name>.+?)/blobs/(?P<digest>[^/]+)")
+_REFERRERS = re.compile(r"/v2/(?P<name>.+?)/referrers/(?P<digest>[^/]+)")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -235,7 +238,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._token()
         if not url.path.startswith("/v2/"):
             return self._error(404, "NOT_FOUND", "no such path")
-        repo = next((m.group("name") for rx in (_MANIFEST, _UPLOAD, _BLOB) if (m := rx.fullmatch(url.path))), "")
+        repo = next((m.group("name") for rx in (_MANIFEST, _UPLOAD, _BLOB, _REFERRERS)
+                     if (m := rx.fullmatch(url.path))), "")
         if not self._authorized(repo):
             return
         if url.path == "/v2/":
@@ -246,6 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._upload(m.group("name"), m.group("id"), body)
         if m := _BLOB.fullmatch(url.path):
             return self._blob(m.group("name"), m.group("digest"))
+        if (m := _REFERRERS.fullmatch(url.path)) and reg.referrers_api:
+            return self._referrers(m.group("name"), m.group("digest"), parse_qs(url.query))
         return self._error(404, "NOT_FOUND", "no such endpoint")
 
     do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle  # noqa: N815
@@ -316,7 +322,25 @@ class _Handler(BaseHTTPRequestHandler):
         if ref.startswith("sha256:") and ref != digest:
             return self._error(400, "DIGEST_INVALID", "provided digest did not match uploaded content")
         reg.store_manifest(repo, body, media_type, None if ref.startswith("sha256:") else ref)
-        self._send(201, b"", {"Docker-Content-Digest": digest, "Location": f"/v2/{repo}/manifests/{digest}"})
+        subject = {"OCI-Subject": doc["subject"]["digest"]} if reg.referrers_api and "subject" in doc else {}
+        self._send(201, b"", {"Docker-Content-Digest": digest, "Location": f"/v2/{repo}/manifests/{digest}", **subject})
+
+    def _referrers(self, repo: str, subject: str, query: dict[str, list[str]]) -> None:
+        reg = self.reg
+        wanted = query.get("artifactType", [None])[0] if reg.filters_applied else None
+        found = []
+        for digest in sorted(reg.repo_manifests.get(repo, set())):
+            raw, media_type = reg.manifests[digest]
+            doc = json.loads(raw)
+            if doc.get("subject", {}).get("digest") != subject:
+                continue
+            kind = doc.get("artifactType") or doc.get("config", {}).get("mediaType")
+            if wanted is None or kind == wanted:
+                found.append({"mediaType": media_type, "digest": digest, "size": len(raw), "artifactType": kind,
+                              **({"annotations": doc["annotations"]} if doc.get("annotations") else {})})
+        body = json.dumps({"schemaVersion": 2, "mediaType": MediaType.OCI_INDEX, "manifests": found}).encode()
+        extra = {"OCI-Filters-Applied": "artifactType"} if wanted is not None else {}
+        self._send(200, body, {"Content-Type": str(MediaType.OCI_INDEX), **extra})
 
     # -- blobs
 
