@@ -68,3 +68,17 @@ def test_quick_benchmark_measures_every_corpus_and_tool(tmp_path: Path) -> None:
     statuses = {t["status"] for t in results["targets"]}
     assert statuses <= {"PASS", "FAIL", "SKIP"} and results["targets"]
     assert "== targets ==" in proc.stdout
+
+
+@pytest.mark.needs("tar", "xz")
+def test_attestation_benchmark_measures_every_variant(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    env = {**os.environ, "PYBUILD_BENCH_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "attestations.py"), "--quick", "--repeat", "1",
+                           "--json", str(out)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert set(results["median_seconds"]) == {f"{v}-{k}" for v in ("none", "provenance", "sbom")
+                                              for k in ("cold", "warm")}
+    assert all(t > 0 for t in results["median_seconds"].values())
+    assert "SBOM under 5%" in proc.stdout
