@@ -73,10 +73,12 @@ def test_provenance_is_attached_without_changing_the_image(pybuild, ctx: Path, t
 
 def test_two_builds_attach_the_same_bytes(pybuild, ctx: Path, tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
-    assert pybuild(ctx / "recipe.yaml", "-o", one).returncode == 0
-    assert pybuild(ctx / "recipe.yaml", "-o", two, "--no-cache").returncode == 0
+    assert pybuild(ctx / "recipe.yaml", "-o", one, "--sbom").returncode == 0
+    assert pybuild(ctx / "recipe.yaml", "-o", two, "--sbom", "--no-cache").returncode == 0
     assert (one / "index.json").read_bytes() == (two / "index.json").read_bytes()
-    for manifest in referrers(one):
+    assert sorted(m["artifactType"] for m in referrers(one)) == sorted(
+        ["application/vnd.in-toto+json", "application/spdx+json", "application/vnd.cyclonedx+json"])
+    for manifest in referrers(one):  # provenance, SPDX and CycloneDX: byte for byte
         assert blob(one, manifest["layers"][0]["digest"]) == blob(two, manifest["layers"][0]["digest"])
 
 
