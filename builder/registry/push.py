@@ -44,12 +44,16 @@ def push(
     images = images_of(image)
     raw_top = image.raw_index if isinstance(image, ImageIndex) else image.raw_manifest
     with RegistryClient(ref, options, push=True) as client:
+        # a referrer's manifest is pushed last (its subject must be there first), its blobs with the image's
+        attached = list({b.digest: b for r in referrers for b in r.blobs()[:-1]}.values())
         if client.manifest_digest(ref.identifier) == image.digest:
             emit("existing", image.digest, len(raw_top))
+            run_all(lambda blob: _push_blob(client, blob, None, emit), attached, client.options.parallel,
+                    "pybuild-push")
             push_referrers(client, referrers, emit)
             return image.digest
         stored = {img.digest for img in images if client.manifest_digest(img.digest) == img.digest}
-        blobs = unique_blobs([img for img in images if img.digest not in stored])
+        blobs = unique_blobs([img for img in images if img.digest not in stored]) + attached
         run_all(lambda blob: _push_blob(client, blob, mount_from, emit), blobs, client.options.parallel,
                 "pybuild-push")
         if isinstance(image, ImageIndex):

@@ -37,21 +37,11 @@ UNSUPPORTED = (404,)
 
 
 def push_referrers(client: RegistryClient, referrers: Sequence[Referrer], emit: EventSink) -> None:
-    """Store ``referrers`` (their subjects already pushed) in ``client``'s repository.
-
-    Blobs first, then each manifest by digest. Where the registry does not answer with
-    ``OCI-Subject``, each subject's fallback tag is brought up to date, once per subject.
-    """
+    """Store the manifests of ``referrers`` (their subjects and blobs already pushed) in ``client``'s
+    repository, by digest. Where the registry does not answer with ``OCI-Subject``, each subject's
+    fallback tag is brought up to date, once per subject."""
     fallback: dict[Digest, list[Referrer]] = {}
     for referrer in referrers:
-        *blobs, _ = referrer.blobs()
-        for blob in blobs:
-            assert blob.data is not None  # a referrer's blobs are held in memory
-            if client.blob_exists(blob.digest):
-                emit("existing", blob.digest, len(blob.data))
-            else:
-                client.upload_blob(blob.data, blob.digest, len(blob.data))
-                emit("pushed", blob.digest, len(blob.data))
         indexed = client.put_referrer(referrer.digest, referrer.raw_manifest, MediaType.OCI_MANIFEST)
         emit("manifest", referrer.digest, len(referrer.raw_manifest))
         if indexed != referrer.subject.digest:
