@@ -19,8 +19,10 @@ from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
 from builder.cache.keys import step_key
+from builder.cache.snapshots import SnapshotStore
 from builder.errors import InputError, located
 from builder.fs.apply import apply_blob
+from builder.fs.overlay import MAX_LOWER, OverlayRoot, choose
 from builder.fs.scan import update_tree
 from builder.fs.tree import WATCHED, FsTree
 from builder.fs.users import read_account_file
@@ -181,7 +183,14 @@ class _Lower:
 
     def rootfs(self) -> Path:
         self._builder.materialize(self._layers)
+        self._builder.reporter.message(f"      root filesystem: copy driver ({self._builder.copy_reason()})")
         return self._builder.workspace.sync(self._layers, self._builder.reporter)
+
+    def overlay(self) -> OverlayRoot | None:
+        return self._builder.overlay_root(self._layers)
+
+    def overlay_failed(self, why: str) -> None:
+        self._builder._copy_reason = why
 
     def stages(self) -> Mapping[str, Path]:
         return self._roots
@@ -212,6 +221,9 @@ class StageBuilder:
         self.tree: FsTree | None = None
         self.tree_layers = 0
         self.pending: _Built | None = None  # the changes of layer ``tree_layers``, not in the tree yet
+        self._after_step = contextlib.ExitStack()
+        self._overlays = 0
+        self._copy_reason = ""
         stage = recipe.stages.get(name) if name else None
         self.spec, self.args, self.declared = ((stage.config, stage.args, stage.declared_args) if stage is not None
                                                else (recipe.config, recipe.args, recipe.declared_args))
@@ -235,6 +247,40 @@ class StageBuilder:
         update_tree(self.tree, layers[self.tree_layers:])
         self.tree_layers = len(layers)
         return self.tree
+
+    def overlay_root(self, layers: list[LayerBlob]) -> OverlayRoot | None:
+        """The overlay a run step on ``layers`` runs in, or None when it must use the copy driver
+        (:meth:`copy_reason` says why). Its snapshots stay locked, and its upper directory on disk,
+        until the step's layer is written (:meth:`_build`)."""
+        driver = choose()
+        if driver.name != "overlay":
+            self._copy_reason = driver.detail
+            return None
+        if not layers or len(layers) > MAX_LOWER:
+            self._copy_reason = f"{len(layers)} layers: overlayfs takes 1 to {MAX_LOWER}"
+            return None
+        self.materialize(layers)
+        store = SnapshotStore((self.options.cache_dir or default_cache_dir()) / "snapshots", driver.flavor)
+        session = self._after_step.enter_context(store.using())
+        snapshots = []
+        for blob in layers:
+            snap = session.get(blob, self.reporter.step_progress)
+            if snap.unsafe:
+                self._copy_reason = f"layer {blob.diff_id.short} cannot be an overlay lower directory: {snap.unsafe}"
+                return None
+            snapshots.append(snap.path)
+        made = (f"; extracted {session.extracted} layer{'s' * (session.extracted > 1)}, "
+                f"{human(session.extracted_bytes)}" if session.extracted else "")
+        self.reporter.message(f"      root filesystem: overlay of {len(layers)} snapshot{'s' * (len(layers) > 1)} "
+                              f"({driver.detail}{made})")
+        self._overlays += 1
+        root = OverlayRoot(snapshots, self.workdir / f"overlay-{self._overlays}", driver)
+        self._after_step.callback(root.remove)
+        return root
+
+    def copy_reason(self) -> str:
+        reason, self._copy_reason = self._copy_reason, ""
+        return reason or choose().detail
 
     def _fetch(self, url: str, digest: Digest) -> Path:
         """A ``fetch:`` step's file, from the blob store or downloaded into it (builder/fetch.py)."""
@@ -315,8 +361,9 @@ class StageBuilder:
 
     def _build(self, plan: StepPlan, layers: list[LayerBlob]) -> _Built:
         roots = {name: self._stage_root(name) for name in plan.stages}
-        changes = plan.changes(_Lower(self, layers, roots))
-        built = self.layerer.layer(changes)
+        with self._after_step:  # an overlay's snapshots and upper directory, kept until the layer is written
+            changes = plan.changes(_Lower(self, layers, roots))
+            built = self.layerer.layer(changes)
         if built.blob is not None and changes.in_rootfs:
             self.workspace.applied = len(layers) + 1  # its changes are on disk already
         elif built.blob is not None:

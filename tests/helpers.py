@@ -128,6 +128,12 @@ class FakeLower:
         assert self._rootfs is not None, "the step asked for a working root filesystem"
         return self._rootfs
 
+    def overlay(self) -> None:
+        return None  # the copy driver: rootfs()
+
+    def overlay_failed(self, why: str) -> None:
+        raise AssertionError(why)
+
     def stages(self) -> dict[str, Path]:
         return self._stages
 

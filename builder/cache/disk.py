@@ -42,6 +42,11 @@ class CacheDir:
         """Where run steps' ``cache:`` mounts live (``CACHE/mounts/KEY``, see builder.steps.run)."""
         return self.root / "mounts"
 
+    @property
+    def snapshots(self) -> Path:
+        """Where layers are kept extracted for overlay run steps (``CACHE/snapshots``, builder/cache/snapshots.py)."""
+        return self.root / "snapshots"
+
     def entry_files(self) -> Iterable[Path]:
         return self.entries.glob("*.json") if self.entries.is_dir() else []
 

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from builder.cache.disk import CacheDir, mtime, read_entry, size_of, tree_size, unlink
+from builder.cache.snapshots import SnapshotStore
 
 
 def prune_cache(cache: CacheDir, max_bytes: int | None = None, max_age: float | None = None) -> tuple[int, int]:
@@ -68,6 +69,9 @@ def prune_cache(cache: CacheDir, max_bytes: int | None = None, max_age: float | 
     store_removed, store_freed = _prune_store(cache, store_budget, None if max_age is None else now - max_age)
     removed += store_removed
     freed += store_freed
+    snap_removed, snap_freed = _prune_snapshots(cache, kept, now, max_bytes, max_age)
+    removed += snap_removed
+    freed += snap_freed
     if max_age is not None or max_bytes == 0:
         mounts, mount_bytes = _prune_mounts(cache, None if max_bytes == 0 else now - (max_age or 0))
         removed += mounts
@@ -98,6 +102,35 @@ def _prune_store(cache: CacheDir, budget: int | None, older_than: float | None) 
     for tmp in cache.store_files(temporary=True):
         if now - mtime(tmp) > 60:
             unlink(tmp)
+    return removed, freed
+
+
+SNAPSHOT_GRACE = 24 * 3600
+"""How long a snapshot no cache entry names is kept after its last use (a base image's layers,
+which have no entry, are mounted by every build on that base)."""
+
+
+def _prune_snapshots(cache: CacheDir, kept: dict[Path, str | None], now: float, max_bytes: int | None,
+                     max_age: float | None) -> tuple[int, int]:
+    """Snapshots (builder/cache/snapshots.py) go with the layer cache: ``--all`` takes every one no
+    build is using, ``--max-age`` those not used for that long, ``--max-size`` those no kept entry
+    names, and any prune those no kept entry names and unused for :data:`SNAPSHOT_GRACE`."""
+    named: set[str] = set()
+    for path in kept:
+        with contextlib.suppress(OSError, ValueError, RecursionError):
+            diff_id = read_entry(path).get("diff_id")
+            if isinstance(diff_id, str):
+                named.add(diff_id.partition(":")[2])
+
+    def remove(hex_: str, used: float) -> bool:
+        if max_bytes == 0 or (max_age is not None and now - used > max_age):
+            return True
+        return hex_ not in named and (max_bytes is not None or now - used > SNAPSHOT_GRACE)
+
+    removed = freed = 0
+    for flavor in ("trusted", "user"):
+        r, f = SnapshotStore(cache.snapshots, flavor).prune(remove)
+        removed, freed = removed + r, freed + f
     return removed, freed
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.cache.disk import CacheDir, mtime, read_entry, size_of, tree_size
+from builder.cache.snapshots import SnapshotStore
 from builder.oci.digest import Digest
 
 
@@ -43,6 +44,9 @@ class CacheUsage:
     blobs: int = 0
     """Registry blobs in the blob store (``CACHE/blobs``, builder/blobstore.py)."""
     blob_bytes: int = 0
+    snapshots: int = 0
+    """Layers kept extracted for overlay run steps (``CACHE/snapshots``, builder/cache/snapshots.py)."""
+    snapshot_bytes: int = 0
 
     def to_json(self, cache_dir: Path) -> dict[str, Any]:
         """The ``pybuild cache du --json`` object."""
@@ -69,8 +73,10 @@ def disk_usage(cache: CacheDir) -> CacheUsage:
     blobs = sum(size_of(p) for p in cache.blob_files())
     mounts = [p for p in cache.mounts.iterdir() if p.is_dir()] if cache.mounts.is_dir() else []
     store = cache.store_files()
+    snapshots = [SnapshotStore(cache.snapshots, flavor).usage() for flavor in ("trusted", "user")]
     return CacheUsage(entries, blobs, len(mounts), sum(tree_size(p) for p in mounts),
-                      len(store), sum(size_of(p) for p in store))
+                      len(store), sum(size_of(p) for p in store), sum(n for n, _ in snapshots),
+                      sum(b for _, b in snapshots))
 
 
 def _digest(value: object) -> Digest | None:

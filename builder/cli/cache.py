@@ -67,16 +67,17 @@ def cache_prune_cmd(cache_dir: Path | None, max_size: str | None, max_age: str |
 @_CACHE_DIR
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 def cache_du_cmd(cache_dir: Path | None, as_json: bool) -> None:
-    """Show how much the cache holds: layers, run-step cache mounts, registry blobs."""
+    """Show how much the cache holds: layers, run-step cache mounts, registry blobs, extracted layers."""
     root = cache_dir or default_cache_dir()
     usage = LayerCache(root).usage()
     if as_json:
         click.echo(json.dumps(usage.to_json(root)))
         return
-    total = usage.layer_bytes + usage.mount_bytes + usage.blob_bytes
+    total = usage.layer_bytes + usage.mount_bytes + usage.blob_bytes + usage.snapshot_bytes
     click.echo(f"{root}\n  layers  {usage.entries:>6} entries  {human(usage.layer_bytes):>10}\n"
                f"  mounts  {usage.mounts:>6} dirs     {human(usage.mount_bytes):>10}\n"
                f"  pulled  {usage.blobs:>6} blobs    {human(usage.blob_bytes):>10}\n"
+               f"  extracted {usage.snapshots:>4} layers   {human(usage.snapshot_bytes):>10}\n"
                f"  total                   {human(total):>10}")
 
 

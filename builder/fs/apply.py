@@ -62,10 +62,12 @@ class _Reader(HashingReader):
         return data
 
 
-def apply_blob(root: Path, blob: LayerBlob, on_progress: Callable[[int], None] | None = None) -> None:
+def apply_blob(root: Path, blob: LayerBlob, on_progress: Callable[[int], None] | None = None,
+               overlay: OverlayForm | None = None) -> None:
     """Apply one layer blob (compression detected by content) onto ``root``, checking digest and diff_id.
 
-    ``on_progress`` gets the uncompressed bytes as they are read (a large base takes seconds).
+    With ``overlay``, ``root`` is empty and the layer is extracted alone, as an overlayfs lower
+    directory (see :class:`OverlayForm`). ``on_progress`` gets the uncompressed bytes as they are read (a large base takes seconds).
 
     Every byte is hashed, trailing bytes too. When applying fails the digest is still checked, so
     a corrupt blob says IntegrityError, not some tar error. Entries land before the digests are
@@ -80,7 +82,7 @@ def apply_blob(root: Path, blob: LayerBlob, on_progress: Callable[[int], None] |
             tar = _Reader(decoded, label, blob.diff_id.algorithm, on_progress)
             try:
                 try:
-                    apply_layer(root, tar, label=label)  # type: ignore[arg-type]
+                    apply_layer(root, tar, label=label, overlay=overlay)  # type: ignore[arg-type]
                     tar.drain(_CHUNK)  # the padding after the end marker is part of the diff_id
                 finally:
                     decoded.close()  # stops the decoding thread before this thread reads ``raw`` again
@@ -108,18 +110,44 @@ def unpack_layers(root: Path, layers: Sequence[LayerBlob]) -> None:
         apply_blob(root, blob)
 
 
-def apply_layer(root: Path, tar_stream: BinaryIO, *, label: str = "layer") -> None:
+class OverlayForm:
+    """Extracting one layer alone as an overlayfs lower directory, rather than applying it.
+
+    A whiteout becomes what overlayfs reads as one, a 0/0 character device, and an opaque marker
+    the ``NS.overlay.opaque`` xattr (``trusted`` as root, ``user`` in a user namespace, where
+    overlayfs is mounted with ``userxattr``). What overlayfs would read differently from the layer
+    makes the extraction *unsafe* (:attr:`unsafe` says why): a directory the layer does not
+    list but its entries need (made here with made-up attributes, it would hide the lower
+    layers' attributes of that directory, where applying keeps them), or a real 0/0 character
+    device (overlayfs would take it for a whiteout). A run step never mounts an unsafe snapshot.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        self.opaque_xattr = f"{namespace}.overlay.opaque"
+        self.implicit: set[str] = set()  # directories made for an entry's sake
+        self.listed: set[str] = set()  # directories the layer has an entry for
+        self.unsafe = ""
+
+    def finish(self) -> None:
+        made = sorted(self.implicit - self.listed - {""})
+        if made and not self.unsafe:
+            self.unsafe = f"the layer does not list directory '/{made[0]}'"
+
+
+def apply_layer(root: Path, tar_stream: BinaryIO, *, label: str = "layer", overlay: OverlayForm | None = None) -> None:
     """Apply one uncompressed layer tar stream onto ``root``, streamed: InputError for a hostile entry."""
     try:
         root_fd = os.open(root, _ROOT_FLAGS)
     except OSError as exc:
         raise OutputError(f"cannot open {str(root)!r}: {exc.strerror}") from exc
-    applier = _Applier(root_fd, label)
+    applier = _Applier(root_fd, label, overlay)
     try:
         for name, change in read_layer(tar_stream, label):
             applier.name = name
             applier.apply(change)
         applier.finish()
+        if overlay is not None:
+            overlay.finish()
     except (tarfile.TarError, EOFError, UnicodeError, OverflowError) as exc:
         raise InputError(f"{label}: invalid tar data at or after entry {applier.name!r} ({exc})") from exc
     except OSError as exc:
@@ -153,7 +181,8 @@ def read_in_root(root: Path, path: str, limit: int = 1 << 20) -> bytes | None:
     return data
 
 
-def _walk(root_fd: int, path: str, create: bool, what: str, leaf: bool = False) -> tuple[str, int] | None:
+def _walk(root_fd: int, path: str, create: bool, what: str, leaf: bool = False,
+          made: set[str] | None = None) -> tuple[str, int] | None:
     """Directory ``path`` resolved inside the root with chroot semantics: (its path, an fd on it, the caller's).
 
     Missing directories are made (0755) when ``create``, else the answer is None; with ``leaf`` the last
@@ -174,6 +203,8 @@ def _walk(root_fd: int, path: str, create: bool, what: str, leaf: bool = False) 
                     return None
                 os.mkdir(part, 0o755, dir_fd=here)
                 os.chmod(part, 0o755, dir_fd=here)  # not the umask's choice
+                if made is not None:
+                    made.add("/".join([*(n for n, _ in stack), part]))
                 st = os.stat(part, dir_fd=here, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 links += 1
@@ -205,8 +236,9 @@ def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
 class _Applier:
     """Applying one layer: the paths it added, deferred directory times, cached directory fds."""
 
-    def __init__(self, root_fd: int, label: str) -> None:
+    def __init__(self, root_fd: int, label: str, overlay: OverlayForm | None = None) -> None:
         self.root_fd, self.label, self.rootless = root_fd, label, os.geteuid() != 0
+        self.overlay = overlay
         # root of a user namespace may chown only to the ids its map has (an image's uid 200000 is EINVAL)
         self.partial_ids = self.rootless or in_user_namespace()
         self.name = ""  # the entry being applied, for messages
@@ -226,7 +258,8 @@ class _Applier:
     def dir(self, path: str, create: bool) -> tuple[str, int] | None:
         """Resolved directory ``path`` and an fd on it, valid until the next entry (cache-owned)."""
         if path not in self.cache:
-            found = _walk(self.root_fd, path, create, f"{self.label}: entry {self.name!r}")
+            found = _walk(self.root_fd, path, create, f"{self.label}: entry {self.name!r}",
+                          made=self.overlay.implicit if self.overlay is not None else None)
             if found is None:
                 return None
             self.cache[path] = found
@@ -238,7 +271,9 @@ class _Applier:
             self.close()
             self.stale = False
         head, _, base = change.path.rpartition("/")
-        if isinstance(change, (Whiteout, Opaque)):
+        if self.overlay is not None and isinstance(change, (Whiteout, Opaque)):
+            self.mark(change, head, base)
+        elif isinstance(change, (Whiteout, Opaque)):
             found = self.dir(change.path if isinstance(change, Opaque) else head, create=False)
             names = [] if found is None else os.listdir(found[1]) if isinstance(change, Opaque) else [base]
             for name in names:
@@ -248,6 +283,22 @@ class _Applier:
             self.set_dir(self.root_fd, "", change, "")
         else:
             self.add(change, head, base)
+
+    def mark(self, change: Whiteout | Opaque, head: str, base: str) -> None:
+        """Overlay form: a whiteout as a 0/0 character device (unless this layer adds the path), an
+        opaque marker as the xattr on its directory (made if the layer lists it later)."""
+        assert self.overlay is not None
+        if isinstance(change, Opaque):
+            found = self.dir(change.path, create=True)
+            assert found is not None
+            os.setxattr(found[1], self.overlay.opaque_xattr, b"y")
+            return
+        found = self.dir(head, create=True)
+        assert found is not None
+        path = f"{found[0]}/{base}".lstrip("/")
+        if path in self.keep or _lstat(base, found[1]) is not None:
+            return  # this layer adds the path (in either order, the addition wins)
+        os.mknod(base, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=found[1])
 
     def prune(self, dir_fd: int, name: str, path: str) -> None:
         """Delete ``path`` as far as it came from lower layers: what this layer added stays."""
@@ -289,6 +340,10 @@ class _Applier:
         old = _lstat(base, fd)
         parts = path.split("/")  # this path and its ancestors came with this layer
         self.keep.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+        if self.overlay is not None:
+            self.overlay.listed.add(path)
+            if e.kind is Kind.CHAR and (e.devmajor, e.devminor) == (0, 0) and not self.overlay.unsafe:
+                self.overlay.unsafe = f"'/{path}' is a 0/0 character device, which overlayfs reads as a whiteout"
         if e.kind is Kind.DIR:
             if old is None or not stat.S_ISDIR(old.st_mode):
                 if old is not None:

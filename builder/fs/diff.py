@@ -60,12 +60,6 @@ def diff(root: Path, before: Snapshot, after: Snapshot, epoch: int) -> list[Chan
     if opaque:  # the lower content of a recreated directory is hidden: re-emit all it holds now
         emit.update(p for p in new if p not in emit and any(a in opaque for a in parents(p)))
 
-    reserved = [p for p in emit if is_whiteout_name(p.rpartition("/")[2])]
-    if reserved:
-        path = min(reserved)  # the same one reported every time
-        raise InputError(f"the command created '/{path}': a file named {path.rpartition('/')[2]!r} cannot be "
-                         f"stored in an image (.wh. names mark deletions)")
-
     kept: dict[str, bool] = {}
 
     def is_kept(d: str) -> bool:
@@ -77,8 +71,23 @@ def diff(root: Path, before: Snapshot, after: Snapshot, epoch: int) -> list[Chan
         return kept[d]
 
     whiteouts = [p for p in old if p not in new and all(is_kept(a) for a in parents(p))]
+    return assemble(root, emit, whiteouts, opaque, new, epoch)
+
+
+def assemble(root: Path, emit: set[str], whiteouts: list[str], opaque: set[str], new: Mapping[str, Node],
+             epoch: int) -> list[Change]:
+    """The layer of a decided change set: entries for ``emit`` (files read from ``root`` when the
+    layer is written) and every parent they need, ``whiteouts`` and ``opaque`` markers, canonically
+    ordered. Shared by the snapshot diff and the overlay upper directory's translation
+    (:mod:`builder.fs.upper`), so both paths write the same bytes for the same decisions."""
+    reserved = [p for p in emit if is_whiteout_name(p.rpartition("/")[2])]
+    if reserved:
+        path = min(reserved)  # the same one reported every time
+        raise InputError(f"the command created '/{path}': a file named {path.rpartition('/')[2]!r} cannot be "
+                         f"stored in an image (.wh. names mark deletions)")
 
     root_s = os.fspath(root)
+    emit = set(emit)
     changes: list[Change] = [Whiteout(p) for p in whiteouts]
     changes.extend(Opaque(p) for p in opaque)
     changes.extend(_entries(root_s, emit, new, epoch))

@@ -21,34 +21,33 @@ import struct
 import sys
 
 from builder import confine
+from builder.fs.syscalls import (
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    libc,
+    mount,
+)
 from builder.sandbox.spec import Bind, Copy, RunSpec, spec_from_json
 from builder.userns import in_user_namespace
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-MNT_DETACH = 2
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217, "armv7l": 218}
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _enc(text: str | None) -> bytes | None:
-    return text.encode() if text is not None else None
-
-
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    if _libc.mount(_enc(source), _enc(target), _enc(fstype), ctypes.c_ulong(flags), _enc(data)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {fstype or 'bind'} on {target}: {os.strerror(err)}")
 
 
 def _bind(source: str, target: str, readonly: bool, nodev: bool = False) -> None:
-    _mount(source, target, None, MS_BIND | MS_REC)
+    mount(source, target, None, MS_BIND | MS_REC)
     if readonly or nodev:
         extra = (MS_RDONLY if readonly else 0) | MS_NOSUID | MS_NODEV
-        _mount(None, target, None, MS_REMOUNT | MS_BIND | extra | _locked_flags(target))
+        mount(None, target, None, MS_REMOUNT | MS_BIND | extra | _locked_flags(target))
 
 
 #: statvfs f_flag bits -> the mount flags a remount must repeat (inside a user namespace the kernel
@@ -67,14 +66,14 @@ def _confine_proc(root: str) -> None:
     for rel in confine.MASKED_PATHS:
         path = f"{root}/{rel}"
         if os.path.isdir(path) and not os.path.islink(path):
-            _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0k,mode=555")
+            mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0k,mode=555")
         elif os.path.exists(path) and not os.path.islink(path):
             _bind("/dev/null", path, readonly=False)
     for rel in confine.READONLY_PATHS:
         path = f"{root}/{rel}"
         if os.path.exists(path) and not os.path.islink(path):
-            _mount(path, path, None, MS_BIND | MS_REC)
-            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+            mount(path, path, None, MS_BIND | MS_REC)
+            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
                    | _locked_flags(path))
 
 
@@ -96,7 +95,7 @@ def _loopback_up() -> None:
 
 def _setup_dev(root: str) -> None:
     dev = f"{root}/dev"
-    _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k")
     for name in DEVICES:
         path = f"{dev}/{name}"
         with open(path, "w"):
@@ -105,28 +104,28 @@ def _setup_dev(root: str) -> None:
             _bind(f"/dev/{name}", path, False)
     os.mkdir(f"{dev}/pts")
     with contextlib.suppress(OSError):
-        _mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+        mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
     os.symlink("pts/ptmx", f"{dev}/ptmx")
     os.mkdir(f"{dev}/shm")
-    _mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
+    mount("shm", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=1777,size=65536k")
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, f"{dev}/{name}")
 
 
 def _enter_root(root: str) -> None:
-    _mount(root, root, None, MS_BIND | MS_REC)
+    mount(root, root, None, MS_BIND | MS_REC)
     # nodev: a device node in the image (a hostile base's block device, or one a command makes) can be
     # created and kept in a layer, never opened. Inside a user namespace no device can be made anyway.
     try:
-        _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_NODEV | _locked_flags(root))
+        mount(None, root, None, MS_REMOUNT | MS_BIND | MS_NODEV | _locked_flags(root))
     except OSError:
         if os.getuid() == 0 and not in_user_namespace():
             raise
     os.chdir(root)
     number = _PIVOT_ROOT.get(platform.machine())
-    if number is not None and _libc.syscall(number, b".", b".") == 0:
-        if _libc.umount2(b".", MNT_DETACH) != 0:
+    if number is not None and libc.syscall(number, b".", b".") == 0:
+        if libc.umount2(b".", MNT_DETACH) != 0:
             raise OSError(ctypes.get_errno(), "umount old root")
     else:
         os.chroot(".")
@@ -149,22 +148,22 @@ def child(spec: RunSpec) -> None:
     root = spec.rootfs
     seccomp = confine.Filter.build()  # libseccomp is loaded from the host, before the root switch
     last_cap = confine.last_cap()
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     with contextlib.suppress(OSError):
-        _mount("sysfs", f"{root}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        mount("sysfs", f"{root}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _setup_dev(root)
     if spec.confined:
         _confine_proc(root)
     for rel in spec.tmpfs:
-        _mount("tmpfs", f"{root}/{rel}", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755,size=65536k")
+        mount("tmpfs", f"{root}/{rel}", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755,size=65536k")
     for copy in spec.copies:
         _copy_in(copy, root)
     for rel in spec.tmpfs:
-        _mount(None, f"{root}/{rel}", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        mount(None, f"{root}/{rel}", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                "mode=755,size=65536k")
     for rel in spec.scratch:
-        _mount("tmpfs", f"{root}/{rel}", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        mount("tmpfs", f"{root}/{rel}", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     for bind in spec.binds:
         target = f"{root}/{bind.target}"
         if not bind.is_dir and not os.path.exists(target):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from builder.errors import InputError
 from builder.fs.tree import FsTree
@@ -23,6 +23,9 @@ from builder.layer.order import canonical
 from builder.oci.digest import Digest
 from builder.oci.platform import Platform
 from builder.recipe.model import ConfigSpec, Step
+
+if TYPE_CHECKING:
+    from builder.fs.overlay import OverlayRoot
 
 
 class Redo:
@@ -104,7 +107,16 @@ class Lower(Protocol):
         ...
 
     def rootfs(self) -> Path:
-        """A directory with every layer below applied (run steps run in it)."""
+        """A directory with every layer below applied (run steps run in it on the copy driver)."""
+        ...
+
+    def overlay(self) -> OverlayRoot | None:
+        """The layers below as an overlay to mount (run steps run in it), or None where the overlay
+        driver is not used (then :meth:`rootfs`)."""
+        ...
+
+    def overlay_failed(self, why: str) -> None:
+        """The overlay could not be mounted: :meth:`rootfs` is asked next, and says why."""
         ...
 
     def stages(self) -> Mapping[str, Path]:

@@ -1,7 +1,9 @@
-"""``run``: a shell script executed inside the image's working root filesystem; its effect is the layer.
+"""``run``: a shell script executed inside the image's root filesystem; its effect is the layer.
 
-Snapshot the working rootfs, run the command in the sandbox, snapshot again, diff. What the
-sandbox mounts (``/proc``, ``/dev``, ``/sys``, resolv.conf and hosts, secrets, caches) lives in
+The root is an overlay mount of the layers' snapshots where the kernel allows it, and the layer
+is the translated upper directory (:mod:`builder.fs.overlay`); elsewhere it is a working copy of
+every layer, snapshotted before and after the command and diffed (:class:`CopyRoot`). Both give
+the same layer for the same command. What the sandbox mounts (``/proc``, ``/dev``, ``/sys``, resolv.conf and hosts, secrets, caches) lives in
 the child's private mount namespace and is gone when it exits; mount points it had to create are
 made before the first snapshot and removed after the second, and what is mounted over is excluded
 from both, so none of it can reach the layer (the mounts are planned in :mod:`builder.steps.mounts`).
@@ -9,18 +11,21 @@ from both, so none of it can reach the layer (the mounts are planned in :mod:`bu
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from builder.errors import StepError
 from builder.fs.apply import read_in_root
 from builder.fs.diff import diff
 from builder.fs.mountpoints import MountPoints
+from builder.fs.overlay import OverlayUnavailable
 from builder.fs.safepath import join_in_root
-from builder.fs.snapshot import snapshot
+from builder.fs.snapshot import Snapshot, snapshot
 from builder.fs.users import resolve_user
 from builder.layer.entry import Change, Entry, canon
 from builder.oci import config as cfgmod
@@ -106,13 +111,53 @@ def _make_workdir(root: Path, wd: Path) -> None:
         path.chmod(0o755)
 
 
-def run_changes(step: RunStep, rc: RunContext) -> list[Change]:
-    """Run the step's script in the working rootfs and return what it changed."""
+class RunRoot(Protocol):
+    """Where a run step's command runs, and how its layer is read afterwards: the copy driver's
+    working directory (:class:`CopyRoot`) or an overlay mount (:class:`builder.fs.overlay.OverlayRoot`)."""
+
+    path: Path
+
+    def mounted(self) -> contextlib.AbstractContextManager[Path]: ...
+
+    def begin(self, excluded: Collection[str]) -> None: ...
+
+    def changes(self, excluded: Collection[str], epoch: int) -> list[Change]: ...
+
+
+class CopyRoot:
+    """The copy driver: every layer applied into one directory, snapshotted before and after."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._before: Snapshot | None = None
+
+    def mounted(self) -> contextlib.AbstractContextManager[Path]:
+        return contextlib.nullcontext(self.path)
+
+    def begin(self, excluded: Collection[str]) -> None:
+        self._before = snapshot(self.path, excluded)
+
+    def changes(self, excluded: Collection[str], epoch: int) -> list[Change]:
+        assert self._before is not None, "changes() before begin()"
+        return diff(self.path, self._before, snapshot(self.path, excluded), epoch)
+
+
+def run_changes(step: RunStep, rc: RunContext, where: RunRoot | None = None) -> list[Change]:
+    """Run the step's script in its root filesystem and return what it changed.
+
+    ``where`` is how the root is made and read (``rc.rootfs`` on the copy driver when not given).
+    """
     check_can_execute(rc.platform)
     if step.security == "insecure" and not rc.services.allow_insecure:
         raise StepError("`security: insecure` runs the command with every capability and no seccomp filter: "
                         "start the build with --allow security.insecure to permit it")
-    root = rc.rootfs
+    where = where or CopyRoot(rc.rootfs)
+    with where.mounted() as root:
+        changes = _run_in(step, rc, root, where)
+    return _map_rootless(changes) if os.geteuid() != 0 else changes
+
+
+def _run_in(step: RunStep, rc: RunContext, root: Path, where: RunRoot) -> list[Change]:
     shell = list(step.shell or rc.shell)
     shell_path = join_in_root(root, shell[0])
     if not shell_path.is_file():
@@ -122,13 +167,14 @@ def run_changes(step: RunStep, rc: RunContext) -> list[Change]:
     env = {"PATH": DEFAULT_PATH, "HOME": user.home, **rc.env, **step.env}
     if any(m.kind == "ssh" for m in step.mounts):
         env["SSH_AUTH_SOCK"] = "/" + SSH_SOCKET
+    rc = dataclasses.replace(rc, rootfs=root)
     excluded = mounts_excluded(step, root)
     points = MountPoints(root)
     mounts = Mounts()
     try:
         # mount points exist in both snapshots, so neither they nor their parents' times are a change
         plan_mounts(step, rc, points, mounts)
-        before = snapshot(root, excluded)
+        where.begin(excluded)
         wd = join_in_root(root, step.workdir or rc.workdir or "/")
         if not wd.is_dir():
             _make_workdir(root, wd)
@@ -141,12 +187,10 @@ def run_changes(step: RunStep, rc: RunContext) -> list[Change]:
         if status != 0:
             what = f"was killed by signal {status - 128}" if status > 128 else f"exited with status {status}"
             raise StepError(f"command {what}", detail="\n".join(f"  | {line}" for line in tail) or None)
-        after = snapshot(root, excluded)
+        return where.changes(excluded, rc.epoch)
     finally:
         mounts.close()
         points.remove_created()
-    changes = diff(root, before, after, rc.epoch)
-    return _map_rootless(changes) if os.geteuid() != 0 else changes
 
 
 def image_env(scope: Scope) -> dict[str, str]:
@@ -223,7 +267,16 @@ class _RunPlan:
         return [(f"context:{r[0]}", Digest.of("\n".join(r).encode("utf-8", "surrogateescape"))) for r in rows]
 
     def changes(self, lower: Lower) -> Changes:
-        rc = RunContext(rootfs=lower.rootfs(), platform=self.scope.platform, epoch=self.scope.epoch, env=self.env,
-                        workdir=self.workdir, shell=self.shell, context=self.scope.context,
-                        stage_roots=lower.stages(), services=self.scope.services)
+        where = lower.overlay()
+        if where is not None:
+            try:
+                return Changes(iter(run_changes(self.step, self._context(where.path, lower), where)))
+            except OverlayUnavailable as exc:
+                lower.overlay_failed(f"overlayfs could not be mounted: {exc}")  # later steps copy at once
+        rc = self._context(lower.rootfs(), lower)
         return Changes(iter(run_changes(self.step, rc)), in_rootfs=True)
+
+    def _context(self, rootfs: Path, lower: Lower) -> RunContext:
+        return RunContext(rootfs=rootfs, platform=self.scope.platform, epoch=self.scope.epoch, env=self.env,
+                          workdir=self.workdir, shell=self.shell, context=self.scope.context,
+                          stage_roots=lower.stages(), services=self.scope.services)

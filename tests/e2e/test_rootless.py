@@ -152,6 +152,11 @@ def _setup(shared_dir: Path, busybox_rootfs_tar: Path, recipe: str) -> Path:
     return ctx
 
 
+def _linux_at_least(major: int, minor: int) -> bool:
+    release = os.uname().release.split(".")
+    return (int(release[0]), int("".join(c for c in release[1] if c.isdigit()) or 0)) >= (major, minor)
+
+
 def test_rootless_with_subordinate_ids_chowns_as_root_does(pybuild, busybox_rootfs_tar: Path, shared_dir: Path,
                                                            need, nobody_subids: None) -> None:
     """With a range in /etc/subuid, a rootless run step may chown to any id, and the layer is root's."""
@@ -166,6 +171,10 @@ def test_rootless_with_subordinate_ids_chowns_as_root_does(pybuild, busybox_root
                          cwd=shared_dir, env=env)
     assert rootless.returncode == 0, describe(rootless)
     assert "warning" not in rootless.stderr, describe(rootless)
+    # uid 0 of the build's user namespace mounts overlayfs itself (Linux 5.11+), userxattr snapshots
+    if _linux_at_least(5, 11):
+        assert "root filesystem: overlay of 1 snapshot (kernel overlayfs in a user namespace" in rootless.stderr, \
+            describe(rootless)
     assert os.stat(shared_dir / "nobody-out").st_uid == NOBODY
     assert diff_ids(shared_dir / "nobody-out") == diff_ids(shared_dir / "root-out")
     leftovers = [p for p in Path(tempfile.gettempdir()).glob("pybuild-*") if p.stat().st_uid >= 200000]

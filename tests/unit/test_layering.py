@@ -22,7 +22,7 @@ ALLOWED = {
     "fs": {"layer", "oci", "image", "userns"},  # never recipe or steps: fs is below them
     "recipe": {"oci"},
     "steps": {"recipe", "layer", "fs", "oci", "sandbox"},
-    "sandbox": {"confine", "userns", "oci"},
+    "sandbox": {"confine", "userns", "oci", "fs.syscalls"},  # fs.syscalls: mount(2) and friends, shared
     "confine": set(),
     "userns": set(),
     # readers and writers of on-disk formats and of registries (fs.atomic: temp files, verified copies;
@@ -41,7 +41,7 @@ ALLOWED = {
     "bundle": {"image", "oci", "fs"},
     # the layer cache: above the layers it stores (layer: the format version, the decoders of a hit's check),
     # below the stages that use it
-    "cache": {"oci", "image", "layer", "fs.atomic"},
+    "cache": {"oci", "image", "layer", "fs.atomic", "fs.apply", "fs.syscalls"},  # fs.apply: snapshots are extracted layers
     # showing an image, and a build's progress
     "inspect": {"image", "oci"},
     "progress": {"image", "oci"},

@@ -1,0 +1,245 @@
+"""What a ``run:`` step costs on a large base: pybuild's overlay and copy drivers next to Buildah.
+
+    python3 bench/runstep.py [--repeat 3] [--no-apt] [--no-peers] [--json results.json]
+
+Not a test. The base is the Debian bookworm minbase root filesystem (the test suite's
+debootstrap tarball, else ``recipes/debian/make-rootfs.sh``: ``bench/corpora.py``), 121 MB.
+Every build runs on 2 cores as the machine is; medians of ``--repeat`` rounds, each round
+running every tool once (so a slow spell hits all alike). Two workloads:
+
+- **trivial**: ``echo N > /n`` on the cached base, N new each time, so the step always misses.
+  Its cost is (the build's time - a warm no-op rebuild of the same recipe): what a run step adds
+  to a build, which for pybuild's copy driver is mostly materialising the whole base.
+- **apt**: ``apt-get install -y --no-install-recommends hello`` after a cached ``apt-get update``
+  step (the Debian package mirror must be reachable; ``--no-apt`` skips it). The install is
+  forced to miss each round by a changing comment in the script.
+
+Tools: ``pybuild overlay`` and ``pybuild copy`` (``PYBUILD_RUN_DRIVER``, private cache dir, the
+first build of each recipe not timed: it fills the layer cache and the snapshot store), and
+Buildah with the ``vfs`` and ``overlay`` storage drivers (private ``--root``; the base imported
+once as an image; ``buildah build --layers`` of the equivalent Containerfile, its earlier steps
+cached the same way). The goal (issue 17): the trivial step costs at most 0.2 s more than a warm
+no-op rebuild, and every pybuild run step is faster than Buildah's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from corpora import REPO, bench_root, prepare
+from measure import Completed, rmtree, run_timed
+
+TRIVIAL = "echo {n} > /n"
+APT_UPDATE = "apt-get update -q"
+APT_INSTALL = "apt-get install -y -q --no-install-recommends hello # round {n}"
+GOAL_OVER_NOOP_S = 0.2
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class Failed(Exception):  # noqa: N818 - a failed tool run, reported as a row
+    pass
+
+
+def check(done: Completed) -> Completed:
+    if done.returncode != 0:
+        raise Failed(done.tail(8))
+    return done
+
+
+class Pybuild:
+    def __init__(self, work: Path, context: Path, driver: str) -> None:
+        self.name = f"pybuild {driver}"
+        self.work, self.context, self.driver = work / f"pybuild-{driver}", context, driver
+        self.env = {**os.environ, "PYBUILD_RUN_DRIVER": driver,
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        rmtree(self.work)
+        self.work.mkdir(parents=True)
+
+    def build(self, steps: list[str], tag: str) -> Completed:
+        recipe = self.work / f"{tag}.yaml"
+        recipe.write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.xz\n"
+                          + "".join(f"  - run: {json.dumps(s)}\n" for s in steps))
+        out = self.work / "out"
+        rmtree(out)
+        return check(run_timed([sys.executable, "-m", "builder", str(recipe), "-o", str(out), "-q",
+                                "--no-attestations", "--context", str(self.context),
+                                "--cache-dir", str(self.work / "cache")], env=self.env))
+
+    def close(self) -> None:
+        rmtree(self.work)
+
+
+class Buildah:
+    def __init__(self, work: Path, tarball: Path, driver: str) -> None:
+        self.name = f"buildah {driver}"
+        self.work, self.driver = work / f"buildah-{driver}", driver
+        self.exe = shutil.which("buildah") or "buildah"
+        rmtree(self.work)
+        (self.work / "ctx").mkdir(parents=True)
+        container = check(run_timed(self.argv("from", "--quiet", "scratch"))).stdout.strip().splitlines()[-1]
+        check(run_timed(self.argv("add", "--quiet", container, str(tarball), "/")))
+        check(run_timed(self.argv("commit", "--quiet", container, "localhost/bench-debian")))
+        check(run_timed(self.argv("rm", container)))
+
+    def argv(self, *args: str) -> list[str]:
+        return [self.exe, "--storage-driver", self.driver, "--root", str(self.work / "root"),
+                "--runroot", str(self.work / "runroot"), *args]
+
+    def build(self, steps: list[str], tag: str) -> Completed:
+        containerfile = self.work / "ctx" / "Containerfile"
+        containerfile.write_text("FROM localhost/bench-debian\n" + "".join(f"RUN {s}\n" for s in steps))
+        return check(run_timed(self.argv("build", "--quiet", "--layers", "--network", "host", "--isolation",
+                                         "chroot", "-t", f"localhost/{tag}", "-f", str(containerfile),
+                                         str(self.work / "ctx"))))
+
+    def close(self) -> None:
+        for args in (("rm", "--all"), ("rmi", "--all", "--force")):
+            subprocess.run(self.argv(*args), capture_output=True, check=False)
+        rmtree(self.work)
+
+
+Tool = Pybuild | Buildah
+
+
+def measure(tools: list[Tool], repeat: int, noop: Callable[[], list[str]], varied: Callable[[int], list[str]],
+            label: str) -> dict[str, Any]:
+    """Per tool: the median warm no-op rebuild, the median build with the last step missing, and the
+    difference (the step's cost)."""
+    times: dict[str, dict[str, list[float]]] = {t.name: {"noop": [], "varied": []} for t in tools}
+    errors: dict[str, str] = {}
+    for tool in tools:  # fill the caches (and pybuild's snapshot store) untimed
+        try:
+            tool.build(noop(), f"{label}-noop")
+            tool.build(noop(), f"{label}-noop")
+        except Failed as exc:
+            errors[tool.name] = str(exc)
+    for n in range(1, repeat + 1):
+        for tool in tools:
+            if tool.name in errors:
+                continue
+            try:
+                times[tool.name]["noop"].append(tool.build(noop(), f"{label}-noop").seconds)
+                times[tool.name]["varied"].append(tool.build(varied(n), f"{label}-{n}").seconds)
+            except Failed as exc:
+                errors[tool.name] = str(exc)
+        log(f"  {label}: round {n}/{repeat} done")
+    rows: dict[str, Any] = {}
+    for name, t in times.items():
+        if name in errors or not t["varied"]:
+            rows[name] = {"error": errors.get(name, "no run")}
+            continue
+        noop_s, total_s = statistics.median(t["noop"]), statistics.median(t["varied"])
+        rows[name] = {"noop_s": round(noop_s, 3), "total_s": round(total_s, 3), "step_s": round(total_s - noop_s, 3),
+                      "noop_times_s": [round(x, 3) for x in t["noop"]],
+                      "varied_times_s": [round(x, 3) for x in t["varied"]]}
+    return rows
+
+
+def mirror_ok() -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen("http://deb.debian.org/debian/dists/bookworm/Release", timeout=10) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def render(results: dict[str, Any]) -> str:
+    title = (f"run-step cost on the Debian base ({results['base_mb']} MB), {results['cpus']} CPUs, "
+             f"median of {results['repeat']}")
+    lines = [title, ""]
+    for workload, rows in results["workloads"].items():
+        lines += [f"## {workload}", "", "| tool | warm no-op rebuild | build with the step | step costs |",
+                  "|---|---:|---:|---:|"]
+        for name, row in rows.items():
+            if "error" in row:
+                lines.append(f"| {name} | error: {row['error'].splitlines()[-1][:60]} | | |")
+            else:
+                lines.append(f"| {name} | {row['noop_s']:.2f} s | {row['total_s']:.2f} s | {row['step_s']:.2f} s |")
+        lines.append("")
+    for goal in results["goals"]:
+        lines.append(f"- {goal['status']}: {goal['goal']} ({goal['detail']})")
+    return "\n".join(lines)
+
+
+def goals(workloads: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    out = []
+    trivial = workloads.get("trivial", {})
+    mine = trivial.get("pybuild overlay", {})
+    if "step_s" in mine:
+        out.append({"goal": f"trivial step <= {GOAL_OVER_NOOP_S} s over a warm no-op rebuild",
+                    "status": "PASS" if mine["step_s"] <= GOAL_OVER_NOOP_S else "FAIL",
+                    "detail": f"{mine['step_s']:.3f} s"})
+    for workload, rows in workloads.items():
+        peers = {n: r["total_s"] for n, r in rows.items() if n.startswith("buildah") and "total_s" in r}
+        ours = rows.get("pybuild overlay", {})
+        if peers and "total_s" in ours:
+            best = min(peers, key=lambda k: peers[k])
+            out.append({"goal": f"{workload}: pybuild overlay faster than Buildah",
+                        "status": "PASS" if ours["total_s"] < peers[best] else "FAIL",
+                        "detail": f"{ours['total_s']:.2f} s vs {best} {peers[best]:.2f} s"})
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-apt", action="store_true", help="skip the apt-get workload")
+    parser.add_argument("--no-peers", action="store_true", help="pybuild only")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        log("note: not root: the overlay driver needs root or a rootless build with a subordinate id range")
+    corpus = prepare("debian", False, log)
+    tarball = corpus.context / "rootfs.tar.xz"
+    with tarfile.open(tarball) as tf:
+        base = sum(m.size for m in tf)
+    work = bench_root() / "runstep"
+    tools: list[Tool] = [Pybuild(work, corpus.context, "overlay"), Pybuild(work, corpus.context, "copy")]
+    if not args.no_peers and shutil.which("buildah"):
+        for driver in ("vfs", "overlay"):
+            try:
+                tools.append(Buildah(work, tarball, driver))
+            except Failed as exc:
+                log(f"buildah {driver}: cannot import the base: {exc}")
+    results: dict[str, Any] = {"base_mb": round(base / 1e6), "cpus": os.cpu_count(), "repeat": args.repeat,
+                               "when": time.strftime("%Y-%m-%d %H:%M:%S"), "workloads": {}}
+    try:
+        results["workloads"]["trivial"] = measure(tools, args.repeat, lambda: [TRIVIAL.format(n=0)],
+                                                  lambda n: [TRIVIAL.format(n=n)], "trivial")
+        if not args.no_apt:
+            if mirror_ok():
+                results["workloads"]["apt"] = measure(
+                    tools, args.repeat, lambda: [APT_UPDATE, APT_INSTALL.format(n=0)],
+                    lambda n: [APT_UPDATE, APT_INSTALL.format(n=n)], "apt")
+            else:
+                log("apt: the Debian mirror is not reachable: skipped")
+    finally:
+        for tool in tools:
+            tool.close()
+    results["goals"] = goals(results["workloads"])
+    print(render(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

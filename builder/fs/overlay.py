@@ -1,0 +1,188 @@
+"""The overlay run driver: a run step's root filesystem as an overlayfs mount of layer snapshots.
+
+The snapshots of the layers below (:mod:`builder.cache.snapshots`) are the lower directories and
+a fresh, empty directory is the upper one, so preparing the root costs one ``mount`` however big
+the base, and the step's layer is read from the upper directory (:mod:`builder.fs.upper`), so
+writing it costs the size of the change. BuildKit's and Buildah's overlay snapshotters work the
+same way.
+
+Which driver a run step uses is chosen here (:func:`choose`), and named in the progress output:
+
+- ``overlay``: root, with the kernel's overlayfs; or uid 0 of a user namespace (a rootless build
+  with a subordinate id range is re-executed in one) on Linux 5.11 or later, mounted ``userxattr``.
+- ``copy``: otherwise, or when ``PYBUILD_RUN_DRIVER=copy``: every layer applied into a working
+  directory, snapshotted before and after the command (:mod:`builder.fs.snapshot`).
+
+The mount is made with ``redirect_dir=off,index=off,metacopy=off``, so the upper directory holds
+only whole files and plain whiteouts, which is all an OCI layer can say: a renamed lower
+directory is copied (``rename`` gets EXDEV, and ``mv`` copies), never a redirect, and a
+metadata change copies the file up whole. A kernel that refuses these options is not used.
+
+The mounts are made in a private mount namespace of the calling thread (``unshare(CLONE_NEWNS)``,
+the host's mounts still propagating in), so they are never visible to the host and vanish with
+the process, even one killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import StepError
+from builder.fs.snapshot import Snapshot, snapshot
+from builder.fs.syscalls import CLONE_NEWNS, MNT_DETACH, MS_RDONLY, MS_REC, MS_SLAVE, mount, umount, unshare
+from builder.fs.upper import upper_diff
+from builder.layer.entry import Change
+from builder.userns import in_user_namespace
+
+DRIVER_ENV = "PYBUILD_RUN_DRIVER"
+"""``auto`` (the default), ``overlay`` (fail rather than copy) or ``copy``."""
+OPTIONS = "redirect_dir=off,index=off,metacopy=off"
+MAX_LOWER = 500  # the kernel's limit on lower directories (OVL_MAX_STACK)
+
+
+@dataclass(frozen=True)
+class Driver:
+    """How run steps get their root filesystem here: ``overlay`` or ``copy``, and a phrase saying why."""
+
+    name: str
+    detail: str
+
+    @property
+    def flavor(self) -> str:
+        """The snapshot flavor (opaque markers' xattr namespace) the overlay mounts read."""
+        return "user" if in_user_namespace() else "trusted"
+
+
+_failed: dict[str, str] = {}  # a mount that failed once in this process: why (later steps copy at once)
+_lock = threading.Lock()
+_private = threading.local()
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    try:
+        parts = platform.release().split(".")
+        return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)) >= (major, minor)
+    except (IndexError, ValueError):
+        return False
+
+
+def choose() -> Driver:
+    """The driver run steps use in this process (see the module docstring)."""
+    wanted = os.environ.get(DRIVER_ENV, "auto").strip() or "auto"
+    if wanted not in ("auto", "overlay", "copy"):
+        raise StepError(f"{DRIVER_ENV}={wanted!r}: expected auto, overlay or copy")
+    if wanted == "copy":
+        return Driver("copy", f"{DRIVER_ENV}=copy")
+    why = ""
+    if os.geteuid() != 0:
+        why = "overlayfs needs root or a user namespace with a subordinate id range"
+    elif in_user_namespace() and not _kernel_at_least(5, 11):
+        why = f"overlayfs in a user namespace needs Linux 5.11 or later (this is {platform.release()})"
+    with _lock:
+        why = why or _failed.get("mount", "")
+    if why:
+        if wanted == "overlay":
+            raise StepError(f"{DRIVER_ENV}=overlay, but {why}")
+        return Driver("copy", why)
+    return Driver("overlay", "kernel overlayfs" + (" in a user namespace" if in_user_namespace() else ""))
+
+
+def overlay_failed(why: str) -> None:
+    """Remember that mounting failed (the rest of this build copies without trying again)."""
+    with _lock:
+        _failed.setdefault("mount", f"overlayfs could not be mounted: {why}")
+
+
+def _private_mounts() -> None:
+    """Put this thread in a mount namespace of its own, once: our mounts stay ours."""
+    if getattr(_private, "done", False):
+        return
+    unshare(CLONE_NEWNS)
+    mount(None, "/", None, MS_REC | MS_SLAVE)  # host mounts still reach us; ours never reach the host
+    _private.done = True
+
+
+class OverlayRoot:
+    """One run step's root: lower directories (bottom first), and ``work`` for upper, work and mount
+    point. :meth:`mounted` mounts it; :meth:`changes` reads the step's layer from the upper directory."""
+
+    def __init__(self, lowers: Sequence[Path], work: Path, driver: Driver) -> None:
+        if not lowers or len(lowers) > MAX_LOWER:
+            raise ValueError(f"{len(lowers)} lower directories")
+        self.lowers = list(lowers)
+        self.work = work.absolute()  # the links made to its parts must not be relative
+        self.driver = driver
+        self.path = self.work / "merged"
+        self.upper = self.work / "upper"
+        self.opaque_xattr = f"{driver.flavor}.overlay.opaque"
+        self._before: Snapshot | None = None
+        self._changes: list[Change] | None = None
+
+    def _options(self, links: int) -> str:
+        """Lower directories as ``/proc/self/fd/N/I`` (links to the snapshots): a mount's options are
+        one page at most, and 100 layers of cache paths would not fit."""
+        lower = ":".join(f"/proc/self/fd/{links}/{i}" for i in reversed(range(len(self.lowers))))
+        extra = ",userxattr" if self.driver.flavor == "user" else ""
+        return (f"lowerdir={lower},upperdir=/proc/self/fd/{links}/upper,workdir=/proc/self/fd/{links}/work,"
+                f"{OPTIONS}{extra}")
+
+    @contextlib.contextmanager
+    def mounted(self) -> Iterator[Path]:
+        """The merged root for the duration of the block (the command runs in it)."""
+        links_dir = self.work / "l"
+        for name in ("upper", "work", "merged", "l", "lower"):
+            (self.work / name).mkdir(parents=True, exist_ok=True)
+        for i, lower in enumerate(self.lowers):
+            (links_dir / str(i)).symlink_to(lower)
+        (links_dir / "upper").symlink_to(self.upper)
+        (links_dir / "work").symlink_to(self.work / "work")
+        links = os.open(links_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        mounted: list[str] = []
+        try:
+            try:
+                _private_mounts()
+                mount("overlay", str(self.path), "overlay", 0, self._options(links))
+                mounted.append(str(self.path))
+                if len(self.lowers) > 1:  # the lower layers alone, read-only: what the upper is compared with
+                    stack = ":".join(f"/proc/self/fd/{links}/{i}" for i in reversed(range(len(self.lowers))))
+                    extra = ",userxattr" if self.driver.flavor == "user" else ""
+                    mount("overlay", str(self.work / "lower"), "overlay", MS_RDONLY, f"lowerdir={stack}{extra}")
+                    mounted.append(str(self.work / "lower"))
+            except OSError as exc:
+                overlay_failed(str(exc))
+                raise OverlayUnavailable(str(exc)) from exc
+            yield self.path
+        finally:
+            for target in reversed(mounted):
+                with contextlib.suppress(OSError):
+                    umount(target, MNT_DETACH)
+            os.close(links)
+
+    @property
+    def lower_view(self) -> Path:
+        return self.work / "lower" if len(self.lowers) > 1 else self.lowers[0]
+
+    def begin(self, excluded: Collection[str]) -> None:
+        """What is in the upper directory before the command (mount points and their parents)."""
+        self._before = snapshot(self.upper, excluded)
+
+    def changes(self, excluded: Collection[str], epoch: int) -> list[Change]:
+        """The command's layer, while the lower view is still mounted."""
+        assert self._before is not None, "changes() before begin()"
+        after = snapshot(self.upper, excluded)
+        return upper_diff(self.upper, self.lower_view, self._before, after, self.opaque_xattr, epoch)
+
+    def remove(self) -> None:
+        """The upper directory and the rest of ``work`` (after the layer is written)."""
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+class OverlayUnavailable(StepError):  # noqa: N818 - a condition the caller handles, not a failure
+    """The overlay could not be mounted; the step is run again on the copy driver."""

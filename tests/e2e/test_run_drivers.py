@@ -1,0 +1,160 @@
+"""The overlay and copy run drivers write the same layers: one recipe, built on each, same diff_ids.
+
+Each run step below does one kind of change to what lower layers made, so a difference names the
+case: deletions of lower files and directories, a directory replaced by a file and back, a hardlink
+to a lower file, a lower file's xattrs carried through a change, setuid files, a no-op ``chmod -R``,
+renames of lower files and directories, and a directory deleted and made again. The overlay build
+must have used the overlay (its progress says so), and the image must run in runc.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .runtimes import describe
+
+pytestmark = [pytest.mark.tools]
+
+XATTRS = {"SCHILY.xattr.user.note": "kept through copy-up", "SCHILY.xattr.trusted.tag": "t"}
+
+RECIPE = """\
+version: 1
+tag: drivers
+steps:
+  - rootfs: rootfs.tar.gz
+  - rootfs: data.tar.gz
+  - run: rm /data/file
+  - run: rm -rf /data/tree
+  - run: rm -rf /data/d2 && echo now-a-file > /data/d2
+  - run: rm /data/d2 && mkdir /data/d2 && echo back > /data/d2/x
+  - run: ln /data/lower /data/linked
+  - run: chmod 0600 /data/xattr && echo more >> /data/xattr
+  - run: chmod 4755 /data/tool && cp /bin/busybox /data/suid && chmod 4711 /data/suid
+  - run: chmod -R a+rX /data/perm
+  - run: mv /data/movefile /data/moved && mv /data/movedir /data/moveddir
+  - run: rm -rf /data/again && mkdir /data/again && echo fresh > /data/again/new
+  - run: mkdir -p /usr/local/bin && echo deep > /usr/local/bin/deep && rm -rf /data/tree2/sub && touch /data/tree2
+  - run: mkfifo /data/fifo && ln -s /data/lower /data/sym && rm /data/sym2 && ln -s elsewhere /data/sym2
+config:
+  cmd: ["/bin/sh", "-c", "cat /data/d2/x /data/linked /data/again/new /usr/local/bin/deep; ls /data/tree2; stat -c '%a' /data/suid /data/tool"]
+"""
+
+
+def data_tar(rootfs_tar, path: Path) -> Path:
+    """The lower layer the run steps change."""
+    extra = [
+        {"name": "data", "kind": "dir"},
+        {"name": "data/file", "data": "gone\n"},
+        {"name": "data/tree", "kind": "dir"},
+        {"name": "data/tree/a", "data": "a\n"},
+        {"name": "data/tree/sub", "kind": "dir"},
+        {"name": "data/tree/sub/b", "data": "b\n"},
+        {"name": "data/d2", "kind": "dir"},
+        {"name": "data/d2/inner", "data": "inner\n"},
+        {"name": "data/lower", "data": "linked\n"},
+        {"name": "data/xattr", "data": "x\n"},
+        {"name": "data/tool", "data": "#!/bin/sh\n", "mode": 0o755},
+        {"name": "data/perm", "kind": "dir", "mode": 0o755},
+        {"name": "data/perm/r", "data": "r\n", "mode": 0o644},
+        {"name": "data/perm/sub", "kind": "dir", "mode": 0o755},
+        {"name": "data/perm/sub/s", "data": "s\n", "mode": 0o644},
+        {"name": "data/movefile", "data": "m\n"},
+        {"name": "data/movedir", "kind": "dir"},
+        {"name": "data/movedir/in", "data": "in\n"},
+        {"name": "data/again", "kind": "dir"},
+        {"name": "data/again/old", "data": "old\n"},
+        {"name": "data/tree2", "kind": "dir"},
+        {"name": "data/tree2/keep", "data": "keep\n"},
+        {"name": "data/tree2/sub", "kind": "dir"},
+        {"name": "data/tree2/sub/c", "data": "c\n"},
+        {"name": "data/sym2", "kind": "symlink", "target": "lower"},
+    ]
+    made = rootfs_tar(path, extra, busybox=False)
+    # a lower file with xattrs: re-written with them as PAX records
+    with tarfile.open(made) as tf:
+        members = [(m, tf.extractfile(m).read() if m.isfile() else None) for m in tf]  # type: ignore[union-attr]
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as out:
+        for m, data in members:
+            if m.name == "data/xattr":
+                m.pax_headers = dict(XATTRS)
+            out.addfile(m, io.BytesIO(data) if data is not None else None)
+    path.write_bytes(gzip.compress(raw.getvalue(), mtime=0))
+    return path
+
+
+def diff_ids(out: Path) -> list[str]:
+    blobs = out / "blobs" / "sha256"
+    [desc] = json.loads((out / "index.json").read_text())["manifests"]
+    manifest = json.loads((blobs / desc["digest"].split(":")[1]).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
+    return list(config["rootfs"]["diff_ids"])
+
+
+def layer_names(out: Path, index: int) -> set[str]:
+    blobs = out / "blobs" / "sha256"
+    [desc] = json.loads((out / "index.json").read_text())["manifests"]
+    manifest = json.loads((blobs / desc["digest"].split(":")[1]).read_bytes())
+    with tarfile.open(blobs / manifest["layers"][index]["digest"].split(":")[1]) as tf:
+        return set(tf.getnames())
+
+
+def build_with(pybuild, ctx: Path, out: Path, driver: str, home: Path) -> Any:
+    home.mkdir(exist_ok=True)
+    return pybuild(ctx / "pybuild.yaml", "-o", out, "--progress", "plain", "--no-attestations",
+                   env={"PYBUILD_RUN_DRIVER": driver, "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache")})
+
+
+def test_overlay_and_copy_drivers_write_the_same_layers(pybuild, ctx: Path, tmp_path: Path, rootfs_tar, oci_check,
+                                                        runc) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the overlay driver as tested here needs root")
+    data_tar(rootfs_tar, ctx / "data.tar.gz")
+    (ctx / "pybuild.yaml").write_text(RECIPE)
+    copy = build_with(pybuild, ctx, tmp_path / "copy", "copy", tmp_path / "h-copy")
+    assert copy.returncode == 0, describe(copy)
+    overlay = build_with(pybuild, ctx, tmp_path / "overlay", "overlay", tmp_path / "h-overlay")
+    assert overlay.returncode == 0, describe(overlay)
+    assert "root filesystem: overlay of" in overlay.stderr and "copy driver" not in overlay.stderr, overlay.stderr
+    assert "root filesystem: copy driver (PYBUILD_RUN_DRIVER=copy)" in copy.stderr
+    steps = [line.strip() for line in RECIPE.splitlines() if line.strip().startswith("- ")]
+    pairs = list(zip(diff_ids(tmp_path / "copy"), diff_ids(tmp_path / "overlay"), strict=True))
+    again = next(i for i, step in enumerate(steps) if "/data/again" in step)
+    mismatched = [(steps[i], a, b) for i, (a, b) in enumerate(pairs) if a != b and i != again]
+    assert not mismatched, mismatched
+    # A directory deleted and made again: the overlay knows (an opaque directory); the snapshot diff
+    # knows only when the filesystem gave the new directory a new inode number, else it writes a
+    # whiteout of each old child, which hides the same files.
+    copied, overlaid = layer_names(tmp_path / "copy", again), layer_names(tmp_path / "overlay", again)
+    assert "data/again/.wh..wh..opq" in overlaid and "data/again/.wh.old" not in overlaid, overlaid
+    if pairs[again][0] == pairs[again][1]:
+        assert copied == overlaid
+    else:
+        assert copied == overlaid - {"data/again/.wh..wh..opq"} | {"data/again/.wh.old"}, (copied, overlaid)
+    assert oci_check(tmp_path / "overlay").returncode == 0
+    ran = runc.run(tmp_path / "overlay", "drivers")
+    assert ran.stdout.splitlines() == ["back", "linked", "fresh", "deep", "keep", "4711", "4755"], describe(ran)
+
+
+def test_a_second_build_extracts_nothing(pybuild, ctx: Path, tmp_path: Path) -> None:
+    """The snapshots stay in the cache: the next build (a cache miss) mounts them as they are."""
+    if os.geteuid() != 0:
+        pytest.skip("the overlay driver as tested here needs root")
+    recipe = "version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n  - run: echo {n} > /n\n  - run: cat /n\n"
+    home = tmp_path / "home"
+    for n, extracted in ((1, True), (2, False)):
+        (ctx / "pybuild.yaml").write_text(recipe.format(n=n))
+        built = build_with(pybuild, ctx, tmp_path / f"o{n}", "overlay", home)
+        assert built.returncode == 0, describe(built)
+        first = [line for line in built.stderr.splitlines() if "root filesystem: overlay of 1 snapshot" in line]
+        assert first and ("extracted 1 layer" in first[0]) == extracted, built.stderr
+        # the second run step's snapshot (the layer of the first) is always new: its content changed
+        assert "root filesystem: overlay of 2 snapshots (kernel overlayfs; extracted 1 layer" in built.stderr
