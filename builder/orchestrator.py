@@ -8,6 +8,7 @@ built in one pass), then the config and the manifest. The result is an immutable
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,9 +17,11 @@ from typing import Any, BinaryIO
 
 from builder.attest.referrer import CYCLONEDX, IN_TOTO, PREDICATE_ANNOTATION, SPDX, Referrer, attach
 from builder.base import load_base
+from builder.cache.snapshots import SnapshotStore
 from builder.cache.store import LayerCache
 from builder.errors import InputError, located
 from builder.fs.apply import unpack_layers
+from builder.fs.overlay import OverlayUnavailable, ReadOnlyView, choose
 from builder.image import Image, ImageIndex, LayerBlob, images_of
 from builder.inspect import describe
 from builder.layer.blob import write_layer_blob
@@ -35,7 +38,7 @@ from builder.progress import NullReporter, Reporter
 from builder.recipe import load_recipe, read_recipe, recipe_for
 from builder.recipe.model import BaseRef, Recipe, Step
 from builder.recipe.runtime import runtime_spec
-from builder.stage import StageBuilder, StageResult, StepRecord
+from builder.stage import StageBuilder, StageResult, StepRecord, snapshots_of
 from builder.stepcache import StepCache
 from builder.steps import handler_for
 
@@ -188,22 +191,56 @@ def _needed_stages(recipe: Recipe, final: tuple[BaseRef, tuple[Step, ...]]) -> l
 
 
 class _Stages:
-    """The stages built so far for one platform, and their filesystems when a copy needs them."""
+    """The stages built so far for one platform, and their filesystems when a step reads one.
 
-    def __init__(self, workdir: Path, cache: StepCache | None) -> None:
+    A stage's filesystem is a read-only overlay of its layers' snapshots where the overlay driver
+    can be used (most of them were extracted for the stage's own run steps already); else its
+    layers unpacked into the work directory. Both last until :meth:`close`.
+    """
+
+    def __init__(self, workdir: Path, cache: StepCache | None, options: BuildOptions, reporter: Reporter) -> None:
         self.workdir = workdir
         self.cache = cache
+        self.options, self.reporter = options, reporter
         self.results: dict[str, StageResult] = {}
         self.roots: dict[str, Path] = {}
+        self._open = contextlib.ExitStack()
 
     def root(self, name: str) -> Path:
         if name not in self.roots:
-            root = self.workdir / "stages" / name / "rootfs"
+            layers = self.results[name].layers
             if self.cache is not None:
-                self.cache.materialize(self.results[name].layers)
-            unpack_layers(root, self.results[name].layers)
-            self.roots[name] = root
+                self.cache.materialize(layers)
+            self.roots[name] = self._overlay(name, layers) or self._unpacked(name, layers)
         return self.roots[name]
+
+    def _overlay(self, name: str, layers: list[LayerBlob]) -> Path | None:
+        driver = choose()
+        if driver.name != "overlay" or not layers:
+            return None
+        store = SnapshotStore((self.options.cache_dir or default_cache_dir()) / "snapshots", driver.flavor)
+        session = self._open.enter_context(store.using())
+        found = snapshots_of(layers, session, self.reporter, lambda _: None)
+        if isinstance(found, str):
+            return None
+        try:
+            root = self._open.enter_context(ReadOnlyView(found, self.workdir / "stages" / name / "view",
+                                                         driver).mounted())
+        except OverlayUnavailable:
+            return None
+        self.reporter.message(f"      stage {name}: overlay of {len(layers)} snapshot{'s' * (len(layers) > 1)}"
+                              + (f" (extracted {session.extracted})" if session.extracted else ""))
+        return root
+
+    def _unpacked(self, name: str, layers: list[LayerBlob]) -> Path:
+        root = self.workdir / "stages" / name / "rootfs"
+        unpack_layers(root, layers)
+        return root
+
+    def close(self) -> None:
+        """Unmount the stages' overlays and release their snapshots (their work files go with the
+        build's work directory)."""
+        self._open.close()
 
     def chains(self) -> dict[str, list[Digest]]:
         return {name: [blob.diff_id for blob in r.layers] for name, r in self.results.items()}
@@ -218,7 +255,13 @@ def build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workd
     and its digest: the build's provenance names them.
     """
     context = (options.context or recipe.path.parent).resolve()
-    stages = _Stages(workdir, cache)
+    with contextlib.closing(_Stages(workdir, cache, options, reporter)) as stages:
+        return _build_image(recipe, platform, options, workdir, reporter, cache, bases, context, stages)
+
+
+def _build_image(recipe: Recipe, platform: Platform, options: BuildOptions, workdir: Path, reporter: Reporter,
+                 cache: StepCache | None, bases: list[tuple[str, Digest]] | None, context: Path,
+                 stages: _Stages) -> tuple[Image, list[StepRecord]]:
     records: list[StepRecord] = []
 
     def run(name: str, base_ref: BaseRef, steps: tuple[Step, ...]) -> tuple[Image | None, StageResult]:

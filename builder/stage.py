@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
 from builder.cache.keys import step_key
-from builder.cache.snapshots import SnapshotStore
+from builder.cache.snapshots import SnapshotSession, SnapshotStore
 from builder.errors import InputError, located
 from builder.fs.apply import apply_blob
-from builder.fs.overlay import MAX_LOWER, OverlayRoot, choose
+from builder.fs.overlay import MAX_LAYERS, OverlayRoot, choose
 from builder.fs.scan import update_tree
 from builder.fs.tree import WATCHED, FsTree
 from builder.fs.users import read_account_file
@@ -96,6 +96,22 @@ class _Workspace:
             apply_blob(self.path, blob, reporter.step_progress)
         self.applied = len(layers)
         return self.path
+
+
+def snapshots_of(layers: list[LayerBlob], session: SnapshotSession, reporter: Reporter,
+                 materialize: Callable[[list[LayerBlob]], None]) -> list[Path] | str:
+    """The snapshot directories of ``layers`` (bottom first), made where missing; or why overlayfs
+    cannot mount them (then the caller uses the layers themselves)."""
+    if not layers or len(layers) > MAX_LAYERS:
+        return f"{len(layers)} layers: overlayfs takes 1 to {MAX_LAYERS}"
+    materialize(layers)
+    found = []
+    for blob in layers:
+        snap = session.get(blob, reporter.step_progress)
+        if snap.unsafe:
+            return f"layer {blob.diff_id.short} cannot be an overlay lower directory: {snap.unsafe}"
+        found.append(snap.path)
+    return found
 
 
 class _Redo(Exception):  # noqa: N818 - the writer's own signal, never leaves this module
@@ -256,25 +272,18 @@ class StageBuilder:
         if driver.name != "overlay":
             self._copy_reason = driver.detail
             return None
-        if not layers or len(layers) > MAX_LOWER:
-            self._copy_reason = f"{len(layers)} layers: overlayfs takes 1 to {MAX_LOWER}"
-            return None
-        self.materialize(layers)
         store = SnapshotStore((self.options.cache_dir or default_cache_dir()) / "snapshots", driver.flavor)
         session = self._after_step.enter_context(store.using())
-        snapshots = []
-        for blob in layers:
-            snap = session.get(blob, self.reporter.step_progress)
-            if snap.unsafe:
-                self._copy_reason = f"layer {blob.diff_id.short} cannot be an overlay lower directory: {snap.unsafe}"
-                return None
-            snapshots.append(snap.path)
+        found = snapshots_of(layers, session, self.reporter, self.materialize)
+        if isinstance(found, str):
+            self._copy_reason = found
+            return None
         made = (f"; extracted {session.extracted} layer{'s' * (session.extracted > 1)}, "
                 f"{human(session.extracted_bytes)}" if session.extracted else "")
         self.reporter.message(f"      root filesystem: overlay of {len(layers)} snapshot{'s' * (len(layers) > 1)} "
                               f"({driver.detail}{made})")
         self._overlays += 1
-        root = OverlayRoot(snapshots, self.workdir / f"overlay-{self._overlays}", driver)
+        root = OverlayRoot(found, self.workdir / f"overlay-{self._overlays}", driver)
         self._after_step.callback(root.remove)
         return root
 

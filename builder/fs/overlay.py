@@ -45,6 +45,8 @@ DRIVER_ENV = "PYBUILD_RUN_DRIVER"
 """``auto`` (the default), ``overlay`` (fail rather than copy) or ``copy``."""
 OPTIONS = "redirect_dir=off,index=off,metacopy=off"
 MAX_LOWER = 500  # the kernel's limit on lower directories (OVL_MAX_STACK)
+MAX_LAYERS = MAX_LOWER - 1
+"""The most layers a mount takes (the read-only view has an empty directory at the bottom)."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class OverlayRoot:
     point. :meth:`mounted` mounts it; :meth:`changes` reads the step's layer from the upper directory."""
 
     def __init__(self, lowers: Sequence[Path], work: Path, driver: Driver) -> None:
-        if not lowers or len(lowers) > MAX_LOWER:
+        if not lowers or len(lowers) > MAX_LAYERS:
             raise ValueError(f"{len(lowers)} lower directories")
         self.lowers = list(lowers)
         self.work = work.absolute()  # the links made to its parts must not be relative
@@ -122,52 +124,18 @@ class OverlayRoot:
         self.path = self.work / "merged"
         self.upper = self.work / "upper"
         self.opaque_xattr = f"{driver.flavor}.overlay.opaque"
+        self.lower_view = self.work / "lower"
         self._before: Snapshot | None = None
-        self._changes: list[Change] | None = None
-
-    def _options(self, links: int) -> str:
-        """Lower directories as ``/proc/self/fd/N/I`` (links to the snapshots): a mount's options are
-        one page at most, and 100 layers of cache paths would not fit."""
-        lower = ":".join(f"/proc/self/fd/{links}/{i}" for i in reversed(range(len(self.lowers))))
-        extra = ",userxattr" if self.driver.flavor == "user" else ""
-        return (f"lowerdir={lower},upperdir=/proc/self/fd/{links}/upper,workdir=/proc/self/fd/{links}/work,"
-                f"{OPTIONS}{extra}")
 
     @contextlib.contextmanager
     def mounted(self) -> Iterator[Path]:
-        """The merged root for the duration of the block (the command runs in it)."""
-        links_dir = self.work / "l"
-        for name in ("upper", "work", "merged", "l", "lower"):
-            (self.work / name).mkdir(parents=True, exist_ok=True)
-        for i, lower in enumerate(self.lowers):
-            (links_dir / str(i)).symlink_to(lower)
-        (links_dir / "upper").symlink_to(self.upper)
-        (links_dir / "work").symlink_to(self.work / "work")
-        links = os.open(links_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        mounted: list[str] = []
-        try:
-            try:
-                _private_mounts()
-                mount("overlay", str(self.path), "overlay", 0, self._options(links))
-                mounted.append(str(self.path))
-                if len(self.lowers) > 1:  # the lower layers alone, read-only: what the upper is compared with
-                    stack = ":".join(f"/proc/self/fd/{links}/{i}" for i in reversed(range(len(self.lowers))))
-                    extra = ",userxattr" if self.driver.flavor == "user" else ""
-                    mount("overlay", str(self.work / "lower"), "overlay", MS_RDONLY, f"lowerdir={stack}{extra}")
-                    mounted.append(str(self.work / "lower"))
-            except OSError as exc:
-                overlay_failed(str(exc))
-                raise OverlayUnavailable(str(exc)) from exc
-            yield self.path
-        finally:
-            for target in reversed(mounted):
-                with contextlib.suppress(OSError):
-                    umount(target, MNT_DETACH)
-            os.close(links)
+        """The merged root for the duration of the block (the command runs in it), and beside it
+        the lower layers alone, read-only (what the upper directory is compared with)."""
+        with _stack(self.work, self.lowers, self.driver, writable=True) as (merged, lower):
+            self.path, self.lower_view = merged, lower
+            yield merged
 
-    @property
-    def lower_view(self) -> Path:
-        return self.work / "lower" if len(self.lowers) > 1 else self.lowers[0]
+    lower_view: Path
 
     def begin(self, excluded: Collection[str]) -> None:
         """What is in the upper directory before the command (mount points and their parents)."""
@@ -182,6 +150,64 @@ class OverlayRoot:
     def remove(self) -> None:
         """The upper directory and the rest of ``work`` (after the layer is written)."""
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+class ReadOnlyView:
+    """A stage's filesystem for the steps that read it (``copy: from:``, ``bind: from:``): its
+    snapshots mounted read-only, never a second extraction of its layers."""
+
+    def __init__(self, lowers: Sequence[Path], work: Path, driver: Driver) -> None:
+        if not lowers or len(lowers) > MAX_LAYERS:
+            raise ValueError(f"{len(lowers)} lower directories")
+        self.lowers, self.work, self.driver = list(lowers), work.absolute(), driver
+
+    @contextlib.contextmanager
+    def mounted(self) -> Iterator[Path]:
+        with _stack(self.work, self.lowers, self.driver, writable=False) as (_, lower):
+            yield lower
+
+
+@contextlib.contextmanager
+def _stack(work: Path, lowers: Sequence[Path], driver: Driver, writable: bool) -> Iterator[tuple[Path, Path]]:
+    """Mount ``lowers`` (bottom first) in ``work``: read-only at ``work/lower`` and, when
+    ``writable``, with ``work/upper`` at ``work/merged``. Yields (merged, lower).
+
+    The lower directories are named ``/proc/self/fd/N/I``, links to the snapshots: a mount's
+    options are one page at most, and 100 layers of cache paths would not fit. An empty directory
+    is the bottom of the read-only stack, which overlayfs wants two lower directories for.
+    """
+    links_dir = work / "l"
+    for name in ("upper", "work", "merged", "l", "lower", "empty"):
+        (work / name).mkdir(parents=True, exist_ok=True)
+    everything = [work / "empty", *lowers]
+    for i, lower in enumerate(everything):
+        (links_dir / str(i)).symlink_to(lower)
+    (links_dir / "upper").symlink_to(work / "upper")
+    (links_dir / "work").symlink_to(work / "work")
+    links = os.open(links_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = f"/proc/self/fd/{links}"
+    extra = ",userxattr" if driver.flavor == "user" else ""
+    mounted: list[str] = []
+    try:
+        try:
+            _private_mounts()
+            if writable:
+                stack = ":".join(f"{fd}/{i}" for i in reversed(range(1, len(everything))))
+                mount("overlay", str(work / "merged"), "overlay", 0,
+                      f"lowerdir={stack},upperdir={fd}/upper,workdir={fd}/work,{OPTIONS}{extra}")
+                mounted.append(str(work / "merged"))
+            stack = ":".join(f"{fd}/{i}" for i in reversed(range(len(everything))))
+            mount("overlay", str(work / "lower"), "overlay", MS_RDONLY, f"lowerdir={stack}{extra}")
+            mounted.append(str(work / "lower"))
+        except OSError as exc:
+            overlay_failed(str(exc))
+            raise OverlayUnavailable(str(exc)) from exc
+        yield work / "merged", work / "lower"
+    finally:
+        for target in reversed(mounted):
+            with contextlib.suppress(OSError):
+                umount(target, MNT_DETACH)
+        os.close(links)
 
 
 class OverlayUnavailable(StepError):  # noqa: N818 - a condition the caller handles, not a failure

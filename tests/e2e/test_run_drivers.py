@@ -158,3 +158,45 @@ def test_a_second_build_extracts_nothing(pybuild, ctx: Path, tmp_path: Path) -> 
         assert first and ("extracted 1 layer" in first[0]) == extracted, built.stderr
         # the second run step's snapshot (the layer of the first) is always new: its content changed
         assert "root filesystem: overlay of 2 snapshots (kernel overlayfs; extracted 1 layer" in built.stderr
+
+
+STAGES = """\
+version: 1
+tag: staged
+stages:
+  build:
+    steps:
+      - rootfs: rootfs.tar.gz
+      - rootfs: data.tar.gz
+      - run: rm -rf /data/tree && mkdir -p /out && echo built > /out/result && ln /data/lower /out/link
+steps:
+  - rootfs: rootfs.tar.gz
+  - copy: /data/
+    from: build
+    to: /copied/
+  - copy: /out/
+    from: build
+    to: /out/
+  - run: cat /from-build/out/result > /seen
+    mounts:
+      - bind: {source: /, target: /from-build, from: build}
+"""
+
+
+def test_stage_filesystems_are_overlays_of_snapshots_and_copy_the_same(pybuild, ctx: Path, tmp_path: Path,
+                                                                       rootfs_tar) -> None:
+    """``copy: from: STAGE`` and ``bind: from: STAGE`` read the stage through a read-only overlay of
+    its snapshots (no second extraction); the layers are those of the copy driver's unpacked stage."""
+    if os.geteuid() != 0:
+        pytest.skip("the overlay driver as tested here needs root")
+    data_tar(rootfs_tar, ctx / "data.tar.gz")
+    (ctx / "pybuild.yaml").write_text(STAGES)
+    copy = build_with(pybuild, ctx, tmp_path / "copy", "copy", tmp_path / "h-copy")
+    assert copy.returncode == 0, describe(copy)
+    overlay = build_with(pybuild, ctx, tmp_path / "overlay", "overlay", tmp_path / "h-overlay")
+    assert overlay.returncode == 0, describe(overlay)
+    assert "stage build: overlay of 3 snapshots" in overlay.stderr, overlay.stderr
+    assert diff_ids(tmp_path / "copy") == diff_ids(tmp_path / "overlay")
+    assert overlay.stdout.strip() == copy.stdout.strip()
+    copied = layer_names(tmp_path / "overlay", 1)
+    assert "copied/file" in copied and "copied/tree" not in copied and "copied/tree2/keep" in copied

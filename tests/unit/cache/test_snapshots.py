@@ -146,3 +146,29 @@ def test_prune_spares_snapshots_in_use_and_those_it_is_told_to_keep(tmp_path: Pa
         [a.diff_id.hex, b.diff_id.hex])
     assert s.prune(lambda hex_, used: time.time() - used < 3600)[0] == 2  # both were used just now
     assert s.usage() == (0, 0)
+
+
+def test_two_builds_that_need_one_snapshot_extract_it_once(tmp_path: Path) -> None:
+    blob = blob_of(tmp_path, layer(ent("d", "dir"), *(ent(f"d/f{i}", data=os.urandom(64 * 1024)) for i in range(60))))
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from builder.cache.snapshots import SnapshotStore
+        from builder.image import LayerBlob
+        from builder.oci.descriptor import Descriptor
+        from builder.oci.digest import Digest
+        from builder.oci.mediatypes import MediaType
+        blob = LayerBlob(Descriptor(MediaType.OCI_LAYER_GZIP, Digest.parse({str(blob.digest)!r}),
+                                    {blob.descriptor.size}), Digest.parse({str(blob.diff_id)!r}), Path({str(blob.path)!r}))
+        while time.time() < {time.time() + 1.5}:
+            pass  # both start together
+        with SnapshotStore(Path({str(tmp_path / "snapshots")!r}), {store(tmp_path).flavor!r}).using() as s:
+            snap = s.get(blob)
+            print(s.extracted, len(list((snap.path / "d").iterdir())))
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    answers = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(a[0] for a in answers) == ["0", "1"] and all(a[1] == "60" for a in answers), answers
