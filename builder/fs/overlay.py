@@ -125,15 +125,38 @@ class OverlayRoot:
         self.upper = self.work / "upper"
         self.opaque_xattr = f"{driver.flavor}.overlay.opaque"
         self.lower_view = self.work / "lower"
+        self._tmpfs: Path | None = None
         self._before: Snapshot | None = None
 
     @contextlib.contextmanager
     def mounted(self) -> Iterator[Path]:
         """The merged root for the duration of the block (the command runs in it), and beside it
-        the lower layers alone, read-only (what the upper directory is compared with)."""
-        with _stack(self.work, self.lowers, self.driver, writable=True) as (merged, lower):
+        the lower layers alone, read-only (what the upper directory is compared with).
+
+        When the work directory's filesystem cannot hold an upper directory (overlayfs itself, as
+        in a container, or NFS), the upper directory is on a tmpfs of this mount namespace instead,
+        kept until :meth:`remove` (the layer is read from it after the command)."""
+        try:
+            stack = _stack(self.work, self.lowers, self.driver, writable=True, upper_base=self.work)
+            merged, lower = stack.__enter__()
+        except OSError as first:
+            try:
+                tmpfs = self.work / "tmpfs"
+                tmpfs.mkdir(parents=True, exist_ok=True)
+                _private_mounts()
+                mount("tmpfs", str(tmpfs), "tmpfs", 0, "mode=0700")
+                self._tmpfs = tmpfs
+                stack = _stack(self.work, self.lowers, self.driver, writable=True, upper_base=tmpfs)
+                merged, lower = stack.__enter__()
+            except OSError:
+                overlay_failed(str(first))
+                raise OverlayUnavailable(str(first)) from first
+            self.upper = tmpfs / "upper"
+        try:
             self.path, self.lower_view = merged, lower
             yield merged
+        finally:
+            stack.__exit__(None, None, None)
 
     lower_view: Path
 
@@ -149,6 +172,9 @@ class OverlayRoot:
 
     def remove(self) -> None:
         """The upper directory and the rest of ``work`` (after the layer is written)."""
+        if self._tmpfs is not None:
+            with contextlib.suppress(OSError):
+                umount(str(self._tmpfs), MNT_DETACH)
         shutil.rmtree(self.work, ignore_errors=True)
 
 
@@ -163,12 +189,21 @@ class ReadOnlyView:
 
     @contextlib.contextmanager
     def mounted(self) -> Iterator[Path]:
-        with _stack(self.work, self.lowers, self.driver, writable=False) as (_, lower):
+        try:
+            stack = _stack(self.work, self.lowers, self.driver, writable=False)
+            _, lower = stack.__enter__()
+        except OSError as exc:
+            overlay_failed(str(exc))
+            raise OverlayUnavailable(str(exc)) from exc
+        try:
             yield lower
+        finally:
+            stack.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
-def _stack(work: Path, lowers: Sequence[Path], driver: Driver, writable: bool) -> Iterator[tuple[Path, Path]]:
+def _stack(work: Path, lowers: Sequence[Path], driver: Driver, writable: bool,
+           upper_base: Path | None = None) -> Iterator[tuple[Path, Path]]:
     """Mount ``lowers`` (bottom first) in ``work``: read-only at ``work/lower`` and, when
     ``writable``, with ``work/upper`` at ``work/merged``. Yields (merged, lower).
 
@@ -177,13 +212,18 @@ def _stack(work: Path, lowers: Sequence[Path], driver: Driver, writable: bool) -
     is the bottom of the read-only stack, which overlayfs wants two lower directories for.
     """
     links_dir = work / "l"
-    for name in ("upper", "work", "merged", "l", "lower", "empty"):
+    upper_base = upper_base or work
+    for name in ("merged", "l", "lower", "empty"):
         (work / name).mkdir(parents=True, exist_ok=True)
+    for name in ("upper", "work"):
+        (upper_base / name).mkdir(parents=True, exist_ok=True)
+    for old in links_dir.iterdir():  # a second attempt
+        old.unlink()
     everything = [work / "empty", *lowers]
     for i, lower in enumerate(everything):
         (links_dir / str(i)).symlink_to(lower)
-    (links_dir / "upper").symlink_to(work / "upper")
-    (links_dir / "work").symlink_to(work / "work")
+    (links_dir / "upper").symlink_to(upper_base / "upper")
+    (links_dir / "work").symlink_to(upper_base / "work")
     links = os.open(links_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     fd = f"/proc/self/fd/{links}"
     extra = ",userxattr" if driver.flavor == "user" else ""
@@ -199,9 +239,12 @@ def _stack(work: Path, lowers: Sequence[Path], driver: Driver, writable: bool) -
             stack = ":".join(f"{fd}/{i}" for i in reversed(range(len(everything))))
             mount("overlay", str(work / "lower"), "overlay", MS_RDONLY, f"lowerdir={stack}{extra}")
             mounted.append(str(work / "lower"))
-        except OSError as exc:
-            overlay_failed(str(exc))
-            raise OverlayUnavailable(str(exc)) from exc
+        except BaseException:
+            for target in reversed(mounted):
+                with contextlib.suppress(OSError):
+                    umount(target, MNT_DETACH)
+            mounted.clear()
+            raise
         yield work / "merged", work / "lower"
     finally:
         for target in reversed(mounted):

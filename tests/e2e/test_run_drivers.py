@@ -13,11 +13,15 @@ import gzip
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import pybuild_env
 
 from .runtimes import describe
 
@@ -200,3 +204,28 @@ def test_stage_filesystems_are_overlays_of_snapshots_and_copy_the_same(pybuild, 
     assert overlay.stdout.strip() == copy.stdout.strip()
     copied = layer_names(tmp_path / "overlay", 1)
     assert "copied/file" in copied and "copied/tree" not in copied and "copied/tree2/keep" in copied
+
+
+def test_an_output_on_overlayfs_gets_its_upper_directory_on_a_tmpfs(pybuild, ctx: Path, tmp_path: Path, need) -> None:
+    """As in a container whose root is overlayfs: the work directory beside OUT cannot hold an upper
+    directory, so the overlay driver puts it on a private tmpfs, and the image is the same."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting overlayfs for the test needs root")
+    need("unshare", "mount", root=True)
+    (ctx / "pybuild.yaml").write_text("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n"
+                                      "  - run: echo one > /one && rm /bin/cat\n  - run: cat /one > /two\n")
+    plain = build_with(pybuild, ctx, tmp_path / "plain", "copy", tmp_path / "h1")
+    assert plain.returncode == 0, describe(plain)
+    for name in ("lower", "upper", "work", "merged"):
+        (tmp_path / "ovl" / name).mkdir(parents=True)
+    o = tmp_path / "ovl"
+    script = (f"mount -t overlay overlay -o lowerdir={o}/lower,upperdir={o}/upper,workdir={o}/work {o}/merged && "
+              f"exec {sys.executable} -m builder {ctx}/pybuild.yaml -o {o}/merged/out --progress plain "
+              "--no-attestations")
+    env = pybuild_env({"PYBUILD_RUN_DRIVER": "overlay", "HOME": str(tmp_path / "h2")})
+    (tmp_path / "h2").mkdir()
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, describe(done)
+    assert done.stderr.count("root filesystem: overlay of") == 2 and "copy driver" not in done.stderr, done.stderr
+    assert done.stdout.strip() == plain.stdout.strip()
