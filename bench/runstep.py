@@ -5,7 +5,8 @@
 Not a test. The base is the Debian bookworm minbase root filesystem (the test suite's
 debootstrap tarball, else ``recipes/debian/make-rootfs.sh``: ``bench/corpora.py``), 121 MB.
 Every build runs on 2 cores as the machine is; medians of ``--repeat`` rounds, each round
-running every tool once (so a slow spell hits all alike). Two workloads:
+running every tool once (so a slow spell hits all alike), with an ``os.sync()`` before each timed
+build (the writeback of the builds before is not its time). Two workloads:
 
 - **trivial**: ``echo N > /n`` on the cached base, N new each time, so the step always misses.
   Its cost is (the build's time - a warm no-op rebuild of the same recipe): what a run step adds
@@ -142,7 +143,9 @@ def measure(tools: list[Tool], repeat: int, noop: Callable[[], list[str]], varie
             if tool.name in errors:
                 continue
             try:
+                os.sync()  # the writeback of the tool before is not this one's time
                 times[tool.name]["noop"].append(tool.build(noop(), f"{label}-noop").seconds)
+                os.sync()
                 times[tool.name]["varied"].append(tool.build(varied(n), f"{label}-{n}").seconds)
             except Failed as exc:
                 errors[tool.name] = str(exc)

@@ -280,10 +280,11 @@ class StageBuilder:
             return None
         made = (f"; extracted {session.extracted} layer{'s' * (session.extracted > 1)}, "
                 f"{human(session.extracted_bytes)}" if session.extracted else "")
-        self.reporter.message(f"      root filesystem: overlay of {len(layers)} snapshot{'s' * (len(layers) > 1)} "
-                              f"({driver.detail}{made})")
+        line = (f"      root filesystem: overlay of {len(layers)} snapshot{'s' * (len(layers) > 1)} "
+                f"({driver.detail}{made})")
         self._overlays += 1
-        root = OverlayRoot(found, self.workdir / f"overlay-{self._overlays}", driver)
+        root = OverlayRoot(found, self.workdir / f"overlay-{self._overlays}", driver,
+                           announce=lambda: self.reporter.message(line))
         self._after_step.callback(root.remove)
         return root
 

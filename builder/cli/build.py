@@ -26,12 +26,13 @@ from builder.cli.options import (
     write_text,
 )
 from builder.errors import InputError
+from builder.fs.overlay import overlay_in_user_namespace
 from builder.layer.compress import Compression
 from builder.options import BuildOptions, epoch_from_env
 from builder.orchestrator import BuildResult, build, has_run_steps
 from builder.output import FORMATS, write_output
 from builder.progress import Reporter
-from builder.sandbox import run_in_user_namespace
+from builder.sandbox import run_in_own_user_namespace, run_in_user_namespace
 from builder.userns import in_user_namespace, subordinate_ids
 from builder.workdir import work_directory
 
@@ -230,6 +231,9 @@ def _in_user_namespace(report: Reporter) -> int | None:
         why = f"the subordinate ids could not be mapped ({problem})"
     report.message(f"warning: rootless run steps get only your own id (as uid 0): commands that switch "
                    f"users or chown to another id fail; {why}")
+    if overlay_in_user_namespace():  # one id, but a namespace of the build's own: run steps on overlayfs
+        argv = click.get_current_context().obj
+        return run_in_own_user_namespace(argv or sys.argv[1:])
     return None
 
 

@@ -9,11 +9,13 @@ same way.
 Which driver a run step uses is chosen here (:func:`choose`), and named in the progress output:
 
 - ``overlay``: root, with the kernel's overlayfs; or uid 0 of a user namespace (a rootless build
-  with a subordinate id range is re-executed in one) on Linux 5.11 or later, mounted ``userxattr``.
+  is re-executed in one: with its subordinate id range, else its own id only) on Linux 5.11 or
+  later, mounted ``userxattr``.
 - ``copy``: otherwise, or when ``PYBUILD_RUN_DRIVER=copy``: every layer applied into a working
   directory, snapshotted before and after the command (:mod:`builder.fs.snapshot`).
 
-The mount is made with ``redirect_dir=off,index=off,metacopy=off``, so the upper directory holds
+The mount is made with ``redirect_dir=nofollow,index=off,metacopy=off`` (``nofollow``, not ``off``,
+which kernels turn into ``follow``, which ``userxattr`` refuses), so the upper directory holds
 only whole files and plain whiteouts, which is all an OCI layer can say: a renamed lower
 directory is copied (``rename`` gets EXDEV, and ``mv`` copies), never a redirect, and a
 metadata change copies the file up whole. A kernel that refuses these options is not used.
@@ -30,7 +32,7 @@ import os
 import platform
 import shutil
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +45,7 @@ from builder.userns import in_user_namespace
 
 DRIVER_ENV = "PYBUILD_RUN_DRIVER"
 """``auto`` (the default), ``overlay`` (fail rather than copy) or ``copy``."""
-OPTIONS = "redirect_dir=off,index=off,metacopy=off"
+OPTIONS = "redirect_dir=nofollow,index=off,metacopy=off"
 MAX_LOWER = 500  # the kernel's limit on lower directories (OVL_MAX_STACK)
 MAX_LAYERS = MAX_LOWER - 1
 """The most layers a mount takes (the read-only view has an empty directory at the bottom)."""
@@ -84,7 +86,7 @@ def choose() -> Driver:
         return Driver("copy", f"{DRIVER_ENV}=copy")
     why = ""
     if os.geteuid() != 0:
-        why = "overlayfs needs root or a user namespace with a subordinate id range"
+        why = "overlayfs needs root, or a rootless build re-executed in a user namespace"
     elif in_user_namespace() and not _kernel_at_least(5, 11):
         why = f"overlayfs in a user namespace needs Linux 5.11 or later (this is {platform.release()})"
     with _lock:
@@ -94,6 +96,11 @@ def choose() -> Driver:
             raise StepError(f"{DRIVER_ENV}=overlay, but {why}")
         return Driver("copy", why)
     return Driver("overlay", "kernel overlayfs" + (" in a user namespace" if in_user_namespace() else ""))
+
+
+def overlay_in_user_namespace() -> bool:
+    """Whether a rootless build re-executed in a user namespace could use the overlay driver."""
+    return os.environ.get(DRIVER_ENV, "auto").strip() != "copy" and _kernel_at_least(5, 11)
 
 
 def overlay_failed(why: str) -> None:
@@ -115,9 +122,12 @@ class OverlayRoot:
     """One run step's root: lower directories (bottom first), and ``work`` for upper, work and mount
     point. :meth:`mounted` mounts it; :meth:`changes` reads the step's layer from the upper directory."""
 
-    def __init__(self, lowers: Sequence[Path], work: Path, driver: Driver) -> None:
+    def __init__(self, lowers: Sequence[Path], work: Path, driver: Driver,
+                 announce: Callable[[], None] | None = None) -> None:
         if not lowers or len(lowers) > MAX_LAYERS:
             raise ValueError(f"{len(lowers)} lower directories")
+        self.announce = announce
+        """Called once the overlay is mounted (the progress line naming the driver)."""
         self.lowers = list(lowers)
         self.work = work.absolute()  # the links made to its parts must not be relative
         self.driver = driver
@@ -154,6 +164,8 @@ class OverlayRoot:
             self.upper = tmpfs / "upper"
         try:
             self.path, self.lower_view = merged, lower
+            if self.announce is not None:
+                self.announce()
             yield merged
         finally:
             stack.__exit__(None, None, None)
@@ -237,7 +249,8 @@ def _stack(work: Path, lowers: Sequence[Path], driver: Driver, writable: bool,
                       f"lowerdir={stack},upperdir={fd}/upper,workdir={fd}/work,{OPTIONS}{extra}")
                 mounted.append(str(work / "merged"))
             stack = ":".join(f"{fd}/{i}" for i in reversed(range(len(everything))))
-            mount("overlay", str(work / "lower"), "overlay", MS_RDONLY, f"lowerdir={stack}{extra}")
+            mount("overlay", str(work / "lower"), "overlay", MS_RDONLY,
+                  f"lowerdir={stack},redirect_dir=nofollow,metacopy=off{extra}")
             mounted.append(str(work / "lower"))
         except BaseException:
             for target in reversed(mounted):

@@ -75,8 +75,16 @@ def upper_diff(upper: Path, lower: Path, before: Snapshot, after: Snapshot, opaq
 
 
 def _lstat(root: str, path: str) -> os.stat_result | None:
+    """``path`` in the lower layers, never through a symlink: a path exists there only below real
+    directories (an image's ``a -> /etc`` must not make ``a/passwd`` the host's)."""
+    here = root
+    parts = path.split("/")
     try:
-        return os.lstat(os.path.join(root, path))
+        for part in parts[:-1]:
+            here = os.path.join(here, part)
+            if not stat.S_ISDIR(os.lstat(here).st_mode):
+                return None
+        return os.lstat(os.path.join(here, parts[-1]))
     except (FileNotFoundError, NotADirectoryError):
         return None
 

@@ -35,6 +35,9 @@ steps:
       ln /srv/data/file /srv/data/link
       rm /bin/cat
       echo changed > /etc/passwd.new
+  # on the first step's snapshot: its whiteout (/bin/cat) and, next, an opaque directory, made rootless
+  - run: test ! -e /bin/cat && rm -rf /srv/data && mkdir /srv/data && echo again > /srv/data/new
+  - run: test ! -e /srv/data/file && test -e /srv/data/new && echo ok > /srv/checked
 """
 
 
@@ -107,11 +110,14 @@ def test_rootless_run_gives_the_same_layers_as_root(pybuild, busybox_rootfs_tar:
 
     as_root = pybuild(ctx / "pybuild.yaml", "-o", shared_dir / "root-out", "-q")
     assert as_root.returncode == 0, describe(as_root)
-    rootless = as_nobody([*python, str(ctx / "pybuild.yaml"), "-o", str(shared_dir / "nobody-out"), "-q"],
-                         cwd=shared_dir, env=env)
+    rootless = as_nobody([*python, str(ctx / "pybuild.yaml"), "-o", str(shared_dir / "nobody-out"),
+                          "--progress", "plain"], cwd=shared_dir, env=env)
     assert rootless.returncode == 0, describe(rootless)
     assert os.stat(shared_dir / "nobody-out").st_uid == NOBODY  # really built by nobody
     assert diff_ids(shared_dir / "nobody-out") == diff_ids(shared_dir / "root-out")
+    if _linux_at_least(5, 11):  # no id range, but the build's own namespace: its run steps mount overlayfs
+        assert "root filesystem: overlay of" in rootless.stderr and "copy driver" not in rootless.stderr, \
+            describe(rootless)
 
 
 CHOWN_RECIPE = """\
@@ -175,6 +181,7 @@ def test_rootless_with_subordinate_ids_chowns_as_root_does(pybuild, busybox_root
     if _linux_at_least(5, 11):
         assert "root filesystem: overlay of 1 snapshot (kernel overlayfs in a user namespace" in rootless.stderr, \
             describe(rootless)
+        assert "copy driver" not in rootless.stderr, describe(rootless)
     assert os.stat(shared_dir / "nobody-out").st_uid == NOBODY
     assert diff_ids(shared_dir / "nobody-out") == diff_ids(shared_dir / "root-out")
     leftovers = [p for p in Path(tempfile.gettempdir()).glob("pybuild-*") if p.stat().st_uid >= 200000]

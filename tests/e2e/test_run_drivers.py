@@ -46,6 +46,7 @@ steps:
   - run: mv /data/movefile /data/moved && mv /data/movedir /data/moveddir
   - run: rm -rf /data/again && mkdir /data/again && echo fresh > /data/again/new
   - run: mkdir -p /usr/local/bin && echo deep > /usr/local/bin/deep && rm -rf /data/tree2/sub && touch /data/tree2
+  - run: rm /data/etc && mkdir -p /data/etc/ssl && echo mine > /data/etc/passwd
   - run: mkfifo /data/fifo && ln -s /data/lower /data/sym && rm /data/sym2 && ln -s elsewhere /data/sym2
 config:
   cmd: ["/bin/sh", "-c", "cat /data/d2/x /data/linked /data/again/new /usr/local/bin/deep; ls /data/tree2; stat -c '%a' /data/suid /data/tool"]
@@ -80,6 +81,7 @@ def data_tar(rootfs_tar, path: Path) -> Path:
         {"name": "data/tree2/sub", "kind": "dir"},
         {"name": "data/tree2/sub/c", "data": "c\n"},
         {"name": "data/sym2", "kind": "symlink", "target": "lower"},
+        {"name": "data/etc", "kind": "symlink", "target": "/etc"},  # replaced by a directory: never read through
     ]
     made = rootfs_tar(path, extra, busybox=False)
     # a lower file with xattrs: re-written with them as PAX records

@@ -140,3 +140,34 @@ def test_the_blob_store_s_leftover_downloads_go_after_a_minute(cache):
     aged(left, 120)
     assert cache.prune() == (0, 0)
     assert running.exists() and not left.exists()
+
+
+def test_snapshots_go_with_the_layer_cache(cache, tmp_path):
+    """Named by a kept entry: kept; unnamed and unused for a day: gone; --max-size: every unnamed one;
+    --max-age: every one unused that long; --all: all."""
+    from builder.cache.snapshots import SnapshotStore
+    from tests.unit.fs.test_apply import blob_of, ent, layer
+
+    store = SnapshotStore(cache.root / "snapshots", "trusted" if os.geteuid() == 0 else "user")
+    blobs = {name: blob_of(tmp_path, layer(ent(name, data=name))) for name in ("named", "stale", "fresh")}
+    with store.using() as session:
+        for b in blobs.values():
+            session.get(b)
+    cache.put("k", blobs["named"])
+    aged(store.root / f"{blobs['stale'].diff_id.hex}.lock", 2 * DAY)
+    aged(store.root / f"{blobs['named'].diff_id.hex}.lock", 40 * DAY)
+
+    def left() -> set[str]:
+        return {n for n, b in blobs.items() if (store.root / b.diff_id.hex).is_dir()}
+
+    cache.prune()
+    assert left() == {"named", "fresh"}
+    cache.prune(max_bytes=10**9)
+    assert left() == {"named"}
+    cache.prune(max_age=30 * DAY)
+    assert left() == set()
+    with store.using() as session:
+        session.get(blobs["fresh"])
+    assert cache.usage().snapshots == 1
+    cache.prune(max_bytes=0)
+    assert left() == set() and cache.usage().snapshots == 0
