@@ -11,6 +11,7 @@ Which driver a run step uses is chosen here (:func:`choose`), and named in the p
 - ``overlay``: root, with the kernel's overlayfs; or uid 0 of a user namespace (a rootless build
   is re-executed in one: with its subordinate id range, else its own id only) on Linux 5.11 or
   later, mounted ``userxattr``.
+- ``overlay`` by ``fuse-overlayfs``, where the kernel's cannot be mounted and it is installed.
 - ``copy``: otherwise, or when ``PYBUILD_RUN_DRIVER=copy``: every layer applied into a working
   directory, snapshotted before and after the command (:mod:`builder.fs.snapshot`).
 
@@ -28,9 +29,11 @@ the process, even one killed with SIGKILL.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import platform
 import shutil
+import subprocess
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,7 +47,7 @@ from builder.layer.entry import Change
 from builder.userns import in_user_namespace
 
 DRIVER_ENV = "PYBUILD_RUN_DRIVER"
-"""``auto`` (the default), ``overlay`` (fail rather than copy) or ``copy``."""
+"""``auto`` (the default), ``overlay`` or ``fuse-overlayfs`` (fail rather than copy), or ``copy``."""
 OPTIONS = "redirect_dir=nofollow,index=off,metacopy=off"
 MAX_LOWER = 500  # the kernel's limit on lower directories (OVL_MAX_STACK)
 MAX_LAYERS = MAX_LOWER - 1
@@ -57,6 +60,8 @@ class Driver:
 
     name: str
     detail: str
+    fuse: bool = False
+    """Mounted by ``fuse-overlayfs`` rather than the kernel's overlayfs."""
 
     @property
     def flavor(self) -> str:
@@ -77,36 +82,58 @@ def _kernel_at_least(major: int, minor: int) -> bool:
         return False
 
 
+def fuse_overlayfs() -> str | None:
+    """The ``fuse-overlayfs`` program, when it and ``/dev/fuse`` are there."""
+    found = shutil.which("fuse-overlayfs")
+    return found if found and os.path.exists("/dev/fuse") else None
+
+
 def choose() -> Driver:
     """The driver run steps use in this process (see the module docstring)."""
     wanted = os.environ.get(DRIVER_ENV, "auto").strip() or "auto"
-    if wanted not in ("auto", "overlay", "copy"):
-        raise StepError(f"{DRIVER_ENV}={wanted!r}: expected auto, overlay or copy")
+    if wanted not in ("auto", "overlay", "fuse-overlayfs", "copy"):
+        raise StepError(f"{DRIVER_ENV}={wanted!r}: expected auto, overlay, fuse-overlayfs or copy")
     if wanted == "copy":
         return Driver("copy", f"{DRIVER_ENV}=copy")
+    userns = in_user_namespace()
     why = ""
     if os.geteuid() != 0:
         why = "overlayfs needs root, or a rootless build re-executed in a user namespace"
-    elif in_user_namespace() and not _kernel_at_least(5, 11):
+    elif userns and not _kernel_at_least(5, 11):
         why = f"overlayfs in a user namespace needs Linux 5.11 or later (this is {platform.release()})"
     with _lock:
         why = why or _failed.get("mount", "")
-    if why:
-        if wanted == "overlay":
-            raise StepError(f"{DRIVER_ENV}=overlay, but {why}")
-        return Driver("copy", why)
-    return Driver("overlay", "kernel overlayfs" + (" in a user namespace" if in_user_namespace() else ""))
+        fuse_why = _failed.get("fuse", "")
+    if wanted != "fuse-overlayfs" and not why:
+        return Driver("overlay", "kernel overlayfs" + (" in a user namespace" if userns else ""))
+    if wanted in ("auto", "fuse-overlayfs") and os.geteuid() == 0 and fuse_overlayfs() and not fuse_why:
+        return Driver("overlay", "fuse-overlayfs" + (f": {why}" if why else ""), fuse=True)
+    if wanted == "fuse-overlayfs":
+        raise StepError(f"{DRIVER_ENV}=fuse-overlayfs, but " + (fuse_why or (
+            "it is not installed (or /dev/fuse is missing)" if os.geteuid() == 0 else why)))
+    if wanted == "overlay":
+        raise StepError(f"{DRIVER_ENV}=overlay, but {why}")
+    return Driver("copy", why + (f"; {fuse_why}" if fuse_why else ""))
+
+
+def insisted() -> bool:
+    """``PYBUILD_RUN_DRIVER`` names an overlay driver: a mount that fails fails the step."""
+    return os.environ.get(DRIVER_ENV, "auto").strip() in ("overlay", "fuse-overlayfs")
 
 
 def overlay_in_user_namespace() -> bool:
     """Whether a rootless build re-executed in a user namespace could use the overlay driver."""
-    return os.environ.get(DRIVER_ENV, "auto").strip() != "copy" and _kernel_at_least(5, 11)
+    return os.environ.get(DRIVER_ENV, "auto").strip() != "copy" and (
+        _kernel_at_least(5, 11) or fuse_overlayfs() is not None)
 
 
-def overlay_failed(why: str) -> None:
-    """Remember that mounting failed (the rest of this build copies without trying again)."""
+def overlay_failed(why: str, fuse: bool = False) -> None:
+    """Remember that mounting failed (the rest of this build does not try that way again)."""
     with _lock:
-        _failed.setdefault("mount", f"overlayfs could not be mounted: {why}")
+        if fuse:
+            _failed.setdefault("fuse", f"fuse-overlayfs could not mount: {why}")
+        else:
+            _failed.setdefault("mount", f"overlayfs could not be mounted: {why}")
 
 
 def _private_mounts() -> None:
@@ -159,7 +186,7 @@ class OverlayRoot:
                 stack = _stack(self.work, self.lowers, self.driver, writable=True, upper_base=tmpfs)
                 merged, lower = stack.__enter__()
             except OSError:
-                overlay_failed(str(first))
+                overlay_failed(str(first), self.driver.fuse)
                 raise OverlayUnavailable(str(first)) from first
             self.upper = tmpfs / "upper"
         try:
@@ -180,7 +207,8 @@ class OverlayRoot:
         """The command's layer, while the lower view is still mounted."""
         assert self._before is not None, "changes() before begin()"
         after = snapshot(self.upper, excluded)
-        return upper_diff(self.upper, self.lower_view, self._before, after, self.opaque_xattr, epoch)
+        return upper_diff(self.upper, self.lower_view, self._before, after, self.opaque_xattr, epoch,
+                          fuse=self.driver.fuse)
 
     def remove(self) -> None:
         """The upper directory and the rest of ``work`` (after the layer is written)."""
@@ -205,7 +233,7 @@ class ReadOnlyView:
             stack = _stack(self.work, self.lowers, self.driver, writable=False)
             _, lower = stack.__enter__()
         except OSError as exc:
-            overlay_failed(str(exc))
+            overlay_failed(str(exc), self.driver.fuse)
             raise OverlayUnavailable(str(exc)) from exc
         try:
             yield lower
@@ -240,6 +268,13 @@ def _stack(work: Path, lowers: Sequence[Path], driver: Driver, writable: bool,
     fd = f"/proc/self/fd/{links}"
     extra = ",userxattr" if driver.flavor == "user" else ""
     mounted: list[str] = []
+    if driver.fuse:
+        try:
+            with _fuse_stack(work, everything, upper_base, writable) as mounted_pair:
+                yield mounted_pair
+        finally:
+            os.close(links)
+        return
     try:
         try:
             _private_mounts()
@@ -264,6 +299,48 @@ def _stack(work: Path, lowers: Sequence[Path], driver: Driver, writable: bool,
             with contextlib.suppress(OSError):
                 umount(target, MNT_DETACH)
         os.close(links)
+
+
+@contextlib.contextmanager
+def _fuse_stack(work: Path, everything: Sequence[Path], upper_base: Path,
+                writable: bool) -> Iterator[tuple[Path, Path]]:
+    """:func:`_stack` by ``fuse-overlayfs`` (it reads the same snapshots: 0/0 whiteouts, the
+    opaque xattrs): each mount is a daemon of this mount namespace, gone when it is unmounted."""
+    program = fuse_overlayfs()
+    if program is None:
+        raise OSError(errno.ENOENT, "fuse-overlayfs is not installed")
+    for path in [*everything, upper_base]:
+        if any(c in str(path) for c in ":,="):
+            raise OSError(errno.EINVAL, f"fuse-overlayfs cannot take the path {str(path)!r}")
+    _private_mounts()
+    mounted: list[str] = []
+
+    def fuse_mount(target: Path, options: str) -> None:
+        done = subprocess.run([program, "-o", options, str(target)], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, check=False, timeout=60)
+        said = [line for line in (done.stderr or "").splitlines() if "unknown argument ignored" not in line]
+        if done.returncode != 0:
+            raise OSError(errno.EIO, f"fuse-overlayfs: {said[-1] if said else f'exit status {done.returncode}'}")
+        mounted.append(str(target))
+
+    try:
+        try:
+            if writable:
+                stack = ":".join(str(p) for p in reversed(everything[1:]))
+                fuse_mount(work / "merged", f"lowerdir={stack},upperdir={upper_base / 'upper'},"
+                                            f"workdir={upper_base / 'work'}")
+            fuse_mount(work / "lower", "lowerdir=" + ":".join(str(p) for p in reversed(everything)))
+        except BaseException:
+            for target in reversed(mounted):
+                with contextlib.suppress(OSError):
+                    umount(target, MNT_DETACH)
+            mounted.clear()
+            raise
+        yield work / "merged", work / "lower"
+    finally:
+        for target in reversed(mounted):
+            with contextlib.suppress(OSError):
+                umount(target, MNT_DETACH)
 
 
 class OverlayUnavailable(StepError):  # noqa: N818 - a condition the caller handles, not a failure

@@ -39,19 +39,38 @@ def is_whiteout(node: Node) -> bool:
     return node.kind is Kind.CHAR and node.rdev_major == 0 and node.rdev_minor == 0
 
 
+FUSE_OPAQUE = ("user.fuseoverlayfs.opaque", "trusted.overlay.opaque", "user.overlay.opaque")
+
+
 def upper_diff(upper: Path, lower: Path, before: Snapshot, after: Snapshot, opaque_xattr: str,
-               epoch: int) -> list[Change]:
+               epoch: int, fuse: bool = False) -> list[Change]:
     """The layer of a command that ran on an overlay: ``after`` is the upper directory when it
-    ended, ``before`` what was in it when it started, ``lower`` the lower layers merged."""
+    ended, ``before`` what was in it when it started, ``lower`` the lower layers merged.
+
+    ``fuse``: the upper directory of ``fuse-overlayfs``, which also marks an opaque directory with
+    a ``.wh..wh..opq`` file (and a ``.wh..opq`` device), writes a whiteout as a ``.wh.NAME`` file
+    where it cannot make a device, and has opaque xattrs of its own."""
     up, low = os.fspath(upper), os.fspath(lower)
-    new = after.nodes
+    new = dict(after.nodes)
     whiteouts: list[str] = []
     opaque: set[str] = set()
+    marked: set[str] = set()  # fuse-overlayfs' opaque marker files: their directories
+    if fuse:
+        for path in [p for p in new if p.rpartition("/")[2].startswith(".wh.")]:
+            head, _, name = path.rpartition("/")
+            del new[path]
+            if name == ".wh..wh..opq":
+                marked.add(head)
+            elif name != ".wh..opq":
+                target = f"{head}/{name[4:]}".lstrip("/")
+                if _lstat(low, target) is not None and target not in new:
+                    whiteouts.append(target)
+    names = FUSE_OPAQUE if fuse else (opaque_xattr,)
     for path, node in new.items():
         if is_whiteout(node):
             if _lstat(low, path) is not None:
                 whiteouts.append(path)
-        elif node.kind is Kind.DIR and _is_opaque(up, path, opaque_xattr):
+        elif node.kind is Kind.DIR and (path in marked or any(_is_opaque(up, path, n) for n in names)):
             below = _lstat(low, path)
             if below is not None and stat.S_ISDIR(below.st_mode):
                 opaque.add(path)
@@ -71,6 +90,7 @@ def upper_diff(upper: Path, lower: Path, before: Snapshot, after: Snapshot, opaq
             emit.add(path)
     whiteouts = [p for p in whiteouts if not any(a in opaque for a in parents(p))]
     nodes = {p: n for p, n in new.items() if not is_whiteout(n)}
+    emit &= nodes.keys()
     return assemble(upper, emit, whiteouts, opaque, nodes, epoch)
 
 

@@ -3,7 +3,8 @@
 Two sources, one rule. From an **archive** (a ``rootfs:`` tarball, a base's layer) the xattrs
 are image content already and are kept, except the build host's artefacts that would act if the
 tree were used again: ``security.selinux`` (a label of some host's policy) and overlayfs'
-own bookkeeping (``trusted.overlay.*``/``user.overlay.*``, which make a directory opaque or
+own bookkeeping (``trusted.overlay.*``/``user.overlay.*``, and fuse-overlayfs'
+``user.fuseoverlayfs.*``, which make a directory opaque or
 redirect it when the tree becomes a lower directory). From a **host filesystem** (a ``copy``
 from the build context or a stage, a ``run`` step's working root) only what an image means is
 read: ``user.*`` and ``trusted.*`` data and file capabilities (``security.capability``, as a
@@ -17,7 +18,7 @@ import os
 import struct
 
 CAPABILITY = "security.capability"
-HOST_ARTEFACTS = ("security.selinux", "trusted.overlay.", "user.overlay.")
+HOST_ARTEFACTS = ("security.selinux", "trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 """Prefixes of xattrs never kept, from any source."""
 _FROM_HOST = ("user.", "trusted.")
 

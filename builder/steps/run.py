@@ -23,7 +23,7 @@ from builder.errors import StepError
 from builder.fs.apply import read_in_root
 from builder.fs.diff import diff
 from builder.fs.mountpoints import MountPoints
-from builder.fs.overlay import OverlayUnavailable
+from builder.fs.overlay import DRIVER_ENV, OverlayUnavailable, insisted
 from builder.fs.safepath import join_in_root
 from builder.fs.snapshot import Snapshot, snapshot
 from builder.fs.users import resolve_user
@@ -272,6 +272,8 @@ class _RunPlan:
             try:
                 return Changes(iter(run_changes(self.step, self._context(where.path, lower), where)))
             except OverlayUnavailable as exc:
+                if insisted():
+                    raise StepError(f"{DRIVER_ENV}: the overlay could not be mounted: {exc}") from exc
                 lower.overlay_failed(f"overlayfs could not be mounted: {exc}")  # later steps copy at once
         rc = self._context(lower.rootfs(), lower)
         return Changes(iter(run_changes(self.step, rc)), in_rootfs=True)

@@ -119,16 +119,28 @@ def build_with(pybuild, ctx: Path, out: Path, driver: str, home: Path) -> Any:
                    env={"PYBUILD_RUN_DRIVER": driver, "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache")})
 
 
-def test_overlay_and_copy_drivers_write_the_same_layers(pybuild, ctx: Path, tmp_path: Path, rootfs_tar, oci_check,
-                                                        runc) -> None:
+def build_both(pybuild, ctx: Path, tmp_path: Path, rootfs_tar, recipe: str, driver: str = "overlay") -> tuple[Any, Any]:
+    """``recipe`` (on the busybox root and the data layer) built on the copy driver into ``tmp_path/copy``
+    and on ``driver`` (overlay: the kernel's, or fuse-overlayfs) into ``tmp_path/overlay``, each with an
+    empty cache."""
     if os.geteuid() != 0:
         pytest.skip("the overlay driver as tested here needs root")
     data_tar(rootfs_tar, ctx / "data.tar.gz")
-    (ctx / "pybuild.yaml").write_text(RECIPE)
+    (ctx / "pybuild.yaml").write_text(recipe)
     copy = build_with(pybuild, ctx, tmp_path / "copy", "copy", tmp_path / "h-copy")
     assert copy.returncode == 0, describe(copy)
-    overlay = build_with(pybuild, ctx, tmp_path / "overlay", "overlay", tmp_path / "h-overlay")
+    overlay = build_with(pybuild, ctx, tmp_path / "overlay", driver, tmp_path / "h-overlay")
     assert overlay.returncode == 0, describe(overlay)
+    return copy, overlay
+
+
+@pytest.mark.parametrize("driver", ["overlay", "fuse-overlayfs"])
+def test_overlay_and_copy_drivers_write_the_same_layers(pybuild, ctx: Path, tmp_path: Path, rootfs_tar, oci_check,
+                                                        runc, need, driver: str) -> None:
+    if driver == "fuse-overlayfs":
+        need("fuse-overlayfs")
+    copy, overlay = build_both(pybuild, ctx, tmp_path, rootfs_tar, RECIPE, driver)
+    assert f"({'fuse-overlayfs' if driver != 'overlay' else 'kernel overlayfs'}" in overlay.stderr, overlay.stderr
     assert "root filesystem: overlay of" in overlay.stderr and "copy driver" not in overlay.stderr, overlay.stderr
     assert "root filesystem: copy driver (PYBUILD_RUN_DRIVER=copy)" in copy.stderr
     steps = [line.strip() for line in RECIPE.splitlines() if line.strip().startswith("- ")]
@@ -193,14 +205,7 @@ def test_stage_filesystems_are_overlays_of_snapshots_and_copy_the_same(pybuild, 
                                                                        rootfs_tar) -> None:
     """``copy: from: STAGE`` and ``bind: from: STAGE`` read the stage through a read-only overlay of
     its snapshots (no second extraction); the layers are those of the copy driver's unpacked stage."""
-    if os.geteuid() != 0:
-        pytest.skip("the overlay driver as tested here needs root")
-    data_tar(rootfs_tar, ctx / "data.tar.gz")
-    (ctx / "pybuild.yaml").write_text(STAGES)
-    copy = build_with(pybuild, ctx, tmp_path / "copy", "copy", tmp_path / "h-copy")
-    assert copy.returncode == 0, describe(copy)
-    overlay = build_with(pybuild, ctx, tmp_path / "overlay", "overlay", tmp_path / "h-overlay")
-    assert overlay.returncode == 0, describe(overlay)
+    copy, overlay = build_both(pybuild, ctx, tmp_path, rootfs_tar, STAGES)
     assert "stage build: overlay of 3 snapshots" in overlay.stderr, overlay.stderr
     assert diff_ids(tmp_path / "copy") == diff_ids(tmp_path / "overlay")
     assert overlay.stdout.strip() == copy.stdout.strip()
