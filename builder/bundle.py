@@ -15,16 +15,22 @@ corrupt layer, an unknown user) or a kill leaves nothing half-written.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from builder.cache.snapshots import SnapshotStore
 from builder.errors import InputError, OutputError
 from builder.fs.apply import read_in_root, unpack_layers
+from builder.fs.copytree import copy_tree
 from builder.fs.lock import private_directory
+from builder.fs.overlay import MAX_LAYERS, OverlayUnavailable, ReadOnlyView, choose
 from builder.fs.users import MAX_ACCOUNT_FILE, resolve_user
 from builder.image import Image, ImageIndex, select_image
 from builder.oci.config import DEFAULT_PATH
 from builder.oci.platform import Platform
+from builder.userns import in_user_namespace
 
 OCI_VERSION = "1.0.2"
 HOSTNAME = "pybuild"
@@ -54,12 +60,17 @@ _ANNOTATED = {"os": "os", "architecture": "architecture", "variant": "variant", 
 _PREFIX = "org.opencontainers.image."
 
 
-def write_bundle(image: Image | ImageIndex, bundle: Path, platform: Platform | None = None) -> None:
+def write_bundle(image: Image | ImageIndex, bundle: Path, platform: Platform | None = None,
+                 snapshots: Path | None = None) -> bool:
     """Unpack ``image`` (from an index: the one for ``platform``, default the host's) into ``bundle``.
 
     ``bundle`` must not exist or be an empty directory; it is replaced by the finished bundle
     in one rename. The bundle directory is 0700: the rootfs holds the image's setuid files and
     device nodes, which other local users must not reach.
+
+    ``snapshots``: a snapshot store (``CACHE/snapshots``). As root, when it holds every layer of the
+    image already extracted, the rootfs is a copy of their overlay instead of the layers applied
+    again (no decompression; the result is the same tree). Returns whether it was.
     """
     chosen = image if isinstance(image, Image) else select_image(image.images, platform or Platform.host(), "the index")
     _check_target(bundle)
@@ -68,12 +79,37 @@ def write_bundle(image: Image | ImageIndex, bundle: Path, platform: Platform | N
             rootfs = tmp / "rootfs"
             rootfs.mkdir(mode=0o755)
             rootfs.chmod(0o755)  # an image without a root entry still gets a usable root
-            unpack_layers(rootfs, chosen.layers)
+            copied = snapshots is not None and _copy_snapshots(chosen, snapshots, rootfs)
+            if not copied:
+                unpack_layers(rootfs, chosen.layers)
             config = runtime_config(chosen.config, rootfs)
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
             tmp.rename(bundle)  # atomic; replaces an empty directory, refuses anything else
         except OSError as exc:
             raise OutputError(f"cannot write bundle {str(bundle)!r}: {exc.strerror or exc}") from exc
+    return copied
+
+
+def _copy_snapshots(image: Image, store_root: Path, rootfs: Path) -> bool:
+    """The rootfs copied from a read-only overlay of the image's layer snapshots, when the store has
+    all of them (True); else nothing is done (False). Only as root: in a user namespace the owners
+    the overlay shows are the namespace's."""
+    driver = choose()
+    if os.geteuid() != 0 or in_user_namespace() or driver.name != "overlay" or not image.layers \
+            or len(image.layers) > MAX_LAYERS:
+        return False
+    with SnapshotStore(store_root, driver.flavor).using() as session:
+        found = [session.peek(blob) for blob in image.layers]
+        paths = [snap.path for snap in found if snap is not None and not snap.unsafe]
+        if len(paths) != len(image.layers):
+            return False
+        with tempfile.TemporaryDirectory(prefix="pybuild-unpack-view-") as work:
+            try:
+                with ReadOnlyView(paths, Path(work), driver).mounted() as view:
+                    copy_tree(view, rootfs)
+            except OverlayUnavailable:
+                return False
+    return True
 
 
 def _check_target(bundle: Path) -> None:

@@ -197,6 +197,22 @@ class SnapshotSession:
         except OSError as exc:
             raise OutputError(f"snapshot store {str(store.root)!r}: {exc.strerror or exc}") from exc
 
+    def peek(self, blob: LayerBlob) -> LayerSnapshot | None:
+        """The complete snapshot of ``blob`` if the store has one (locked shared like :meth:`get`),
+        else None: never extracts."""
+        hex_ = blob.diff_id.hex
+        lock = self.store.root / f"{hex_}.lock"
+        if self.store._read_marker(hex_) is None or not lock.exists():
+            return None
+        try:
+            fd = self._locks.get(hex_)
+            if fd is None:
+                fd = self._locks[hex_] = _open_lock(lock)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            return None
+        return self.store._read_marker(hex_)
+
     def close(self) -> None:
         for fd in self._locks.values():
             os.close(fd)

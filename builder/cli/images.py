@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from builder.bundle import write_bundle
+from builder.cache.disk import CacheDir
 from builder.cli.options import reference, registry_flags, registry_options
 from builder.errors import InputError, PybuildError
 from builder.image import Image, ImageIndex
@@ -20,6 +21,7 @@ from builder.layout.read import layout_entries, read_entry
 from builder.oci.digest import Digest
 from builder.oci.manifest import REF_NAME
 from builder.oci.platform import Platform
+from builder.options import default_cache_dir
 from builder.progress import human
 
 if TYPE_CHECKING:
@@ -177,5 +179,6 @@ def unpack_cmd(ref: str, bundle: Path) -> None:
         image, _ = open_image(ref, stack, Platform.host())
         if isinstance(image, ImageIndex):  # pragma: no cover - a platform was asked for
             raise InputError(f"{ref}: expected one image for {Platform.host()}")
-        write_bundle(image, bundle)
-    click.echo(f"pybuild: unpacked {ref} into {bundle}", err=True)
+        copied = write_bundle(image, bundle, snapshots=CacheDir(default_cache_dir()).snapshots)
+    how = " (copied from the layers' snapshots in the cache)" if copied else ""
+    click.echo(f"pybuild: unpacked {ref} into {bundle}{how}", err=True)

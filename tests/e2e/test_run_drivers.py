@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -236,3 +237,45 @@ def test_an_output_on_overlayfs_gets_its_upper_directory_on_a_tmpfs(pybuild, ctx
     assert done.returncode == 0, describe(done)
     assert done.stderr.count("root filesystem: overlay of") == 2 and "copy driver" not in done.stderr, done.stderr
     assert done.stdout.strip() == plain.stdout.strip()
+
+
+def tree_of(top: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything a layer can say about each path below ``top`` (inode numbers as hardlink groups)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    groups: dict[int, str] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in [*dirnames, *filenames]:
+            p = Path(dirpath, name)
+            st = os.lstat(p)
+            rel = str(p.relative_to(top))
+            link = os.readlink(p) if p.is_symlink() else ""
+            group = groups.setdefault(st.st_ino, rel) if st.st_nlink > 1 and not p.is_dir() else ""
+            xattrs = () if p.is_symlink() else tuple(sorted((k, os.getxattr(p, k)) for k in os.listxattr(p)))
+            size = st.st_size if not p.is_dir() else 0
+            content = p.read_bytes() if p.is_file() and not p.is_symlink() else b""
+            out[rel] = (st.st_mode, st.st_uid, st.st_gid, size, st.st_mtime_ns, st.st_rdev, link, group, xattrs,
+                        content)
+    return out
+
+
+def test_unpack_copies_the_snapshots_a_build_left_and_gets_the_same_tree(pybuild, ctx: Path, tmp_path: Path,
+                                                                          rootfs_tar) -> None:
+    """After a build whose run steps extracted every layer, ``pybuild unpack`` copies their overlay
+    instead of applying the layers again; the rootfs is the same, entry by entry, as applying gives."""
+    build_both(pybuild, ctx, tmp_path, rootfs_tar, RECIPE.replace("config:", '  - run: "true"\nconfig:'))
+    env = {"HOME": str(tmp_path / "h-overlay"), "XDG_CACHE_HOME": str(tmp_path / "h-overlay" / "cache")}
+    copied = pybuild("unpack", tmp_path / "overlay", tmp_path / "b-copied", env=env)
+    assert copied.returncode == 0, describe(copied)
+    assert "copied from the layers' snapshots" in copied.stderr, copied.stderr
+    (tmp_path / "empty-home").mkdir()
+    applied = pybuild("unpack", tmp_path / "overlay", tmp_path / "b-applied",
+                      env={"HOME": str(tmp_path / "empty-home"), "XDG_CACHE_HOME": str(tmp_path / "empty-home/c")})
+    assert applied.returncode == 0, describe(applied)
+    assert "snapshots" not in applied.stderr
+    a, b = tree_of(tmp_path / "b-applied" / "rootfs"), tree_of(tmp_path / "b-copied" / "rootfs")
+    assert a.keys() == b.keys(), sorted(a.keys() ^ b.keys())
+    different = {path: (a[path], b[path]) for path in a if a[path] != b[path]}
+    assert not different, different
+    root_a, root_b = os.lstat(tmp_path / "b-applied" / "rootfs"), os.lstat(tmp_path / "b-copied" / "rootfs")
+    assert stat.S_IMODE(root_a.st_mode) == stat.S_IMODE(root_b.st_mode)
+    assert (tmp_path / "b-applied" / "config.json").read_bytes() == (tmp_path / "b-copied" / "config.json").read_bytes()

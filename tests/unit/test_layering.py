@@ -38,7 +38,7 @@ ALLOWED = {
     "attest": {"oci", "image"},
     "sbom": {"oci", "image", "layer", "fs.atomic"},
     # an image as a runtime bundle (fs: layers unpacked onto a directory, users resolved in it)
-    "bundle": {"image", "oci", "fs"},
+    "bundle": {"image", "oci", "fs", "userns", "cache.snapshots"},  # cache.snapshots: layers already extracted
     # the layer cache: above the layers it stores (layer: the format version, the decoders of a hit's check),
     # below the stages that use it
     "cache": {"oci", "image", "layer", "fs.atomic", "fs.apply", "fs.syscalls"},  # fs.apply: snapshots are extracted layers
