@@ -36,7 +36,8 @@ steps:
       rm /bin/cat
       echo changed > /etc/passwd.new
   # on the first step's snapshot: its whiteout (/bin/cat) and, next, an opaque directory, made rootless
-  - run: test ! -e /bin/cat && rm -rf /srv/data && mkdir /srv/data && echo again > /srv/data/new
+  # (the old directory lives on while the new one is made, so no driver can see the same inode again)
+  - run: test ! -e /bin/cat && mv /srv/data /srv/old && mkdir /srv/data && echo again > /srv/data/new && rm -rf /srv/old
   - run: test ! -e /srv/data/file && test -e /srv/data/new && echo ok > /srv/checked
 """
 
