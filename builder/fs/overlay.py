@@ -41,7 +41,7 @@ from pathlib import Path
 
 from builder.errors import StepError
 from builder.fs.snapshot import Snapshot, snapshot
-from builder.fs.syscalls import CLONE_NEWNS, MNT_DETACH, MS_RDONLY, MS_REC, MS_SLAVE, mount, umount, unshare
+from builder.fs.syscalls import CLONE_NEWNS, MNT_DETACH, MS_PRIVATE, MS_RDONLY, MS_REC, MS_SLAVE, mount, umount, unshare
 from builder.fs.upper import upper_diff
 from builder.layer.entry import Change
 from builder.userns import in_user_namespace
@@ -141,7 +141,10 @@ def _private_mounts() -> None:
     if getattr(_private, "done", False):
         return
     unshare(CLONE_NEWNS)
-    mount(None, "/", None, MS_REC | MS_SLAVE)  # host mounts still reach us; ours never reach the host
+    try:
+        mount(None, "/", None, MS_REC | MS_SLAVE)  # host mounts still reach us; ours never reach the host
+    except OSError:
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
     _private.done = True
 
 
