@@ -14,7 +14,8 @@ Layout, under the cache directory::
 FLAVOR is the xattr namespace of the opaque markers: ``trusted`` (kernel overlayfs as root) or
 ``user`` (overlayfs in a user namespace, mounted ``userxattr``); a tree of one is wrong for the other.
 
-A snapshot is used only when its marker says it is complete and of this format: an extraction is
+A snapshot is used only when its marker says it is complete and of this format, and its tree still
+has the metadata fingerprint the marker recorded (checked once per process): an extraction is
 made in a temp directory with the hostile-entry containment of :mod:`builder.fs.apply` (digest and
 diff_id checked on every byte), flushed to disk, marked, and renamed into place, so a kill at any
 point leaves either no snapshot or a whole one; what a killed build left is removed by the next
@@ -26,9 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
+import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +43,7 @@ from builder.fs.syscalls import syncfs
 from builder.image import LayerBlob
 from builder.oci.digest import Digest
 
-FORMAT = 1
+FORMAT = 2
 """Bump when the form of a tree changes: older snapshots are then rebuilt, never misread."""
 MARKER = "snapshot.json"
 
@@ -71,15 +75,20 @@ class SnapshotStore:
         finally:
             session.close()
 
-    def _read_marker(self, hex_: str) -> LayerSnapshot | None:
+    def _read_marker(self, hex_: str, verify: bool = False) -> LayerSnapshot | None:
+        """The snapshot named ``hex_`` if its marker says it is complete and of this format; with
+        ``verify``, only if its tree is also still the one the marker describes (see :func:`fingerprint`)."""
         directory = self.root / hex_
         try:
             with open(directory / MARKER, "rb") as f:
                 marker = json.loads(f.read(1 << 16))
         except (OSError, ValueError):
             return None
-        if (not isinstance(marker, dict) or marker.get("format") != FORMAT or str(marker.get("diff_id")).partition(":")[2] != hex_
+        if (not isinstance(marker, dict) or marker.get("format") != FORMAT
+                or str(marker.get("diff_id")).partition(":")[2] != hex_
                 or marker.get("xattrs") != self.flavor or not (directory / "fs").is_dir()):
+            return None
+        if verify and not _verified(directory / "fs", str(marker.get("tree"))):
             return None
         unsafe = marker.get("unsafe")
         return LayerSnapshot(Digest.parse(marker["diff_id"]), directory / "fs", unsafe if isinstance(unsafe, str) else "")
@@ -93,13 +102,16 @@ class SnapshotStore:
             form = OverlayForm(self.flavor)
             apply_blob(tmp / "fs", blob, on_progress, overlay=form)
             _syncfs(tmp)  # the tree is on disk before a marker can say it is complete
-            marker = {"format": FORMAT, "diff_id": str(blob.diff_id), "xattrs": self.flavor, "unsafe": form.unsafe}
+            tree = fingerprint(tmp / "fs")
+            marker = {"format": FORMAT, "diff_id": str(blob.diff_id), "xattrs": self.flavor, "unsafe": form.unsafe,
+                      "tree": tree}
             with open(tmp / MARKER, "x") as f:
                 json.dump(marker, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, self.root / hex_)
             _fsync_dir(self.root)
+            _remember(self.root / hex_ / "fs", tree)
         except BaseException:
             _remove(tmp)
             raise
@@ -182,11 +194,11 @@ class SnapshotSession:
             os.utime(fd)  # its last use, for pruning
             while True:
                 fcntl.flock(fd, fcntl.LOCK_SH)
-                found = store._read_marker(hex_)
+                found = store._read_marker(hex_, verify=True)
                 if found is not None:
                     return found
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                found = store._read_marker(hex_)
+                found = store._read_marker(hex_, verify=True)
                 if found is None:
                     found = store.extract(blob, hex_, on_progress)
                     self.extracted += 1
@@ -211,12 +223,58 @@ class SnapshotSession:
             fcntl.flock(fd, fcntl.LOCK_SH)
         except OSError:
             return None
-        return self.store._read_marker(hex_)
+        return self.store._read_marker(hex_, verify=True)
 
     def close(self) -> None:
         for fd in self._locks.values():
             os.close(fd)
         self._locks.clear()
+
+
+def fingerprint(tree: Path) -> str:
+    """sha256 over every entry's name, type and mode, owner, size, mtime, ctime and device numbers,
+    in sorted order, never following a symlink: any change to the tree after extraction (a write,
+    a truncation, a chmod, a deletion, an added file) changes some entry's ctime or the listing, so
+    a snapshot whose tree no longer has its marker's fingerprint is rebuilt, never mounted. A walk
+    of metadata only: 35 ms for the 6,700 entries of a Debian base."""
+    digest = hashlib.sha256()
+    stack = [(os.fspath(tree), "")]
+    while stack:
+        top, prefix = stack.pop()
+        with os.scandir(top) as it:
+            entries = sorted(it, key=lambda de: de.name)
+        for de in entries:
+            st = de.stat(follow_symlinks=False)
+            rel = prefix + de.name
+            digest.update(f"{rel}\0{st.st_mode}\0{st.st_uid}\0{st.st_gid}\0{st.st_size}\0{st.st_mtime_ns}\0"
+                          f"{st.st_ctime_ns}\0{st.st_rdev}\n".encode("utf-8", "surrogateescape"))
+            if stat.S_ISDIR(st.st_mode):
+                stack.append((de.path, rel + "/"))
+    return digest.hexdigest()
+
+
+_checked: set[tuple[str, str]] = set()  # (tree, fingerprint) verified by this process
+_checked_lock = threading.Lock()
+
+
+def _remember(tree: Path, value: str) -> None:
+    with _checked_lock:
+        _checked.add((os.fspath(tree), value))
+
+
+def _verified(tree: Path, value: str) -> bool:
+    """Whether ``tree`` still has fingerprint ``value`` (walked once per process and snapshot)."""
+    key = (os.fspath(tree), value)
+    with _checked_lock:
+        if key in _checked:
+            return True
+    try:
+        ok = fingerprint(tree) == value
+    except OSError:
+        return False
+    if ok:
+        _remember(tree, value)
+    return ok
 
 
 def _open_lock(path: Path) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.cache import snapshots as snapshots_module
 from builder.cache.snapshots import MARKER, SnapshotStore
 from builder.errors import IntegrityError
 from tests.unit.fs.test_apply import blob_of, ent, layer, wh
@@ -42,14 +43,16 @@ def test_a_second_session_reuses_the_snapshot(tmp_path: Path) -> None:
     s = store(tmp_path)
     with s.using() as first:
         path = first.get(blob).path
+        inode = os.lstat(path / "f").st_ino
         assert first.extracted == 1
-    (path / "f").chmod(0o600)  # a mark: the same tree, not a new extraction
+    snapshots_module._checked.clear()  # a later build: it verifies the tree, and uses it
     with s.using() as second:
         assert second.get(blob).path == path and second.extracted == 0
-    assert stat.S_IMODE(os.lstat(path / "f").st_mode) == 0o600
+    assert os.lstat(path / "f").st_ino == inode
 
 
-@pytest.mark.parametrize("damage", ["no marker", "bad marker", "other format", "no tree"])
+@pytest.mark.parametrize("damage", ["no marker", "bad marker", "other format", "no tree", "a file rewritten",
+                                    "a file added", "a file removed", "a mode changed"])
 def test_an_incomplete_or_damaged_snapshot_is_rebuilt(tmp_path: Path, damage: str) -> None:
     blob = blob_of(tmp_path, layer(ent("f", data="1")))
     s = store(tmp_path)
@@ -61,10 +64,21 @@ def test_an_incomplete_or_damaged_snapshot_is_rebuilt(tmp_path: Path, damage: st
     elif damage == "bad marker":
         marker.write_text("{not json")
     elif damage == "other format":
-        marker.write_text(marker.read_text().replace('"format": 1', '"format": 0'))
-    else:
+        marker.write_text(marker.read_text().replace('"format": 2', '"format": 1'))
+    elif damage == "no tree":
         os.rename(snap.path, snap.path.parent / "moved")
+    elif damage == "a file rewritten":  # same size, same mtime: only its ctime tells
+        st = os.stat(snap.path / "f")
+        (snap.path / "f").write_text("2")
+        os.utime(snap.path / "f", ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif damage == "a file added":
+        (snap.path / "extra").write_text("")
+    elif damage == "a file removed":
+        (snap.path / "f").unlink()
+    else:
+        (snap.path / "f").chmod(0o600)
     (snap.path.parent / "planted").write_text("")  # whatever was there goes with it
+    snapshots_module._checked.clear()  # as a later build would: it walks the tree once
     with s.using() as session:
         again = session.get(blob)
         assert session.extracted == 1
