@@ -279,29 +279,26 @@ def _stack(work: Path, lowers: Sequence[Path], driver: Driver, writable: bool,
             os.close(links)
         return
     try:
-        try:
-            _private_mounts()
-            if writable:
-                stack = ":".join(f"{fd}/{i}" for i in reversed(range(1, len(everything))))
-                mount("overlay", str(work / "merged"), "overlay", 0,
-                      f"lowerdir={stack},upperdir={fd}/upper,workdir={fd}/work,{OPTIONS}{extra}")
-                mounted.append(str(work / "merged"))
-            stack = ":".join(f"{fd}/{i}" for i in reversed(range(len(everything))))
-            mount("overlay", str(work / "lower"), "overlay", MS_RDONLY,
-                  f"lowerdir={stack},redirect_dir=nofollow,metacopy=off{extra}")
-            mounted.append(str(work / "lower"))
-        except BaseException:
-            for target in reversed(mounted):
-                with contextlib.suppress(OSError):
-                    umount(target, MNT_DETACH)
-            mounted.clear()
-            raise
+        _private_mounts()
+        if writable:
+            stack = ":".join(f"{fd}/{i}" for i in reversed(range(1, len(everything))))
+            mount("overlay", str(work / "merged"), "overlay", 0,
+                  f"lowerdir={stack},upperdir={fd}/upper,workdir={fd}/work,{OPTIONS}{extra}")
+            mounted.append(str(work / "merged"))
+        stack = ":".join(f"{fd}/{i}" for i in reversed(range(len(everything))))
+        mount("overlay", str(work / "lower"), "overlay", MS_RDONLY,
+              f"lowerdir={stack},redirect_dir=nofollow,metacopy=off{extra}")
+        mounted.append(str(work / "lower"))
         yield work / "merged", work / "lower"
-    finally:
-        for target in reversed(mounted):
-            with contextlib.suppress(OSError):
-                umount(target, MNT_DETACH)
+    finally:  # a failed mount too: what was mounted is undone
+        _unmount(mounted)
         os.close(links)
+
+
+def _unmount(targets: list[str]) -> None:
+    for target in reversed(targets):
+        with contextlib.suppress(OSError):
+            umount(target, MNT_DETACH)
 
 
 @contextlib.contextmanager
@@ -327,23 +324,14 @@ def _fuse_stack(work: Path, everything: Sequence[Path], upper_base: Path,
         mounted.append(str(target))
 
     try:
-        try:
-            if writable:
-                stack = ":".join(str(p) for p in reversed(everything[1:]))
-                fuse_mount(work / "merged", f"lowerdir={stack},upperdir={upper_base / 'upper'},"
-                                            f"workdir={upper_base / 'work'}")
-            fuse_mount(work / "lower", "lowerdir=" + ":".join(str(p) for p in reversed(everything)))
-        except BaseException:
-            for target in reversed(mounted):
-                with contextlib.suppress(OSError):
-                    umount(target, MNT_DETACH)
-            mounted.clear()
-            raise
+        if writable:
+            stack = ":".join(str(p) for p in reversed(everything[1:]))
+            fuse_mount(work / "merged", f"lowerdir={stack},upperdir={upper_base / 'upper'},"
+                                        f"workdir={upper_base / 'work'}")
+        fuse_mount(work / "lower", "lowerdir=" + ":".join(str(p) for p in reversed(everything)))
         yield work / "merged", work / "lower"
     finally:
-        for target in reversed(mounted):
-            with contextlib.suppress(OSError):
-                umount(target, MNT_DETACH)
+        _unmount(mounted)
 
 
 class OverlayUnavailable(StepError):  # noqa: N818 - a condition the caller handles, not a failure
