@@ -17,7 +17,6 @@ from typing import Any, BinaryIO
 
 from builder.attest.referrer import CYCLONEDX, IN_TOTO, PREDICATE_ANNOTATION, SPDX, Referrer, attach
 from builder.base import load_base
-from builder.cache.snapshots import SnapshotStore
 from builder.cache.store import LayerCache
 from builder.errors import InputError, located
 from builder.fs.apply import unpack_layers
@@ -218,9 +217,7 @@ class _Stages:
         driver = choose()
         if driver.name != "overlay" or not layers:
             return None
-        store = SnapshotStore((self.options.cache_dir or default_cache_dir()) / "snapshots", driver.flavor)
-        session = self._open.enter_context(store.using())
-        found = snapshots_of(layers, session, self.reporter, lambda _: None)
+        session, found = snapshots_of(layers, driver, self.options, self._open, self.reporter, lambda _: None)
         if isinstance(found, str):
             return None
         try:

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
+from builder.cache.disk import CacheDir
 from builder.cache.keys import step_key
 from builder.cache.snapshots import SnapshotSession, SnapshotStore
 from builder.errors import InputError, located
 from builder.fs.apply import apply_blob
-from builder.fs.overlay import MAX_LAYERS, OverlayRoot, choose
+from builder.fs.overlay import MAX_LAYERS, Driver, OverlayRoot, choose
 from builder.fs.scan import update_tree
 from builder.fs.tree import WATCHED, FsTree
 from builder.fs.users import read_account_file
@@ -98,20 +99,23 @@ class _Workspace:
         return self.path
 
 
-def snapshots_of(layers: list[LayerBlob], session: SnapshotSession, reporter: Reporter,
-                 materialize: Callable[[list[LayerBlob]], None]) -> list[Path] | str:
-    """The snapshot directories of ``layers`` (bottom first), made where missing; or why overlayfs
-    cannot mount them (then the caller uses the layers themselves)."""
+def snapshots_of(layers: list[LayerBlob], driver: Driver, options: BuildOptions, stack: contextlib.ExitStack,
+                 reporter: Reporter, materialize: Callable[[list[LayerBlob]], None],
+                 ) -> tuple[SnapshotSession, list[Path] | str]:
+    """The snapshot directories of ``layers`` (bottom first), made where missing and locked until
+    ``stack`` closes; or why overlayfs cannot mount them (then the caller uses the layers themselves)."""
+    store = SnapshotStore(CacheDir(options.cache_dir or default_cache_dir()).snapshots, driver.flavor)
+    session = stack.enter_context(store.using())
     if not layers or len(layers) > MAX_LAYERS:
-        return f"{len(layers)} layers: overlayfs takes 1 to {MAX_LAYERS}"
+        return session, f"{len(layers)} layers: overlayfs takes 1 to {MAX_LAYERS}"
     materialize(layers)
     found = []
     for blob in layers:
         snap = session.get(blob, reporter.step_progress)
         if snap.unsafe:
-            return f"layer {blob.diff_id.short} cannot be an overlay lower directory: {snap.unsafe}"
+            return session, f"layer {blob.diff_id.short} cannot be an overlay lower directory: {snap.unsafe}"
         found.append(snap.path)
-    return found
+    return session, found
 
 
 class _Redo(Exception):  # noqa: N818 - the writer's own signal, never leaves this module
@@ -206,7 +210,7 @@ class _Lower:
         return self._builder.overlay_root(self._layers)
 
     def overlay_failed(self, why: str) -> None:
-        self._builder._copy_reason = why
+        self._builder.copy_because(why)
 
     def stages(self) -> Mapping[str, Path]:
         return self._roots
@@ -272,9 +276,7 @@ class StageBuilder:
         if driver.name != "overlay":
             self._copy_reason = driver.detail
             return None
-        store = SnapshotStore((self.options.cache_dir or default_cache_dir()) / "snapshots", driver.flavor)
-        session = self._after_step.enter_context(store.using())
-        found = snapshots_of(layers, session, self.reporter, self.materialize)
+        session, found = snapshots_of(layers, driver, self.options, self._after_step, self.reporter, self.materialize)
         if isinstance(found, str):
             self._copy_reason = found
             return None
@@ -287,6 +289,10 @@ class StageBuilder:
                            announce=lambda: self.reporter.message(line))
         self._after_step.callback(root.remove)
         return root
+
+    def copy_because(self, why: str) -> None:
+        """Why the next :meth:`copy_reason` is what it is (a mount that failed)."""
+        self._copy_reason = why
 
     def copy_reason(self) -> str:
         reason, self._copy_reason = self._copy_reason, ""

@@ -176,29 +176,26 @@ class OverlayRoot:
         When the work directory's filesystem cannot hold an upper directory (overlayfs itself, as
         in a container, or NFS), the upper directory is on a tmpfs of this mount namespace instead,
         kept until :meth:`remove` (the layer is read from it after the command)."""
-        try:
-            stack = _stack(self.work, self.lowers, self.driver, writable=True, upper_base=self.work)
-            merged, lower = stack.__enter__()
-        except OSError as first:
+        with contextlib.ExitStack() as stack:
             try:
-                tmpfs = self.work / "tmpfs"
-                tmpfs.mkdir(parents=True, exist_ok=True)
-                _private_mounts()
-                mount("tmpfs", str(tmpfs), "tmpfs", 0, "mode=0700")
-                self._tmpfs = tmpfs
-                stack = _stack(self.work, self.lowers, self.driver, writable=True, upper_base=tmpfs)
-                merged, lower = stack.__enter__()
-            except OSError:
-                overlay_failed(str(first), self.driver.fuse)
-                raise OverlayUnavailable(str(first)) from first
-            self.upper = tmpfs / "upper"
-        try:
+                merged, lower = stack.enter_context(_stack(self.work, self.lowers, self.driver, writable=True))
+            except OSError as first:
+                try:
+                    tmpfs = self.work / "tmpfs"
+                    tmpfs.mkdir(parents=True, exist_ok=True)
+                    _private_mounts()
+                    mount("tmpfs", str(tmpfs), "tmpfs", 0, "mode=0700")
+                    self._tmpfs = tmpfs
+                    merged, lower = stack.enter_context(
+                        _stack(self.work, self.lowers, self.driver, writable=True, upper_base=tmpfs))
+                except OSError:
+                    overlay_failed(str(first), self.driver.fuse)
+                    raise OverlayUnavailable(str(first)) from first
+                self.upper = tmpfs / "upper"
             self.path, self.lower_view = merged, lower
             if self.announce is not None:
                 self.announce()
             yield merged
-        finally:
-            stack.__exit__(None, None, None)
 
     lower_view: Path
 
@@ -232,16 +229,13 @@ class ReadOnlyView:
 
     @contextlib.contextmanager
     def mounted(self) -> Iterator[Path]:
-        try:
-            stack = _stack(self.work, self.lowers, self.driver, writable=False)
-            _, lower = stack.__enter__()
-        except OSError as exc:
-            overlay_failed(str(exc), self.driver.fuse)
-            raise OverlayUnavailable(str(exc)) from exc
-        try:
+        with contextlib.ExitStack() as stack:
+            try:
+                _, lower = stack.enter_context(_stack(self.work, self.lowers, self.driver, writable=False))
+            except OSError as exc:
+                overlay_failed(str(exc), self.driver.fuse)
+                raise OverlayUnavailable(str(exc)) from exc
             yield lower
-        finally:
-            stack.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
