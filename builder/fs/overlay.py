@@ -248,8 +248,10 @@ def _stack(work: Path, lowers: Sequence[Path], driver: Driver, writable: bool,
     options are one page at most, and 100 layers of cache paths would not fit. An empty directory
     is the bottom of the read-only stack, which overlayfs wants two lower directories for.
     """
+    # absolute: the links' targets are read from links_dir, fuse-overlayfs' from its own directory
+    work, upper_base = work.absolute(), (upper_base or work).absolute()
+    lowers = [lower.absolute() for lower in lowers]
     links_dir = work / "l"
-    upper_base = upper_base or work
     for name in ("merged", "l", "lower", "empty"):
         (work / name).mkdir(parents=True, exist_ok=True)
     for name in ("upper", "work"):

@@ -181,6 +181,19 @@ def test_a_second_build_extracts_nothing(pybuild, ctx: Path, tmp_path: Path) -> 
         assert "root filesystem: overlay of 2 snapshots (kernel overlayfs; extracted 1 layer" in built.stderr
 
 
+def test_relative_cache_and_output_paths_still_mount_the_overlay(pybuild, ctx: Path, tmp_path: Path) -> None:
+    """``--cache-dir cache -o out`` from the working directory: the overlay's lower directories are
+    links to the snapshots, which must not be read relative to the links' own directory."""
+    if os.geteuid() != 0:
+        pytest.skip("the overlay driver as tested here needs root")
+    for n in (1, 2):  # the second build mounts snapshots the first one made
+        (ctx / "pybuild.yaml").write_text(f"version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n  - run: echo {n} > /n\n")
+        built = pybuild("pybuild.yaml", "-o", f"out{n}", "--cache-dir", "cache", "--progress", "plain",
+                        "--no-attestations", cwd=ctx, env={"PYBUILD_RUN_DRIVER": "overlay"})
+        assert built.returncode == 0, describe(built)
+        assert "root filesystem: overlay of 1 snapshot (kernel overlayfs" in built.stderr, built.stderr
+
+
 STAGES = """\
 version: 1
 tag: staged
