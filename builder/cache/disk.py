@@ -5,6 +5,8 @@ Under the cache directory::
     layers/entries/<key>.json     {"digest", "diff_id", "size", "uncompressed_size", "media_type"} or {"empty": true}
     layers/blobs/sha256/<hex>     the compressed layer, exactly as first built
     layers/shapes/<shape>         (empty) some entry was stored for a step of this shape
+    layers/decoded/<hex>          {"diff_id", "uncompressed_size", "media_type"}: what blob <hex> was
+                                  found to decompress to (builder.cache.verify), once per blob
     mounts/<key>/                 a run step's ``cache:`` mount (builder.steps.run)
     blobs/<alg>/<hex>             the registry blob store (builder.blobstore)
 
@@ -36,6 +38,7 @@ class CacheDir:
         self.entries = root / "layers" / "entries"
         self.blobs = root / "layers" / "blobs" / "sha256"
         self.shapes = root / "layers" / "shapes"
+        self.decoded = root / "layers" / "decoded"
 
     @property
     def mounts(self) -> Path:

@@ -65,6 +65,7 @@ def prune_cache(cache: CacheDir, max_bytes: int | None = None, max_age: float | 
         if unused and unlink(cache.blobs / name):
             freed += size
     _prune_shapes(cache, min((mtime(p) for p in kept), default=None))
+    _prune_decoded(cache)
     store_budget = None if max_bytes is None else max(max_bytes - sum(sizes[n] for n in live if n), 0)
     store_removed, store_freed = _prune_store(cache, store_budget, None if max_age is None else now - max_age)
     removed += store_removed
@@ -154,6 +155,16 @@ def _prune_mounts(cache: CacheDir, older_than: float | None) -> tuple[int, int]:
         removed += 1
         freed += size
     return removed, freed
+
+
+def _prune_decoded(cache: CacheDir) -> None:
+    """A record of what a blob decompresses to goes with its blob (it would stay true, but the
+    directory would only grow)."""
+    if not cache.decoded.is_dir():
+        return
+    for record in cache.decoded.iterdir():
+        if not (cache.blobs / record.name).is_file():
+            unlink(record)
 
 
 def _prune_shapes(cache: CacheDir, oldest_entry: float | None) -> None:

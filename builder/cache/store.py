@@ -1,9 +1,10 @@
 """The layer cache's entries: a key maps to a verified layer, written so that sharing is safe.
 
-An entry names its blob (or says the step changed nothing); a hit is served only once
-:func:`builder.cache.verify.check_blob` has read the blob whole, and a damaged entry or blob is
-removed then, so it costs one rebuild, never a wrong layer. The paths are
-:mod:`builder.cache.disk`'s.
+An entry names its blob (or says the step changed nothing); a hit is served only once the blob
+has been re-hashed, and its entry agrees with what the blob decompresses to (found out by
+:func:`builder.cache.verify.check_blob` the first time the blob is served, and recorded under its
+digest). A damaged entry or blob is removed then, so it costs one rebuild, never a wrong layer.
+The paths are :mod:`builder.cache.disk`'s.
 
 A build looks a copy up by its full key only when the cache knows its shape (see
 :mod:`builder.cache.keys`); otherwise the lookup would miss anyway, so the step is built straight
@@ -28,7 +29,7 @@ from typing import Any
 from builder.cache.disk import CacheDir, read_entry, unlink
 from builder.cache.prune import prune_cache
 from builder.cache.usage import CacheEntry, CacheUsage, disk_usage, list_entries
-from builder.cache.verify import check_blob
+from builder.cache.verify import check_blob, check_digest
 from builder.errors import OutputError
 from builder.fs.atomic import atomic_path, clone_file, write_atomic
 from builder.image import LayerBlob
@@ -89,13 +90,32 @@ class LayerCache(CacheDir):
             unlink(entry_path)
             return None
         path = self.blobs / digest.hex
-        verdict = check_blob(path, descriptor, diff_id, unpacked)
+        facts = {"diff_id": str(diff_id), "media_type": descriptor.media_type, "uncompressed_size": unpacked}
+        if unpacked is not None and self._decoded(digest.hex) == facts:  # decompressed once already
+            verdict = check_digest(path, descriptor)
+        else:
+            verdict = check_blob(path, descriptor, diff_id, unpacked)
+            if verdict == "ok" and unpacked is not None:
+                self._record_decoded(digest.hex, facts)
         if verdict != "ok":
             if verdict == "blob":  # the blob does not match its own name: it goes, and the entry with it
                 unlink(path)
             unlink(entry_path)  # a wrong diff_id or size: the entry lies about a good blob
             return None
         return CacheHit(LayerBlob(descriptor, diff_id, path, unpacked, verified=True))
+
+    def _decoded(self, hex_: str) -> dict[str, Any] | None:
+        """What blob ``hex_`` was found to decompress to, if that was recorded (and is readable)."""
+        try:
+            return read_entry(self.decoded / hex_)
+        except (OSError, ValueError, RecursionError):
+            return None
+
+    def _record_decoded(self, hex_: str, facts: dict[str, Any]) -> None:
+        """Only after :func:`check_blob` found it so: never from what a writer says it wrote."""
+        with contextlib.suppress(OSError):  # a record not written costs the next hit a decompression
+            self.decoded.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.decoded / hex_, canonical_json(facts), 0o600)
 
     def put(self, key: str, layer: LayerBlob | None) -> None:
         """Record ``key`` -> ``layer`` (None: the step changed nothing). Failures only lose the entry."""

@@ -5,6 +5,11 @@ layer's (the config would name a layer the image does not have): either is a mis
 file goes (:meth:`builder.cache.store.LayerCache.get` acts on the verdict). Only regular files
 are read, never more than their recorded size; a FIFO, a device or a symlink in the cache is a
 miss, never a wait.
+
+What a blob decompresses to is a fact about its bytes, so it is found out once per blob
+(:func:`check_blob`, which decompresses) and recorded under the blob's digest; a later hit whose
+entry agrees with the record re-hashes the compressed bytes only (:func:`check_digest`): a tenth
+of the time on gzip, and the bytes are still checked on every hit.
 """
 
 from __future__ import annotations
@@ -68,6 +73,22 @@ def check_blob(path: Path, descriptor: Descriptor, diff_id: Digest, unpacked: in
     if tar[0] is None or compressed != descriptor.digest:
         return "blob"
     return "ok" if tar[0] == diff_id and unpacked in (None, tar[1]) else "entry"
+
+
+def check_digest(path: Path, descriptor: Descriptor) -> Verdict:
+    """``"ok"`` if ``path`` is a regular file of exactly the descriptor's size and digest, else ``"blob"``."""
+    try:
+        fd = open_regular(path)
+    except OSError:
+        return "blob"
+    try:
+        with os.fdopen(fd, "rb") as raw:
+            if os.fstat(fd).st_size != descriptor.size:
+                return "blob"
+            read = copy_hashed(raw, None, cap=descriptor.size)
+    except OSError:
+        return "blob"
+    return "ok" if read.size == descriptor.size and read.digest() == descriptor.digest else "blob"
 
 
 def _decoded_digest(source: IO[bytes], unpacked: int | None) -> tuple[Digest | None, int]:

@@ -84,6 +84,15 @@ def test_a_blob_two_entries_name_counts_once_and_goes_with_the_last_of_them(cach
     assert keys(cache) == ["c"] and not blob(cache, X).exists()
 
 
+def test_a_blob_s_record_of_what_it_decompresses_to_goes_with_it(cache):
+    put(cache, "old", X, 30 * DAY)
+    put(cache, "new", Y, 0)
+    assert cache.get("old") is not None and cache.get("new") is not None  # both recorded
+    aged(cache.entries / "old.json", 30 * DAY)
+    cache.prune(max_age=DAY)
+    assert sorted(p.name for p in cache.decoded.iterdir()) == [Digest.of(Y).hex]
+
+
 def test_max_age_drops_old_entries_and_their_blobs_at_once(cache):
     put(cache, "old", X, 2 * DAY)  # its blob was touched a moment ago, by the put
     put(cache, "old-empty", None, 2 * DAY)

@@ -86,10 +86,13 @@ def _fifo(path: Path) -> None:
     os.mkfifo(path)
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["first-hit", "after-a-hit"])
 @pytest.mark.parametrize("damage", [_flip, _truncate, _symlink, _fifo], ids=["flipped", "truncated", "symlink", "fifo"])
-def test_a_damaged_blob_is_a_miss_and_goes_with_its_entry(tmp_path, damage: Callable[[Path], None]):
+def test_a_damaged_blob_is_a_miss_and_goes_with_its_entry(tmp_path, damage: Callable[[Path], None], warm: bool):
     cache, layer = stored(tmp_path)
     blob = cache.blobs / layer.digest.hex
+    if warm:  # what it decompresses to is recorded: the bytes are still checked on every hit
+        assert cache.get(KEY) is not None and (cache.decoded / layer.digest.hex).is_file()
     damage(blob)
     assert promptly(lambda: cache.get(KEY)) is None  # a FIFO is never waited on
     assert not os.path.lexists(blob) and list(cache.entries.iterdir()) == []
@@ -109,6 +112,44 @@ def test_a_blob_that_is_not_the_entry_s_diff_id_is_a_miss_and_only_the_entry_goe
     assert (cache.blobs / liar.digest.hex).read_bytes() == liar.path.read_bytes()
     cache.put(KEY, built(tmp_path))
     assert cache.get(KEY) is not None
+
+
+def test_a_blob_is_decompressed_on_its_first_hit_only(tmp_path, monkeypatch):
+    cache, layer = stored(tmp_path)
+    decompressed: list[str] = []
+    real = builder.cache.store.check_blob
+    monkeypatch.setattr(builder.cache.store, "check_blob",
+                        lambda path, *a: decompressed.append(path.name) or real(path, *a))
+    for _ in range(3):
+        hit = cache.get(KEY)
+        assert hit is not None and hit.layer is not None and hit.layer.diff_id == layer.diff_id
+    assert decompressed == [layer.digest.hex]
+    # another entry naming the same blob agrees with the record: no decompression either
+    cache.put("b" * 64, layer)
+    assert cache.get("b" * 64) is not None and len(decompressed) == 1
+
+
+def test_an_entry_that_disagrees_with_its_blob_s_record_is_decompressed_and_goes(tmp_path):
+    cache, layer = stored(tmp_path)
+    assert cache.get(KEY) is not None  # recorded
+    path = cache.entries / f"{KEY}.json"
+    entry = json.loads(path.read_bytes())
+    path.write_text(json.dumps({**entry, "diff_id": str(Digest.of(b"another layer"))}))
+    assert cache.get(KEY) is None
+    assert not path.exists() and (cache.blobs / layer.digest.hex).is_file()  # the blob is good: it stays
+
+
+@pytest.mark.parametrize("record", [b"{garbage", b"{}", json.dumps({"diff_id": str(Digest.of(b"x"))}).encode()],
+                         ids=["not-json", "empty", "wrong"])
+def test_a_damaged_record_costs_a_decompression_never_a_miss(tmp_path, monkeypatch, record: bytes):
+    cache, layer = stored(tmp_path)
+    assert cache.get(KEY) is not None
+    (cache.decoded / layer.digest.hex).write_bytes(record)
+    decompressed: list[str] = []
+    real = builder.cache.store.check_blob
+    monkeypatch.setattr(builder.cache.store, "check_blob", lambda *a: decompressed.append("x") or real(*a))
+    assert cache.get(KEY) is not None and decompressed == ["x"]
+    assert cache.get(KEY) is not None and decompressed == ["x"]  # recorded again
 
 
 @pytest.mark.parametrize("entry", [
