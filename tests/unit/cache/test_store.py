@@ -14,6 +14,7 @@ import pytest
 
 import builder.cache.store
 import builder.fs.atomic
+from builder.cache import verify
 from builder.cache.disk import MAX_ENTRY
 from builder.cache.store import CacheHit, LayerCache
 from builder.errors import OutputError
@@ -114,12 +115,21 @@ def test_a_blob_that_is_not_the_entry_s_diff_id_is_a_miss_and_only_the_entry_goe
     assert cache.get(KEY) is not None
 
 
+def spy_on_decompression(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The blobs the cache decompresses from now on (by name), in order."""
+    names: list[str] = []
+
+    def check_blob(path: Path, *args: Any) -> Any:
+        names.append(path.name)
+        return verify.check_blob(path, *args)
+
+    monkeypatch.setattr(builder.cache.store, "check_blob", check_blob)
+    return names
+
+
 def test_a_blob_is_decompressed_on_its_first_hit_only(tmp_path, monkeypatch):
     cache, layer = stored(tmp_path)
-    decompressed: list[str] = []
-    real = builder.cache.store.check_blob
-    monkeypatch.setattr(builder.cache.store, "check_blob",
-                        lambda path, *a: decompressed.append(path.name) or real(path, *a))
+    decompressed = spy_on_decompression(monkeypatch)
     for _ in range(3):
         hit = cache.get(KEY)
         assert hit is not None and hit.layer is not None and hit.layer.diff_id == layer.diff_id
@@ -145,11 +155,9 @@ def test_a_damaged_record_costs_a_decompression_never_a_miss(tmp_path, monkeypat
     cache, layer = stored(tmp_path)
     assert cache.get(KEY) is not None
     (cache.decoded / layer.digest.hex).write_bytes(record)
-    decompressed: list[str] = []
-    real = builder.cache.store.check_blob
-    monkeypatch.setattr(builder.cache.store, "check_blob", lambda *a: decompressed.append("x") or real(*a))
-    assert cache.get(KEY) is not None and decompressed == ["x"]
-    assert cache.get(KEY) is not None and decompressed == ["x"]  # recorded again
+    decompressed = spy_on_decompression(monkeypatch)
+    assert cache.get(KEY) is not None and decompressed == [layer.digest.hex]
+    assert cache.get(KEY) is not None and decompressed == [layer.digest.hex]  # recorded again
 
 
 @pytest.mark.parametrize("entry", [
