@@ -221,8 +221,8 @@ class _Stages:
         if isinstance(found, str):
             return None
         try:
-            root = self._open.enter_context(ReadOnlyView(found, self.workdir / "stages" / name / "view",
-                                                         driver).mounted())
+            root = self._open.enter_context(ReadOnlyView([snap.path for snap in found],
+                                                         self.workdir / "stages" / name / "view", driver).mounted())
         except OverlayUnavailable:
             return None
         self.reporter.message(f"      stage {name}: overlay of {len(layers)} snapshot{'s' * (len(layers) > 1)}"

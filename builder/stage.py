@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from builder.cache.disk import CacheDir
 from builder.cache.keys import step_key
-from builder.cache.snapshots import SnapshotSession, SnapshotStore
+from builder.cache.snapshots import LayerSnapshot, SnapshotSession, SnapshotStore
 from builder.errors import InputError, located
 from builder.fs.apply import apply_blob
 from builder.fs.overlay import MAX_LAYERS, Driver, OverlayRoot, choose
@@ -100,10 +100,11 @@ class _Workspace:
 
 
 def snapshots_of(layers: list[LayerBlob], driver: Driver, options: BuildOptions, stack: contextlib.ExitStack,
-                 reporter: Reporter, materialize: Callable[[list[LayerBlob]], None],
-                 ) -> tuple[SnapshotSession, list[Path] | str]:
-    """The snapshot directories of ``layers`` (bottom first), made where missing and locked until
-    ``stack`` closes; or why overlayfs cannot mount them (then the caller uses the layers themselves)."""
+                 reporter: Reporter, materialize: Callable[[list[LayerBlob]], None], *, verify: bool = True,
+                 ) -> tuple[SnapshotSession, list[LayerSnapshot] | str]:
+    """The snapshots of ``layers`` (bottom first), made where missing and locked until ``stack``
+    closes; or why overlayfs cannot mount them (then the caller uses the layers themselves).
+    Without ``verify``, the caller checks them (:meth:`SnapshotSession.check`)."""
     store = SnapshotStore(CacheDir(options.cache_dir or default_cache_dir()).snapshots, driver.flavor)
     session = stack.enter_context(store.using())
     if not layers or len(layers) > MAX_LAYERS:
@@ -111,10 +112,10 @@ def snapshots_of(layers: list[LayerBlob], driver: Driver, options: BuildOptions,
     materialize(layers)
     found = []
     for blob in layers:
-        snap = session.get(blob, reporter.step_progress)
+        snap = session.get(blob, reporter.step_progress, verify=verify)
         if snap.unsafe:
             return session, f"layer {blob.diff_id.short} cannot be an overlay lower directory: {snap.unsafe}"
-        found.append(snap.path)
+        found.append(snap)
     return session, found
 
 
@@ -212,6 +213,9 @@ class _Lower:
     def overlay_failed(self, why: str) -> None:
         self._builder.copy_because(why)
 
+    def note(self, text: str) -> None:
+        self._builder.reporter.message(f"      {text}")
+
     def stages(self) -> Mapping[str, Path]:
         return self._roots
 
@@ -276,7 +280,8 @@ class StageBuilder:
         if driver.name != "overlay":
             self._copy_reason = driver.detail
             return None
-        session, found = snapshots_of(layers, driver, self.options, self._after_step, self.reporter, self.materialize)
+        session, found = snapshots_of(layers, driver, self.options, self._after_step, self.reporter, self.materialize,
+                                      verify=False)  # checked while the command runs (OverlayRoot)
         if isinstance(found, str):
             self._copy_reason = found
             return None
@@ -285,8 +290,8 @@ class StageBuilder:
         line = (f"      root filesystem: overlay of {len(layers)} snapshot{'s' * (len(layers) > 1)} "
                 f"({driver.detail}{made})")
         self._overlays += 1
-        root = OverlayRoot(found, self.workdir / f"overlay-{self._overlays}", driver,
-                           announce=lambda: self.reporter.message(line))
+        root = OverlayRoot([snap.path for snap in found], self.workdir / f"overlay-{self._overlays}", driver,
+                           announce=lambda: self.reporter.message(line), check=lambda: session.damaged(found))
         self._after_step.callback(root.remove)
         return root
 

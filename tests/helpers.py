@@ -134,6 +134,9 @@ class FakeLower:
     def overlay_failed(self, why: str) -> None:
         raise AssertionError(why)
 
+    def note(self, text: str) -> None:
+        raise AssertionError(text)  # only the overlay driver has something to say
+
     def stages(self) -> dict[str, Path]:
         return self._stages
 

@@ -15,7 +15,8 @@ FLAVOR is the xattr namespace of the opaque markers: ``trusted`` (kernel overlay
 ``user`` (overlayfs in a user namespace, mounted ``userxattr``); a tree of one is wrong for the other.
 
 A snapshot is used only when its marker says it is complete and of this format, and its tree still
-has the metadata fingerprint the marker recorded (checked once per process): an extraction is
+has the metadata fingerprint the marker recorded (checked once per process; a run step checks
+while its command runs, and nothing made on a snapshot that fails is kept): an extraction is
 made in a temp directory with the hostile-entry containment of :mod:`builder.fs.apply` (digest and
 diff_id checked on every byte), flushed to disk, marked, and renamed into place, so a kill at any
 point leaves either no snapshot or a whole one; what a killed build left is removed by the next
@@ -55,6 +56,8 @@ class LayerSnapshot:
     diff_id: Digest
     path: Path
     unsafe: str = ""
+    tree: str = ""
+    """The fingerprint its marker recorded (:func:`fingerprint`): what :meth:`SnapshotSession.check` compares."""
 
 
 class SnapshotStore:
@@ -91,7 +94,8 @@ class SnapshotStore:
         if verify and not _verified(directory / "fs", str(marker.get("tree"))):
             return None
         unsafe = marker.get("unsafe")
-        return LayerSnapshot(Digest.parse(marker["diff_id"]), directory / "fs", unsafe if isinstance(unsafe, str) else "")
+        return LayerSnapshot(Digest.parse(marker["diff_id"]), directory / "fs", unsafe if isinstance(unsafe, str) else "",
+                             str(marker.get("tree")))
 
     def extract(self, blob: LayerBlob, hex_: str, on_progress: Callable[[int], None] | None) -> LayerSnapshot:
         """Make the snapshot of ``blob`` (the caller holds its exclusive lock)."""
@@ -115,7 +119,7 @@ class SnapshotStore:
         except BaseException:
             _remove(tmp)
             raise
-        return LayerSnapshot(blob.diff_id, self.root / hex_ / "fs", form.unsafe)
+        return LayerSnapshot(blob.diff_id, self.root / hex_ / "fs", form.unsafe, tree)
 
     def _remove_leftovers(self, hex_: str) -> None:
         """A snapshot without a valid marker, and extractions of killed builds (we hold the lock)."""
@@ -178,8 +182,13 @@ class SnapshotSession:
         self.extracted_bytes = 0
         """... and their layers' uncompressed size."""
 
-    def get(self, blob: LayerBlob, on_progress: Callable[[int], None] | None = None) -> LayerSnapshot:
-        """The snapshot of ``blob``, made now if the store has no complete one."""
+    def get(self, blob: LayerBlob, on_progress: Callable[[int], None] | None = None, *,
+            verify: bool = True) -> LayerSnapshot:
+        """The snapshot of ``blob``, made now if the store has no complete one.
+
+        Without ``verify``, a complete snapshot is returned without walking its tree: the caller
+        must :meth:`check` it before it trusts anything made on it, and :meth:`discard` it if damaged
+        (a run step checks while its command runs, and runs again if the check fails)."""
         hex_ = blob.diff_id.hex
         store = self.store
         if hex_ in self._locks:
@@ -194,7 +203,7 @@ class SnapshotSession:
             os.utime(fd)  # its last use, for pruning
             while True:
                 fcntl.flock(fd, fcntl.LOCK_SH)
-                found = store._read_marker(hex_, verify=True)
+                found = store._read_marker(hex_, verify=verify)
                 if found is not None:
                     return found
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -224,6 +233,33 @@ class SnapshotSession:
         except OSError:
             return None
         return self.store._read_marker(hex_, verify=True)
+
+    @staticmethod
+    def check(snap: LayerSnapshot) -> bool:
+        """Whether ``snap``'s tree still has the fingerprint its marker recorded (walked once per
+        process and snapshot: free for one this process made or checked)."""
+        return _verified(snap.path, snap.tree)
+
+    def damaged(self, snaps: list[LayerSnapshot]) -> str:
+        """:meth:`check` each of ``snaps`` and :meth:`discard` those that fail; which they were ("" if none).
+        Called on a thread of its own while the step's command runs: nothing else uses the session then."""
+        bad = [snap for snap in snaps if not self.check(snap)]
+        for snap in bad:
+            self.discard(snap)
+        return "".join(f"the snapshot of layer {snap.diff_id.short} changed after it was extracted; " for snap in bad
+                       ).removesuffix("; ")
+
+    def discard(self, snap: LayerSnapshot) -> None:
+        """``snap`` failed :meth:`check`: its marker goes, so every later :meth:`get` (this
+        session's too) extracts the layer again, and this session's lock on it is released so that
+        it can. Safe under a shared lock: builds that mounted the tree already keep their mounts, and
+        the tree itself is removed only by the next extraction, under the exclusive lock."""
+        hex_ = snap.diff_id.hex
+        with contextlib.suppress(OSError):
+            (self.store.root / hex_ / MARKER).unlink()
+        fd = self._locks.pop(hex_, None)
+        if fd is not None:
+            os.close(fd)
 
     def close(self) -> None:
         for fd in self._locks.values():

@@ -153,11 +153,15 @@ class OverlayRoot:
     point. :meth:`mounted` mounts it; :meth:`changes` reads the step's layer from the upper directory."""
 
     def __init__(self, lowers: Sequence[Path], work: Path, driver: Driver,
-                 announce: Callable[[], None] | None = None) -> None:
+                 announce: Callable[[], None] | None = None, check: Callable[[], str] | None = None) -> None:
         if not lowers or len(lowers) > MAX_LAYERS:
             raise ValueError(f"{len(lowers)} lower directories")
         self.announce = announce
         """Called once the overlay is mounted (the progress line naming the driver)."""
+        self.check = check
+        """Run on a thread of its own while the overlay is mounted (the command runs meanwhile): why
+        the lower directories cannot be trusted, or "". Not "" means :class:`SnapshotDamaged` when
+        the mount is left, so nothing made on them is kept."""
         self.lowers = list(lowers)
         self.work = work.absolute()  # the links made to its parts must not be relative
         self.driver = driver
@@ -195,7 +199,13 @@ class OverlayRoot:
             self.path, self.lower_view = merged, lower
             if self.announce is not None:
                 self.announce()
-            yield merged
+            checked = _Checking(self.check)
+            try:
+                yield merged
+            finally:
+                why = checked.result()
+                if why:
+                    raise SnapshotDamaged(why)  # the command's own outcome (an error too) means nothing
 
     lower_view: Path
 
@@ -332,3 +342,29 @@ def _fuse_stack(work: Path, everything: Sequence[Path], upper_base: Path,
 
 class OverlayUnavailable(StepError):  # noqa: N818 - a condition the caller handles, not a failure
     """The overlay could not be mounted; the step is run again on the copy driver."""
+
+
+class SnapshotDamaged(OverlayUnavailable):
+    """A lower directory's check failed after the command ran on it: the step runs again, on
+    snapshots extracted again."""
+
+
+class _Checking:
+    """``check()`` on a thread started now; :meth:`result` waits for it (an error in it is its answer)."""
+
+    def __init__(self, check: Callable[[], str] | None) -> None:
+        self._why = ""
+        self._thread: threading.Thread | None = None
+        if check is not None:
+            def run() -> None:
+                try:
+                    self._why = check()
+                except Exception as exc:  # noqa: BLE001 - reported as the reason, on the step's thread
+                    self._why = f"its check failed: {exc}"
+            self._thread = threading.Thread(target=run, name="pybuild-snapshot-check", daemon=True)
+            self._thread.start()
+
+    def result(self) -> str:
+        if self._thread is not None:
+            self._thread.join()
+        return self._why

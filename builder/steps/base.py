@@ -119,6 +119,10 @@ class Lower(Protocol):
         """The overlay could not be mounted: :meth:`rootfs` is asked next, and says why."""
         ...
 
+    def note(self, text: str) -> None:
+        """A progress line about the step's root filesystem (why the step runs again)."""
+        ...
+
     def stages(self) -> Mapping[str, Path]:
         """The filesystems of the stages named by the plan's :attr:`StepPlan.stages`, made before
         the step runs."""

@@ -23,7 +23,7 @@ from builder.errors import StepError
 from builder.fs.apply import read_in_root
 from builder.fs.diff import diff
 from builder.fs.mountpoints import MountPoints
-from builder.fs.overlay import DRIVER_ENV, OverlayUnavailable, insisted
+from builder.fs.overlay import DRIVER_ENV, OverlayUnavailable, SnapshotDamaged, insisted
 from builder.fs.safepath import join_in_root
 from builder.fs.snapshot import Snapshot, snapshot
 from builder.fs.users import resolve_user
@@ -266,15 +266,20 @@ class _RunPlan:
         rows = [r for r in bind_inputs(self.step, self.scope.context, self.scope.stage_chains) if r[:2] in named]
         return [(f"context:{r[0]}", Digest.of("\n".join(r).encode("utf-8", "surrogateescape"))) for r in rows]
 
-    def changes(self, lower: Lower) -> Changes:
+    def changes(self, lower: Lower, attempt: int = 1) -> Changes:
         where = lower.overlay()
         if where is not None:
             try:
                 return Changes(iter(run_changes(self.step, self._context(where.path, lower), where)))
             except OverlayUnavailable as exc:
+                damaged = isinstance(exc, SnapshotDamaged)  # found while the command ran: its layer is not kept
+                if damaged and attempt == 1:
+                    lower.note(f"{exc}: extracting it again, and running the step again")
+                    return self.changes(lower, attempt + 1)
+                why = str(exc) if damaged else f"overlayfs could not be mounted: {exc}"
                 if insisted():
-                    raise StepError(f"{DRIVER_ENV}: the overlay could not be mounted: {exc}") from exc
-                lower.overlay_failed(f"overlayfs could not be mounted: {exc}")  # later steps copy at once
+                    raise StepError(f"{DRIVER_ENV}: {why}") from exc
+                lower.overlay_failed(why)  # a mount that failed: later steps copy at once
         rc = self._context(lower.rootfs(), lower)
         return Changes(iter(run_changes(self.step, rc)), in_rootfs=True)
 

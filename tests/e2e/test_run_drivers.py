@@ -194,6 +194,52 @@ def test_relative_cache_and_output_paths_still_mount_the_overlay(pybuild, ctx: P
         assert "root filesystem: overlay of 1 snapshot (kernel overlayfs" in built.stderr, built.stderr
 
 
+def test_a_snapshot_changed_after_extraction_is_caught_and_nothing_made_on_it_is_kept(pybuild, ctx: Path,
+                                                                                    tmp_path: Path) -> None:
+    """A snapshot is checked while the command runs on it: when its tree changed since it was
+    extracted (same size, mtime put back: only its ctime tells), the step's result is dropped, the
+    layer is extracted again and the step runs again, so the image is as if nothing had happened."""
+    if os.geteuid() != 0:
+        pytest.skip("the overlay driver as tested here needs root")
+    recipe = ("version: 1\nsteps:\n  - rootfs: rootfs.tar.gz\n  - write: /data/v\n    content: \"good\\n\"\n"
+              "  - run: cat /data/v > /seen-{n}\n")
+    home = tmp_path / "home"
+
+    def built(n: int, driver: str = "overlay", where: Path = home) -> tuple[Any, Path]:
+        (ctx / "pybuild.yaml").write_text(recipe.format(n=n))
+        done = build_with(pybuild, ctx, tmp_path / f"o{n}-{driver}", driver, where)
+        assert done.returncode == 0, describe(done)
+        return done, tmp_path / f"o{n}-{driver}"
+
+    _, first = built(1)
+    written = diff_ids(first)[1].split(":")[1]
+    [tree] = (home / "cache").glob(f"**/snapshots/trusted/{written}/fs")
+    st = os.stat(tree / "data" / "v")
+    (tree / "data" / "v").write_text("evil\n")
+    os.utime(tree / "data" / "v", ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    again, second = built(2)
+    assert f"the snapshot of layer {written[:12]} changed after it was extracted: extracting it again" \
+        in again.stderr, again.stderr
+    assert again.stderr.count("root filesystem: overlay of 2 snapshots") == 2
+    assert "overlay of 2 snapshots (kernel overlayfs; extracted 1 layer" in again.stderr
+    _, copied = built(2, "copy", tmp_path / "h-copy")
+    assert diff_ids(second) == diff_ids(copied)
+    seen = [line for line in layer_contents(second, -1) if line[0] == "seen-2"]
+    assert seen == [("seen-2", b"good\n")]
+
+    third, _ = built(3)  # the snapshot extracted again is whole: mounted as it is
+    assert "root filesystem: overlay of 2 snapshots (kernel overlayfs)" in third.stderr, third.stderr
+
+
+def layer_contents(out: Path, index: int) -> list[tuple[str, bytes]]:
+    blobs = out / "blobs" / "sha256"
+    [desc] = json.loads((out / "index.json").read_text())["manifests"]
+    manifest = json.loads((blobs / desc["digest"].split(":")[1]).read_bytes())
+    with tarfile.open(blobs / manifest["layers"][index]["digest"].split(":")[1]) as tf:
+        return [(m.name, tf.extractfile(m).read()) for m in tf if m.isfile()]  # type: ignore[union-attr]
+
+
 STAGES = """\
 version: 1
 tag: staged
