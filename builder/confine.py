@@ -32,7 +32,6 @@ and ``execve``.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import platform
 from dataclasses import dataclass
@@ -117,12 +116,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _libseccomp() -> ctypes.CDLL:
-    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
-    try:
-        lib = ctypes.CDLL(name, use_errno=True)
-    except OSError as exc:
-        raise ConfineError(errno.ENOENT, "run steps need libseccomp (Debian/Ubuntu: libseccomp2, "
-                                         "Fedora: libseccomp), which is not installed") from exc
+    try:  # its soname first: find_library runs ldconfig, a process, in every run step's start
+        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError:
+        from ctypes.util import find_library
+
+        try:
+            lib = ctypes.CDLL(find_library("seccomp") or "libseccomp.so", use_errno=True)
+        except OSError as exc:
+            raise ConfineError(errno.ENOENT, "run steps need libseccomp (Debian/Ubuntu: libseccomp2, "
+                                             "Fedora: libseccomp), which is not installed") from exc
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = (ctypes.c_uint32,)
     lib.seccomp_release.argtypes = (ctypes.c_void_p,)

@@ -17,7 +17,7 @@ from builder.cli.images import inspect_cmd, ls_cmd, unpack_cmd
 from builder.cli.index import index_group
 from builder.cli.registry import login_cmd, logout_cmd, pull_cmd, push_cmd
 from builder.errors import PybuildError
-from builder.sandbox import join_user_namespace
+from builder.sandbox.host import join_user_namespace
 
 SUBCOMMANDS = ("build", "inspect", "attestations", "sbom", "ls", "unpack", "push", "pull", "login", "logout", "cache", "index", "version")
 

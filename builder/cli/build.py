@@ -32,7 +32,7 @@ from builder.options import BuildOptions, epoch_from_env
 from builder.orchestrator import BuildResult, build, has_run_steps
 from builder.output import FORMATS, write_output
 from builder.progress import Reporter
-from builder.sandbox import run_in_own_user_namespace, run_in_user_namespace
+from builder.sandbox.host import run_in_own_user_namespace, run_in_user_namespace
 from builder.userns import in_user_namespace, subordinate_ids
 from builder.workdir import work_directory
 

@@ -24,7 +24,7 @@ from builder.fs.mountpoints import MountPoints
 from builder.fs.safepath import in_context, join_in_root, resolve_in_root
 from builder.oci.digest import Digest, sha256_file
 from builder.recipe.model import RunStep
-from builder.sandbox import Bind, Copy
+from builder.sandbox.spec import Bind, Copy
 
 if TYPE_CHECKING:
     from builder.steps.run import RunContext

@@ -34,7 +34,8 @@ from builder.oci.digest import Digest
 from builder.oci.platform import Platform
 from builder.recipe.model import RunStep
 from builder.recipe.runtime import runtime_spec
-from builder.sandbox import RunSpec, run
+from builder.sandbox.host import run
+from builder.sandbox.spec import RunSpec
 from builder.steps.base import Changes, Lower, Scope, Services, StepPlan
 from builder.steps.mounts import SSH_SOCKET, Mounts, bind_inputs, plan_mounts
 from builder.steps.mounts import excluded as mounts_excluded
