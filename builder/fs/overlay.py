@@ -202,10 +202,15 @@ class OverlayRoot:
             checked = _Checking(self.check)
             try:
                 yield merged
-            finally:
+            except Exception as exc:  # the command's failure too means nothing on a damaged tree
                 why = checked.result()
                 if why:
-                    raise SnapshotDamaged(why)  # the command's own outcome (an error too) means nothing
+                    raise SnapshotDamaged(why) from exc
+                raise
+            # (an interrupt goes straight through: the check is a daemon thread)
+            why = checked.result()
+            if why:
+                raise SnapshotDamaged(why)
 
     lower_view: Path
 
