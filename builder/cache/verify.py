@@ -46,14 +46,11 @@ def check_blob(path: Path, descriptor: Descriptor, diff_id: Digest, unpacked: in
     kind = _COMPRESSION.get(descriptor.media_type)
     if kind is None and descriptor.media_type != MediaType.OCI_LAYER:
         return "entry"
-    try:
-        fd = open_regular(path)
-    except OSError:
+    raw = _open_sized(path, descriptor.size)
+    if raw is None:
         return "blob"
     try:
-        with os.fdopen(fd, "rb") as raw:
-            if os.fstat(fd).st_size != descriptor.size:
-                return "blob"
+        with raw:
             if kind is None:  # uncompressed: the diff_id is the digest
                 plain = copy_hashed(raw, None, cap=descriptor.size)
                 compressed = plain.digest()
@@ -77,18 +74,31 @@ def check_blob(path: Path, descriptor: Descriptor, diff_id: Digest, unpacked: in
 
 def check_digest(path: Path, descriptor: Descriptor) -> Verdict:
     """``"ok"`` if ``path`` is a regular file of exactly the descriptor's size and digest, else ``"blob"``."""
-    try:
-        fd = open_regular(path)
-    except OSError:
+    raw = _open_sized(path, descriptor.size)
+    if raw is None:
         return "blob"
     try:
-        with os.fdopen(fd, "rb") as raw:
-            if os.fstat(fd).st_size != descriptor.size:
-                return "blob"
+        with raw:
             read = copy_hashed(raw, None, cap=descriptor.size)
     except OSError:
         return "blob"
     return "ok" if read.size == descriptor.size and read.digest() == descriptor.digest else "blob"
+
+
+def _open_sized(path: Path, size: int) -> io.BufferedReader | None:
+    """``path`` open for reading if it is a regular file of ``size`` bytes (else None: a miss)."""
+    try:
+        fd = open_regular(path)
+    except OSError:
+        return None
+    raw = os.fdopen(fd, "rb")
+    try:
+        if os.fstat(fd).st_size == size:
+            return raw
+    except OSError:
+        pass
+    raw.close()
+    return None
 
 
 def _decoded_digest(source: IO[bytes], unpacked: int | None) -> tuple[Digest | None, int]:
