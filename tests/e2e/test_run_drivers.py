@@ -232,6 +232,40 @@ def test_a_snapshot_changed_after_extraction_is_caught_and_nothing_made_on_it_is
     assert "root filesystem: overlay of 2 snapshots (kernel overlayfs)" in third.stderr, third.stderr
 
 
+def test_a_damaged_snapshot_a_stage_view_shares_with_the_run_step_is_extracted_again_without_a_hang(
+        pybuild, ctx: Path, tmp_path: Path) -> None:
+    """The run step's overlay and a stage it binds share a damaged snapshot. The stage's view is
+    mounted before the step starts and checks before it mounts, so it extracts the snapshot again
+    (under the exclusive lock, before the overlay takes a shared one on it), and the step runs
+    once, on good snapshots: the two checks never wait for each other's lock."""
+    if os.geteuid() != 0:
+        pytest.skip("the overlay driver as tested here needs root")
+    recipe = ("version: 1\nstages:\n  tools:\n    steps:\n      - rootfs: rootfs.tar.gz\n"
+              "      - write: /data/v\n        content: \"good\\n\"\n"
+              "steps:\n  - rootfs: rootfs.tar.gz\n  - write: /data/v\n    content: \"good\\n\"\n"
+              "  - run: cat /data/v /tools/data/v > /seen-{n}\n"
+              "    mounts:\n      - bind: {{source: /, target: /tools, from: tools}}\n")
+    home = tmp_path / "home"
+    env = {"PYBUILD_RUN_DRIVER": "overlay", "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache")}
+    home.mkdir()
+    runs = []
+    for n in (1, 2):
+        (ctx / "pybuild.yaml").write_text(recipe.format(n=n))
+        done = pybuild(ctx / "pybuild.yaml", "-o", tmp_path / f"o{n}", "--progress", "plain", "--no-attestations",
+                       env=env, timeout=120)
+        assert done.returncode == 0, describe(done)
+        runs.append(done)
+        if n == 1:
+            written = diff_ids(tmp_path / "o1")[1].split(":")[1]
+            [tree] = (home / "cache").glob(f"**/snapshots/trusted/{written}/fs")
+            st = os.stat(tree / "data" / "v")
+            (tree / "data" / "v").write_text("evil\n")
+            os.utime(tree / "data" / "v", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert "stage tools: overlay of 2 snapshots (extracted 1)" in runs[1].stderr, runs[1].stderr
+    assert "changed after it was extracted" not in runs[1].stderr
+    assert [c for c in layer_contents(tmp_path / "o2", -1) if c[0] == "seen-2"] == [("seen-2", b"good\ngood\n")]
+
+
 def layer_contents(out: Path, index: int) -> list[tuple[str, bytes]]:
     blobs = out / "blobs" / "sha256"
     [desc] = json.loads((out / "index.json").read_text())["manifests"]
