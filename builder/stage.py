@@ -104,7 +104,7 @@ def snapshots_of(layers: list[LayerBlob], driver: Driver, options: BuildOptions,
                  ) -> tuple[SnapshotSession, list[LayerSnapshot] | str]:
     """The snapshots of ``layers`` (bottom first), made where missing and locked until ``stack``
     closes; or why overlayfs cannot mount them (then the caller uses the layers themselves).
-    Without ``verify``, the caller checks them (:meth:`SnapshotSession.check`)."""
+    Without ``verify``, the caller checks them (:meth:`SnapshotSession.damaged`)."""
     store = SnapshotStore(CacheDir(options.cache_dir or default_cache_dir()).snapshots, driver.flavor)
     session = stack.enter_context(store.using())
     if not layers or len(layers) > MAX_LAYERS:

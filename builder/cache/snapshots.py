@@ -57,7 +57,7 @@ class LayerSnapshot:
     path: Path
     unsafe: str = ""
     tree: str = ""
-    """The fingerprint its marker recorded (:func:`fingerprint`): what :meth:`SnapshotSession.check` compares."""
+    """The fingerprint its marker recorded (:func:`fingerprint`): what :meth:`SnapshotSession.damaged` compares."""
 
 
 class SnapshotStore:
@@ -187,8 +187,8 @@ class SnapshotSession:
         """The snapshot of ``blob``, made now if the store has no complete one.
 
         Without ``verify``, a complete snapshot is returned without walking its tree: the caller
-        must :meth:`check` it before it trusts anything made on it, and :meth:`discard` it if damaged
-        (a run step checks while its command runs, and runs again if the check fails)."""
+        must check it (:meth:`damaged`) before it trusts anything made on it (a run step checks
+        while its command runs, and runs again if the check fails)."""
         hex_ = blob.diff_id.hex
         store = self.store
         if hex_ in self._locks:
@@ -197,9 +197,7 @@ class SnapshotSession:
                 return found
         try:
             store.root.mkdir(parents=True, exist_ok=True)
-            fd = self._locks.get(hex_)
-            if fd is None:
-                fd = self._locks[hex_] = _open_lock(store.root / f"{hex_}.lock")
+            fd = self._lock(hex_)
             os.utime(fd)  # its last use, for pruning
             while True:
                 fcntl.flock(fd, fcntl.LOCK_SH)
@@ -222,35 +220,34 @@ class SnapshotSession:
         """The complete snapshot of ``blob`` if the store has one (locked shared like :meth:`get`),
         else None: never extracts."""
         hex_ = blob.diff_id.hex
-        lock = self.store.root / f"{hex_}.lock"
-        if self.store._read_marker(hex_) is None or not lock.exists():
+        if self.store._read_marker(hex_) is None or not (self.store.root / f"{hex_}.lock").exists():
             return None
         try:
-            fd = self._locks.get(hex_)
-            if fd is None:
-                fd = self._locks[hex_] = _open_lock(lock)
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            fcntl.flock(self._lock(hex_), fcntl.LOCK_SH)
         except OSError:
             return None
         return self.store._read_marker(hex_, verify=True)
 
-    @staticmethod
-    def check(snap: LayerSnapshot) -> bool:
-        """Whether ``snap``'s tree still has the fingerprint its marker recorded (walked once per
-        process and snapshot: free for one this process made or checked)."""
-        return _verified(snap.path, snap.tree)
+    def _lock(self, hex_: str) -> int:
+        """This session's descriptor of snapshot ``hex_``'s lock file (opened, and created, once)."""
+        fd = self._locks.get(hex_)
+        if fd is None:
+            fd = self._locks[hex_] = _open_lock(self.store.root / f"{hex_}.lock")
+        return fd
 
     def damaged(self, snaps: list[LayerSnapshot]) -> str:
-        """:meth:`check` each of ``snaps`` and :meth:`discard` those that fail; which they were ("" if none).
-        Called on a thread of its own while the step's command runs: nothing else uses the session then."""
-        bad = [snap for snap in snaps if not self.check(snap)]
+        """Check each of ``snaps`` against the fingerprint its marker recorded (walked once per
+        process and snapshot: free for one this process made or checked already), :meth:`discard`
+        those that fail, and say which they were ("" if none). Called on a thread of its own while
+        the step's command runs: nothing else uses the session then."""
+        bad = [snap for snap in snaps if not _verified(snap.path, snap.tree)]
         for snap in bad:
             self.discard(snap)
         return "".join(f"the snapshot of layer {snap.diff_id.short} changed after it was extracted; " for snap in bad
                        ).removesuffix("; ")
 
     def discard(self, snap: LayerSnapshot) -> None:
-        """``snap`` failed :meth:`check`: its marker goes, so every later :meth:`get` (this
+        """``snap`` failed its check: its marker goes, so every later :meth:`get` (this
         session's too) extracts the layer again, and this session's lock on it is released so that
         it can. Safe under a shared lock: builds that mounted the tree already keep their mounts, and
         the tree itself is removed only by the next extraction, under the exclusive lock."""

@@ -17,9 +17,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder.layer.xattrs import HOST_ARTEFACTS
+
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 30
-_SKIPPED_XATTRS = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 
 
 @dataclass
@@ -100,7 +101,7 @@ def _xattrs(where: int | str) -> list[tuple[str, bytes]]:
     follow = isinstance(where, int)
     try:
         names = os.listxattr(where, follow_symlinks=follow)
-        return [(n, os.getxattr(where, n, follow_symlinks=follow)) for n in names if not n.startswith(_SKIPPED_XATTRS)]
+        return [(n, os.getxattr(where, n, follow_symlinks=follow)) for n in names if not n.startswith(HOST_ARTEFACTS)]
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.ENODATA):
             return []

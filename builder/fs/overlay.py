@@ -265,15 +265,18 @@ def _stack(work: Path, lowers: Sequence[Path], driver: Driver, writable: bool,
     """
     # absolute: the links' targets are read from links_dir, fuse-overlayfs' from its own directory
     work, upper_base = work.absolute(), (upper_base or work).absolute()
-    lowers = [lower.absolute() for lower in lowers]
-    links_dir = work / "l"
+    everything = [work / "empty", *(lower.absolute() for lower in lowers)]
     for name in ("merged", "l", "lower", "empty"):
         (work / name).mkdir(parents=True, exist_ok=True)
     for name in ("upper", "work"):
         (upper_base / name).mkdir(parents=True, exist_ok=True)
+    if driver.fuse:  # a program's argv, not a page of mount options: the paths themselves
+        with _fuse_stack(work, everything, upper_base, writable) as mounted_pair:
+            yield mounted_pair
+        return
+    links_dir = work / "l"
     for old in links_dir.iterdir():  # a second attempt
         old.unlink()
-    everything = [work / "empty", *lowers]
     for i, lower in enumerate(everything):
         (links_dir / str(i)).symlink_to(lower)
     (links_dir / "upper").symlink_to(upper_base / "upper")
@@ -282,13 +285,6 @@ def _stack(work: Path, lowers: Sequence[Path], driver: Driver, writable: bool,
     fd = f"/proc/self/fd/{links}"
     extra = ",userxattr" if driver.flavor == "user" else ""
     mounted: list[str] = []
-    if driver.fuse:
-        try:
-            with _fuse_stack(work, everything, upper_base, writable) as mounted_pair:
-                yield mounted_pair
-        finally:
-            os.close(links)
-        return
     try:
         _private_mounts()
         if writable:
