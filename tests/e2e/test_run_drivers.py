@@ -165,6 +165,37 @@ def test_overlay_and_copy_drivers_write_the_same_layers(pybuild, ctx: Path, tmp_
     assert ran.stdout.splitlines() == ["back", "linked", "fresh", "deep", "keep", "4711", "4755"], describe(ran)
 
 
+def test_an_image_made_on_the_overlay_driver_loads_and_runs_in_podman_and_containerd(
+        pybuild, ctx: Path, tmp_path: Path, rootfs_tar, oci_check, podman, containerd) -> None:
+    """The recipe of every kind of change, its run steps on the overlay driver, as an archive: podman
+    and containerd apply its whiteouts and opaque directories themselves, and the image sees what it
+    does in runc."""
+    if os.geteuid() != 0:
+        pytest.skip("the overlay driver as tested here needs root")
+    data_tar(rootfs_tar, ctx / "data.tar.gz")
+    (ctx / "pybuild.yaml").write_text(RECIPE)
+    home = tmp_path / "home"
+    home.mkdir()
+    archive = tmp_path / "drivers.tar"
+    built = pybuild(ctx / "pybuild.yaml", "-o", archive, "--format", "oci-archive", "-t", "e2e/drivers:1",
+                    "--progress", "plain", "--no-attestations",
+                    env={"PYBUILD_RUN_DRIVER": "overlay", "HOME": str(home), "XDG_CACHE_HOME": str(home / "cache")})
+    assert built.returncode == 0, describe(built)
+    assert "root filesystem: overlay of" in built.stderr and "copy driver" not in built.stderr, built.stderr
+    assert oci_check(archive).returncode == 0
+    expected = ["back", "linked", "fresh", "deep", "keep", "4711", "4755"]
+    names = podman.load(archive)
+    ran = podman.run(names[0])
+    assert ran.stdout.splitlines() == expected, describe(ran)
+    refs = containerd.import_archive(archive)
+    try:
+        [ref] = [r for r in refs if r.endswith("e2e/drivers:1")]
+        ran = containerd.run(ref)
+        assert ran.stdout.splitlines() == expected, describe(ran)
+    finally:
+        containerd.remove_images(*refs)
+
+
 def test_a_second_build_extracts_nothing(pybuild, ctx: Path, tmp_path: Path) -> None:
     """The snapshots stay in the cache: the next build (a cache miss) mounts them as they are."""
     if os.geteuid() != 0:
